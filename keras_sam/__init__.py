@@ -1,0 +1,9 @@
+"""keras-sam: Sharpness-Aware Minimization and stability measurement for Keras 3."""
+
+from keras_sam.sam_model import SAMModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAMModel",
+]
