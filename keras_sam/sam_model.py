@@ -1,0 +1,417 @@
+"""`SAMModel`: sharpness-aware training for any Keras model."""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from keras_sam import backend as sam_backend
+from keras_sam.perturbation import global_norm
+from keras_sam.perturbation import sam_perturbation
+
+PERTURBATIONS = ("replica", "global")
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMModel(keras.Model):
+    """Wraps a Keras model and trains it with Sharpness-Aware Minimization.
+
+    Each training step makes two passes over the batch (Foret et al., 2020):
+
+    1. the clean pass at the weights `w` gives the loss `L(w)` and its
+       gradient `g`; the ascent step is `eps = rho * g / ||g||`, the norm
+       taken over all trainable variables together (with `adaptive=True`,
+       ASAM's `eps = rho * T^2 g / ||T g||`, `T = |w| + eta`);
+    2. the perturbed pass at `w + eps` gives the gradient that the
+       optimizer applies to `w`.
+
+    The perturbed pass is stateless: it reads `w + eps` as values and the
+    non-trainable state (BatchNorm statistics, dropout seeds) as it was
+    before the step, and its state updates are thrown away. So the weights
+    are never moved and restored (nothing can drift), BatchNorm moving
+    statistics are updated exactly once per step, from the clean pass, and
+    dropout draws the same mask in both passes. Regularization losses
+    (`kernel_regularizer`, `add_loss`) enter both passes; an optimizer's
+    `weight_decay` is applied once, by the optimizer. With `rho=0` the
+    step is exactly the plain optimizer step and costs one pass.
+
+    Besides the compiled metrics (from the clean pass) and `loss` (the
+    clean loss `L(w)`), `fit` logs `sam_sharpness`, the batch's
+    `L(w + eps) - L(w)`, and `grad_norm`, `||g||`, both averaged over the
+    epoch like `loss`. `evaluate` and `predict` are those of the wrapped
+    model.
+
+    Args:
+        model: A `keras.Model` (Sequential, functional or subclassed, built
+            or not, with any nesting of inputs and outputs).
+        rho: Non-negative float, the radius of the neighbourhood in which
+            the loss is maximized. Defaults to `0.05`.
+        adaptive: Boolean, whether to use ASAM (Kwon et al., 2021), whose
+            neighbourhood scales with the weights; use a larger `rho`
+            (the ASAM paper uses 0.5 to 2.0 on CIFAR). Defaults to `False`.
+        eta: Non-negative float, ASAM's offset in `T = |w| + eta`. Only
+            used when `adaptive=True`. Defaults to `0.01`.
+        num_batch_splits: `None` or a positive integer `k`. Splits each
+            (per-replica) batch into `k` chunks of nearly equal size; each
+            chunk gets its own `eps` from its own gradient (m-sharpness,
+            `m = batch / k`) and the `k` descent gradients are averaged,
+            weighted by chunk size, so the learning rate keeps its meaning.
+            Each chunk's clean pass starts from the pre-step BatchNorm
+            statistics, and the statistics move once, by the chunk-size
+            weighted average of the `k` updates (for the moving mean this
+            equals one update with the whole batch's mean). Defaults to
+            `None` (one chunk).
+        perturbation: `"replica"` or `"global"`. Under a
+            `tf.distribute` strategy, `"replica"` lets each replica perturb
+            with its own gradient, as the paper's 8-accelerator runs did;
+            `"global"` all-reduces the first gradients before the norm (one
+            extra all-reduce per step), which equals single-device SAM on
+            the whole batch. Identical on one device. Defaults to
+            `"replica"`.
+        **kwargs: Passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    inner = keras.Sequential([keras.Input((32, 32, 3)),
+                              keras.layers.Conv2D(16, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    model = keras_sam.SAMModel(inner, rho=0.05)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True),
+                  metrics=["accuracy"])
+    history = model.fit(x_train, y_train, batch_size=128, epochs=10)
+    history.history["sam_sharpness"]
+    ```
+
+    References:
+        - Foret et al., 2020. Sharpness-Aware Minimization for Efficiently
+          Improving Generalization. https://arxiv.org/abs/2010.01412
+        - Kwon et al., 2021. ASAM: Adaptive Sharpness-Aware Minimization
+          for Scale-Invariant Learning of Deep Neural Networks.
+          https://arxiv.org/abs/2102.11600
+    """
+
+    def __init__(
+        self,
+        model,
+        rho=0.05,
+        adaptive=False,
+        eta=0.01,
+        num_batch_splits=None,
+        perturbation="replica",
+        **kwargs,
+    ):
+        rho = _check_non_negative_float("rho", rho)
+        eta = _check_non_negative_float("eta", eta)
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "Argument `model` must be a `keras.Model`. Received: "
+                f"model={model!r} of type {type(model).__name__}."
+            )
+        if not isinstance(adaptive, bool):
+            raise ValueError(
+                "Argument `adaptive` must be a boolean. Received: "
+                f"adaptive={adaptive!r}."
+            )
+        if num_batch_splits is not None:
+            if isinstance(num_batch_splits, bool) or not isinstance(
+                num_batch_splits, numbers.Integral
+            ):
+                raise ValueError(
+                    "Argument `num_batch_splits` must be None or a positive "
+                    f"integer. Received: num_batch_splits={num_batch_splits!r}."
+                )
+            if num_batch_splits < 1:
+                raise ValueError(
+                    "Argument `num_batch_splits` must be None or a positive "
+                    f"integer. Received: num_batch_splits={num_batch_splits}."
+                )
+            num_batch_splits = int(num_batch_splits)
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(
+                f"Argument `perturbation` must be one of {PERTURBATIONS}. "
+                f"Received: perturbation={perturbation!r}."
+            )
+        super().__init__(**kwargs)
+        self.model = model
+        self.rho = rho
+        self.adaptive = adaptive
+        self.eta = eta
+        self.num_batch_splits = num_batch_splits
+        self.perturbation = perturbation
+        self.sharpness_tracker = keras.metrics.Mean(name="sam_sharpness")
+        self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
+        if model.built:
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    # Training -------------------------------------------------------------
+
+    def train_step(self, *args):
+        """One SAM step; `(data)` on TensorFlow and torch, `(state, data)`
+        on JAX, as the backend's trainer calls it."""
+        return sam_backend.train_step(self, *args)
+
+    def test_step(self, *args):
+        return sam_backend.test_step(self, *args)
+
+    def sam_gradients(
+        self,
+        value_and_grad,
+        trainable_values,
+        non_trainable_values,
+        metrics_values,
+        x,
+        y,
+        sample_weight,
+        scale_loss,
+        reduce_gradients=None,
+        num_replicas=1,
+    ):
+        """Runs both SAM passes on a batch, statelessly.
+
+        Backend-neutral: autodiff comes in as `value_and_grad(fn)`, which
+        returns a function `(trainable_values, *args) -> ((value, aux),
+        gradients)` like `jax.value_and_grad(fn, has_aux=True)`.
+
+        Returns:
+            A dict with `gradients` (to apply), `non_trainable` and
+            `metrics` (the new values of the model's non-trainable and
+            metrics variables, from the clean pass), `y_pred` (clean
+            predictions), and the true scalars `loss`, `sam_sharpness` and
+            `grad_norm` (undoing loss scaling and the `1 / num_replicas`
+            factor of distributed losses).
+        """
+        num_splits = self.num_batch_splits or 1
+        loss_and_grads = value_and_grad(self._loss_and_updates)
+        batch_size = ops.shape(_first_leaf(x))[0]
+        is_float = [_is_float(v) for v in self.non_trainable_variables]
+        unit = ops.cast(scale_loss(ops.ones((), "float32")), "float32")
+
+        gradients = loss = sharpness = grad_norm = None
+        non_trainable_sums = None
+        counters = list(non_trainable_values)
+        metrics = list(metrics_values)
+        predictions = []
+        for index in range(num_splits):
+            if num_splits == 1:
+                chunk, weight = (x, y, sample_weight), None
+            else:
+                start = (index * batch_size) // num_splits
+                stop = ((index + 1) * batch_size) // num_splits
+                chunk = _slice_batch((x, y, sample_weight), start, stop)
+                weight = ops.cast(stop - start, "float32") / ops.cast(
+                    batch_size, "float32"
+                )
+            # Chunks all start from the pre-step float state (BatchNorm
+            # statistics); integer state (seed counters) runs on, so that
+            # chunks draw different dropout masks.
+            state = [
+                snapshot if float_ else counter
+                for snapshot, counter, float_ in zip(
+                    non_trainable_values, counters, is_float
+                )
+            ]
+            (_, aux), clean_grads = loss_and_grads(
+                trainable_values, state, metrics, *chunk, scale_loss
+            )
+            chunk_loss, chunk_pred, new_state, new_metrics = aux
+            if reduce_gradients is not None:
+                clean_grads = reduce_gradients(clean_grads)
+            chunk_norm = global_norm(clean_grads) / unit
+            if self.rho == 0.0:
+                descent, chunk_sharpness = clean_grads, ops.zeros(())
+            else:
+                eps = sam_perturbation(
+                    clean_grads,
+                    trainable_values,
+                    self.rho,
+                    adaptive=self.adaptive,
+                    eta=self.eta,
+                )
+                perturbed = [w + e for w, e in zip(trainable_values, eps)]
+                (_, perturbed_aux), descent = loss_and_grads(
+                    perturbed, state, metrics, *chunk, scale_loss
+                )
+                chunk_sharpness = perturbed_aux[0] - chunk_loss
+            metrics = new_metrics
+            counters = new_state
+            predictions.append(chunk_pred)
+            if weight is None:
+                gradients, loss = descent, chunk_loss
+                sharpness, grad_norm = chunk_sharpness, chunk_norm
+                non_trainable_sums = new_state
+                continue
+            weighted = [weight * ops.cast(g, "float32") for g in descent]
+            weighted_state = [
+                weight * s if float_ else s
+                for s, float_ in zip(new_state, is_float)
+            ]
+            if gradients is None:
+                gradients, non_trainable_sums = weighted, weighted_state
+                loss = weight * chunk_loss
+                sharpness = weight * chunk_sharpness
+                grad_norm = weight * chunk_norm
+            else:
+                gradients = [a + b for a, b in zip(gradients, weighted)]
+                non_trainable_sums = [
+                    a + b if float_ else b
+                    for a, b, float_ in zip(
+                        non_trainable_sums, weighted_state, is_float
+                    )
+                ]
+                loss = loss + weight * chunk_loss
+                sharpness = sharpness + weight * chunk_sharpness
+                grad_norm = grad_norm + weight * chunk_norm
+        if num_splits > 1:
+            gradients = [
+                ops.cast(g, w.dtype) for g, w in zip(gradients, descent)
+            ]
+            non_trainable_sums = [
+                ops.cast(s, v.dtype)
+                for s, v in zip(non_trainable_sums, non_trainable_values)
+            ]
+        y_pred = predictions[0]
+        if num_splits > 1:
+            y_pred = keras.tree.map_structure(
+                lambda *parts: ops.concatenate(parts, axis=0), *predictions
+            )
+        replicas = float(num_replicas)
+        if self.perturbation == "global":
+            # The all-reduced gradient is already the global mean.
+            grad_norm_factor = 1.0
+        else:
+            grad_norm_factor = replicas
+        return {
+            "gradients": gradients,
+            "non_trainable": non_trainable_sums,
+            "metrics": metrics,
+            "y_pred": y_pred,
+            "loss": loss * replicas,
+            "sam_sharpness": sharpness * replicas,
+            "grad_norm": grad_norm * grad_norm_factor,
+        }
+
+    def _loss_and_updates(
+        self,
+        trainable_values,
+        non_trainable_values,
+        metrics_values,
+        x,
+        y,
+        sample_weight,
+        scale_loss,
+    ):
+        """The training loss at the given values, with no side effects.
+
+        Returns `(scaled_loss, (loss, y_pred, non_trainable, metrics))`,
+        the last two being the values the variables would take.
+        """
+        mapping = list(zip(self.trainable_variables, trainable_values))
+        mapping += zip(self.non_trainable_variables, non_trainable_values)
+        mapping += zip(self.metrics_variables, metrics_values)
+        with keras.StatelessScope(
+            state_mapping=mapping, collect_losses=True
+        ) as scope:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                training=True,
+            )
+        non_trainable = [
+            scope.get_current_value(v) for v in self.non_trainable_variables
+        ]
+        metrics = [scope.get_current_value(v) for v in self.metrics_variables]
+        return scale_loss(loss), (loss, y_pred, non_trainable, metrics)
+
+    def update_sam_metrics(self, x, y, sample_weight, result):
+        """Updates `loss`, the compiled metrics and the SAM logs; returns
+        the logs. Called by the backend step, statefully or inside a
+        `StatelessScope`."""
+        batch_size = ops.shape(_first_leaf(x))[0]
+        if self._loss_tracker is not None:
+            self._loss_tracker.update_state(
+                result["loss"], sample_weight=batch_size
+            )
+        self.sharpness_tracker.update_state(
+            result["sam_sharpness"], sample_weight=batch_size
+        )
+        self.grad_norm_tracker.update_state(
+            result["grad_norm"], sample_weight=batch_size
+        )
+        return self.compute_metrics(
+            x, y, result["y_pred"], sample_weight=sample_weight
+        )
+
+    def check_trainable(self):
+        if not self.trainable_variables:
+            raise ValueError(
+                "SAMModel needs trainable weights to perturb, but the "
+                f"wrapped model={self.model.name!r} has none (it has "
+                f"{len(self.model.weights)} weights, all non-trainable)."
+            )
+
+    # Serialization --------------------------------------------------------
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model": keras.saving.serialize_keras_object(self.model),
+            "rho": self.rho,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "num_batch_splits": self.num_batch_splits,
+            "perturbation": self.perturbation,
+        }
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+def _check_non_negative_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Argument `{name}` must be a non-negative finite number. "
+            f"Received: {name}={value!r} of type {type(value).__name__}."
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Argument `{name}` must be a non-negative finite number. "
+            f"Received: {name}={value}."
+        )
+    return value
+
+
+def _is_float(variable):
+    return "float" in str(variable.dtype)
+
+
+def _first_leaf(structure):
+    return next(
+        leaf for leaf in keras.tree.flatten(structure) if leaf is not None
+    )
+
+
+def _slice_batch(structure, start, stop):
+    return keras.tree.map_structure(
+        lambda t: None if t is None else t[start:stop], structure
+    )
