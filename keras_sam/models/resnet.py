@@ -1,0 +1,149 @@
+"""CIFAR ResNets (He et al., 2016): ResNet-20, -32, -44, -56, -110."""
+
+import keras
+
+from keras_sam.models import _common
+
+
+def resnet(
+    depth=20,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    weight_decay=0.0,
+    classifier_activation="softmax",
+    name=None,
+):
+    """The CIFAR ResNet of He et al. (2016), section 4.2.
+
+    A 3x3 convolution with 16 filters, then three stages of `n` basic
+    blocks (two 3x3 convolutions, each followed by BatchNorm, ReLU after
+    the addition) with 16, 32 and 64 filters, the second and third stage
+    starting with stride 2, then global average pooling and a dense
+    classifier: `depth = 6 n + 2` weighted layers. Shortcuts are identities;
+    where the shape changes, the shortcut subsamples with stride 2 and pads
+    the new channels with zeros (the paper's option A, no parameters).
+    ResNet-20 has 0.27M parameters and ResNet-56 0.85M, as published.
+
+    Args:
+        depth: number of weighted layers, `6 n + 2` with `n >= 1` (20, 32,
+            44, 56, 110, ...). Defaults to `20`.
+        input_shape: shape of one input image `(height, width, channels)`.
+            Defaults to `(32, 32, 3)`.
+        num_classes: number of classes. Defaults to `10`.
+        weight_decay: coupled L2 coefficient: adds `weight_decay * kernel`
+            to the gradient of every convolution and dense kernel (a Keras
+            `L2(weight_decay / 2)` regularizer), as in the SAM paper.
+            BatchNorm parameters and biases are not decayed. `0` adds no
+            regularizer. Defaults to `0.0`.
+        classifier_activation: activation of the output layer, computed in
+            float32; `None` returns logits. Defaults to `"softmax"`.
+        name: model name. Defaults to `"resnet_<depth>"`.
+
+    Returns:
+        A built functional `keras.Model`.
+
+    Example:
+
+    >>> model = keras_sam.models.resnet(20, weight_decay=5e-4)
+    >>> model.count_params()
+    271098
+
+    References:
+        - [He et al., 2016. Deep Residual Learning for Image Recognition](
+          https://arxiv.org/abs/1512.03385)
+    """
+    return _resnet(
+        keras,
+        depth=depth,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        weight_decay=weight_decay,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
+
+
+def _check_depth(depth):
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 8
+        or (depth - 2) % 6
+    ):
+        raise ValueError(
+            "`depth` must be 6 n + 2 for an integer n >= 1 (20, 32, 44, 56, "
+            f"110, ...), got {depth!r}."
+        )
+    return (depth - 2) // 6
+
+
+def _resnet(
+    api,
+    depth,
+    input_shape,
+    num_classes,
+    weight_decay,
+    classifier_activation,
+    name,
+):
+    blocks_per_stage = _check_depth(depth)
+    input_shape = _common.check_input_shape(input_shape)
+    _common.check_positive_int("num_classes", num_classes)
+    weight_decay = _common.check_weight_decay(weight_decay)
+    layers = api.layers
+
+    inputs = api.Input(shape=input_shape, name="images")
+    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
+    x = _common.batch_norm(api, "stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    in_filters = 16
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks_per_stage):
+            prefix = f"stage{stage + 1}_block{block + 1}"
+            strides = 2 if stage > 0 and block == 0 else 1
+            shortcut = x
+            if strides != 1 or filters != in_filters:
+                shortcut = _zero_pad_shortcut(
+                    api, x, strides, filters - in_filters, prefix
+                )
+            y = _common.conv(
+                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
+            )(x)
+            y = _common.batch_norm(api, f"{prefix}_bn1")(y)
+            y = layers.Activation("relu", name=f"{prefix}_relu1")(y)
+            y = _common.conv(
+                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
+            )(y)
+            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+            x = layers.Activation("relu", name=f"{prefix}_out")(x)
+            in_filters = filters
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = _common.classifier(
+        api, x, num_classes, weight_decay, classifier_activation
+    )
+    return api.Model(inputs, outputs, name=name or f"resnet_{depth}")
+
+
+def _zero_pad_shortcut(api, x, strides, extra_channels, prefix):
+    """Option A shortcut: `x[:, ::s, ::s, :]` with zero channels on both
+    sides, built from standard layers only (no Lambda, no custom layer) so
+    that it serializes and builds in Keras 3 and Keras 2 alike."""
+    layers = api.layers
+    if strides != 1:
+        # A 1x1 pooling window with stride s keeps x[:, ::s, ::s, :].
+        x = layers.MaxPooling2D(
+            pool_size=1, strides=strides, name=f"{prefix}_subsample"
+        )(x)
+    if extra_channels:
+        before = extra_channels // 2
+        after = extra_channels - before
+        # Swap width and channels, zero-pad the (new) width axis, swap back.
+        x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
+        x = layers.ZeroPadding2D(
+            padding=((0, 0), (before, after)),
+            data_format="channels_last",
+            name=f"{prefix}_pad_channels",
+        )(x)
+        x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hwc")(x)
+    return x

@@ -1,0 +1,156 @@
+"""Wide residual networks WRN-d-k (Zagoruyko & Komodakis, 2016)."""
+
+import keras
+
+from keras_sam.models import _common
+
+
+def wide_resnet(
+    depth=28,
+    width=10,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    dropout_rate=0.0,
+    weight_decay=0.0,
+    classifier_activation="softmax",
+    name=None,
+):
+    """Wide ResNet WRN-`depth`-`width`, as used in the SAM paper's tables.
+
+    A 3x3 convolution with 16 filters, then three groups of `n` pre-
+    activation blocks (BatchNorm, ReLU, 3x3 convolution, BatchNorm, ReLU,
+    optional dropout, 3x3 convolution) with `16 k`, `32 k` and `64 k`
+    filters, the second and third group starting with stride 2, then
+    BatchNorm, ReLU, global average pooling and a dense classifier:
+    `depth = 6 n + 4`. Where a block changes the number of filters or the
+    resolution, its shortcut is a 1x1 convolution of the pre-activated
+    input, as in the authors' code. WRN-28-10 has 36.5M parameters,
+    WRN-16-8 11.0M and WRN-16-4 2.7M, as published.
+
+    Args:
+        depth: number of convolution layers, `6 n + 4` with `n >= 1` (16,
+            22, 28, 40, ...). Defaults to `28`.
+        width: widening factor `k`. Defaults to `10`.
+        input_shape: shape of one input image `(height, width, channels)`.
+            Defaults to `(32, 32, 3)`.
+        num_classes: number of classes. Defaults to `10`.
+        dropout_rate: dropout between the two convolutions of each block
+            (0.3 in some of the WRN paper's runs; the SAM paper uses none).
+            Defaults to `0.0` (no dropout layer).
+        weight_decay: coupled L2 coefficient: adds `weight_decay * kernel`
+            to the gradient of every convolution and dense kernel (a Keras
+            `L2(weight_decay / 2)` regularizer), as in the SAM paper, whose
+            WRN runs use 5e-4. BatchNorm parameters and biases are not
+            decayed. `0` adds no regularizer. Defaults to `0.0`.
+        classifier_activation: activation of the output layer, computed in
+            float32; `None` returns logits. Defaults to `"softmax"`.
+        name: model name. Defaults to `"wrn_<depth>_<width>"`.
+
+    Returns:
+        A built functional `keras.Model`.
+
+    Example:
+
+    >>> model = keras_sam.models.wide_resnet(16, 8, weight_decay=5e-4)
+    >>> round(model.count_params() / 1e6, 1)
+    11.0
+
+    References:
+        - [Zagoruyko & Komodakis, 2016. Wide Residual Networks](
+          https://arxiv.org/abs/1605.07146)
+        - [Foret et al., 2020. Sharpness-Aware Minimization for Efficiently
+          Improving Generalization](https://arxiv.org/abs/2010.01412)
+    """
+    return _wide_resnet(
+        keras,
+        depth=depth,
+        width=width,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        dropout_rate=dropout_rate,
+        weight_decay=weight_decay,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
+
+
+def _check_depth(depth):
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 10
+        or (depth - 4) % 6
+    ):
+        raise ValueError(
+            "`depth` must be 6 n + 4 for an integer n >= 1 (10, 16, 22, 28, "
+            f"40, ...), got {depth!r}."
+        )
+    return (depth - 4) // 6
+
+
+def _wide_resnet(
+    api,
+    depth,
+    width,
+    input_shape,
+    num_classes,
+    dropout_rate,
+    weight_decay,
+    classifier_activation,
+    name,
+):
+    blocks_per_group = _check_depth(depth)
+    _common.check_positive_int("width", width)
+    input_shape = _common.check_input_shape(input_shape)
+    _common.check_positive_int("num_classes", num_classes)
+    weight_decay = _common.check_weight_decay(weight_decay)
+    if (
+        isinstance(dropout_rate, bool)
+        or not isinstance(dropout_rate, (int, float))
+        or not 0 <= dropout_rate < 1
+    ):
+        raise ValueError(
+            f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}."
+        )
+    layers = api.layers
+
+    inputs = api.Input(shape=input_shape, name="images")
+    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
+    in_filters = 16
+    for group, base in enumerate((16, 32, 64)):
+        filters = base * width
+        for block in range(blocks_per_group):
+            prefix = f"group{group + 1}_block{block + 1}"
+            strides = 2 if group > 0 and block == 0 else 1
+            pre = _common.batch_norm(api, f"{prefix}_bn1")(x)
+            pre = layers.Activation("relu", name=f"{prefix}_relu1")(pre)
+            if strides != 1 or filters != in_filters:
+                shortcut = _common.conv(
+                    api,
+                    filters,
+                    1,
+                    strides,
+                    weight_decay,
+                    f"{prefix}_shortcut",
+                )(pre)
+            else:
+                shortcut = x
+            y = _common.conv(
+                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
+            )(pre)
+            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+            y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
+            if dropout_rate:
+                y = layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
+            y = _common.conv(
+                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
+            )(y)
+            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+            in_filters = filters
+    x = _common.batch_norm(api, "final_bn")(x)
+    x = layers.Activation("relu", name="final_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = _common.classifier(
+        api, x, num_classes, weight_decay, classifier_activation
+    )
+    return api.Model(inputs, outputs, name=name or f"wrn_{depth}_{width}")
