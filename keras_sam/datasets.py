@@ -86,9 +86,7 @@ def load_jpeg_npz(path, split=None):
     if not path.is_file():
         raise FileNotFoundError(f"JPEG npz file not found: {path}")
     if split is not None and not isinstance(split, str):
-        raise ValueError(
-            f"`split` must be a string or None, got {split!r}."
-        )
+        raise ValueError(f"`split` must be a string or None, got {split!r}.")
     prefix = "" if split is None else f"{split}_"
     with np.load(path, allow_pickle=False) as arrays:
         keys = [prefix + key for key in _REQUIRED_KEYS]
@@ -101,7 +99,7 @@ def load_jpeg_npz(path, split=None):
         data, offsets, labels = (arrays[key] for key in keys)
     _check_layout(path, data, offsets, labels)
     images = [
-        decode_jpeg(data[offsets[i]:offsets[i + 1]])
+        decode_jpeg(data[offsets[i] : offsets[i + 1]])
         for i in range(labels.shape[0])
     ]
     shapes = {image.shape for image in images}
@@ -131,8 +129,10 @@ def _check_layout(path, data, offsets, labels):
             f"In {path}, `offsets` must have shape ({labels.shape[0] + 1},) "
             f"for {labels.shape[0]} labels, got {offsets.shape}."
         )
-    if offsets[0] != 0 or offsets[-1] != data.size or np.any(
-        np.diff(offsets) <= 0
+    if (
+        offsets[0] != 0
+        or offsets[-1] != data.size
+        or np.any(np.diff(offsets) <= 0)
     ):
         raise ValueError(
             f"In {path}, `offsets` must increase from 0 to the size of "

@@ -151,11 +151,6 @@ class SAMModel(keras.Model):
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
-    def build(self, input_shape):
-        if not self.model.built:
-            self.model.build(input_shape)
-        self.built = True
-
     # Training -------------------------------------------------------------
 
     def train_step(self, *args):
@@ -178,6 +173,7 @@ class SAMModel(keras.Model):
         scale_loss,
         reduce_gradients=None,
         num_replicas=1,
+        global_rng=None,
     ):
         """Runs both SAM passes on a batch, statelessly.
 
@@ -192,6 +188,11 @@ class SAMModel(keras.Model):
             predictions), and the true scalars `loss`, `sam_sharpness` and
             `grad_norm` (undoing loss scaling and the `1 / num_replicas`
             factor of distributed losses).
+
+        `global_rng`, where a backend draws dropout masks from a global
+        generator (unseeded layers on torch), has `get_state()` and
+        `set_state(state)`; the perturbed pass replays the clean pass's
+        draws and the generator then moves on as after one pass.
         """
         num_splits = self.num_batch_splits or 1
         loss_and_grads = value_and_grad(self._loss_and_updates)
@@ -223,6 +224,8 @@ class SAMModel(keras.Model):
                     non_trainable_values, counters, is_float
                 )
             ]
+            if global_rng is not None:
+                rng_before = global_rng.get_state()
             (_, aux), clean_grads = loss_and_grads(
                 trainable_values, state, metrics, *chunk, scale_loss
             )
@@ -241,9 +244,14 @@ class SAMModel(keras.Model):
                     eta=self.eta,
                 )
                 perturbed = [w + e for w, e in zip(trainable_values, eps)]
+                if global_rng is not None:
+                    rng_after = global_rng.get_state()
+                    global_rng.set_state(rng_before)
                 (_, perturbed_aux), descent = loss_and_grads(
                     perturbed, state, metrics, *chunk, scale_loss
                 )
+                if global_rng is not None:
+                    global_rng.set_state(rng_after)
                 chunk_sharpness = perturbed_aux[0] - chunk_loss
             metrics = new_metrics
             counters = new_state

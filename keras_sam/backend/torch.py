@@ -29,6 +29,23 @@ def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
+class _TorchGlobalRNG:
+    """Torch's global generators, which unseeded Keras dropout uses."""
+
+    @staticmethod
+    def get_state():
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() \
+            else None
+        return torch.get_rng_state(), cuda
+
+    @staticmethod
+    def set_state(state):
+        cpu, cuda = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def train_step(model, data):
     x, y, sample_weight = common.unpack(model, data)
     result = model.sam_gradients(
@@ -40,6 +57,7 @@ def train_step(model, data):
         y,
         sample_weight,
         scale_loss=model.optimizer.scale_loss,
+        global_rng=_TorchGlobalRNG,
     )
     with torch.no_grad():
         model.optimizer.apply(result["gradients"], model.trainable_variables)

@@ -42,9 +42,7 @@ def select_balanced(labels, per_class, seed):
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(
-            f"Expected 1-D `labels`, got shape {labels.shape}."
-        )
+        raise ValueError(f"Expected 1-D `labels`, got shape {labels.shape}.")
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(
             f"`per_class` must be a positive integer, got {per_class!r}."
@@ -75,7 +73,7 @@ def subset_jpeg_npz(source, rows):
         `source_index` (int64, equal to `rows`).
     """
     data, offsets, labels = source["data"], source["offsets"], source["y"]
-    pieces = [data[offsets[i]:offsets[i + 1]] for i in rows]
+    pieces = [data[offsets[i] : offsets[i + 1]] for i in rows]
     lengths = np.array([piece.size for piece in pieces], dtype=np.int64)
     new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_offsets[1:])

@@ -1,0 +1,119 @@
+"""An independent NumPy (float64) implementation of SAM on a tiny MLP.
+
+The model is `Dense(hidden, tanh) -> Dense(out)` with Keras's "mse" loss
+(mean over all outputs, no 1/2), an optional L2 kernel regularizer on the
+first layer and an optional activity penalty `c * mean(h^2)` added with
+`add_loss`. Forward, backward and the optimizers are written out by hand,
+following the formulas in the papers and the Keras optimizer docs.
+"""
+
+import numpy as np
+
+
+def forward_backward(params, x, y, sample_weight=None, l2=0.0, penalty=0.0):
+    """Returns the loss and its gradient for the MLP at `params`."""
+    w1, b1, w2, b2 = params
+    n = x.shape[0]
+    pre = x @ w1 + b1
+    h = np.tanh(pre)
+    out = h @ w2 + b2
+    residual = out - y
+    per_sample = np.mean(residual**2, axis=1)
+    sw = np.ones(n) if sample_weight is None else sample_weight
+    # Keras "sum_over_batch_size": weighted sum divided by the batch size.
+    loss = np.sum(sw * per_sample) / n
+    loss += l2 * np.sum(w1**2) + penalty * np.mean(h**2)
+    d_out = (2.0 / (n * y.shape[1])) * sw[:, None] * residual
+    g_w2 = h.T @ d_out
+    g_b2 = d_out.sum(axis=0)
+    d_h = d_out @ w2.T + penalty * 2.0 * h / h.size
+    d_pre = d_h * (1.0 - h**2)
+    g_w1 = x.T @ d_pre + 2.0 * l2 * w1
+    g_b1 = d_pre.sum(axis=0)
+    return loss, [g_w1, g_b1, g_w2, g_b2]
+
+
+def epsilon(params, grads, rho, adaptive=False, eta=0.01):
+    if adaptive:
+        t = [np.abs(p) + eta for p in params]
+        norm = np.sqrt(sum(np.sum((ti * g) ** 2) for ti, g in zip(t, grads)))
+        return [rho * ti**2 * g / norm for ti, g in zip(t, grads)]
+    norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+    return [rho * g / norm for g in grads]
+
+
+def sam_gradient(params, x, y, rho, adaptive=False, eta=0.01, splits=1,
+                 sample_weight=None, l2=0.0, penalty=0.0):
+    """The SAM descent gradient, m-sharpness chunks weighted by size.
+
+    Returns `(gradient, clean_loss, perturbed_loss, grad_norm)`.
+    """
+    n = x.shape[0]
+    bounds = [(i * n) // splits for i in range(splits + 1)]
+    total = [np.zeros_like(p) for p in params]
+    clean = perturbed = norm = 0.0
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        part = slice(start, stop)
+        sw = None if sample_weight is None else sample_weight[part]
+        loss, grads = forward_backward(
+            params, x[part], y[part], sw, l2, penalty
+        )
+        eps = epsilon(params, grads, rho, adaptive, eta)
+        shifted = [p + e for p, e in zip(params, eps)]
+        loss_p, grads_p = forward_backward(
+            shifted, x[part], y[part], sw, l2, penalty
+        )
+        weight = (stop - start) / n
+        total = [t + weight * g for t, g in zip(total, grads_p)]
+        clean += weight * loss
+        perturbed += weight * loss_p
+        norm += weight * np.sqrt(sum(np.sum(g**2) for g in grads))
+    return total, clean, perturbed, norm
+
+
+class SGD:
+    """Keras SGD: `v = m v - lr g; w += v` (plain when m = 0)."""
+
+    def __init__(self, learning_rate, momentum=0.0, weight_decay=0.0):
+        self.lr, self.momentum, self.wd = learning_rate, momentum, weight_decay
+        self.velocity = None
+
+    def apply(self, params, grads):
+        if self.velocity is None:
+            self.velocity = [np.zeros_like(p) for p in params]
+        # Decoupled weight decay first, as keras.optimizers.Optimizer does.
+        params = [p - self.lr * self.wd * p for p in params]
+        if self.momentum == 0.0:
+            return [p - self.lr * g for p, g in zip(params, grads)]
+        self.velocity = [
+            self.momentum * v - self.lr * g
+            for v, g in zip(self.velocity, grads)
+        ]
+        return [p + v for p, v in zip(params, self.velocity)]
+
+
+class Adam:
+    """Keras Adam (Kingma & Ba 2014, with Keras's epsilon placement)."""
+
+    def __init__(self, learning_rate, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7):
+        self.lr, self.b1, self.b2, self.eps = (
+            learning_rate, beta_1, beta_2, epsilon
+        )
+        self.m = self.v = None
+        self.t = 0
+
+    def apply(self, params, grads):
+        if self.m is None:
+            self.m = [np.zeros_like(p) for p in params]
+            self.v = [np.zeros_like(p) for p in params]
+        self.t += 1
+        alpha = self.lr * np.sqrt(1 - self.b2**self.t) / (1 - self.b1**self.t)
+        self.m = [self.b1 * m + (1 - self.b1) * g for m, g in zip(self.m, grads)]
+        self.v = [
+            self.b2 * v + (1 - self.b2) * g**2 for v, g in zip(self.v, grads)
+        ]
+        return [
+            p - alpha * m / (np.sqrt(v) + self.eps)
+            for p, m, v in zip(params, self.m, self.v)
+        ]
