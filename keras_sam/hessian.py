@@ -48,6 +48,9 @@ import numpy as np
 from scipy import linalg as scipy_linalg
 
 __all__ = [
+    "ProbeSet",
+    "as_probe_set",
+    "gd_stability_threshold",
     "hessian_trace",
     "hessian_vector_product",
     "linear_stability",
@@ -860,33 +863,42 @@ def _finite_population_factor(population, batch_size):
     return (population - batch_size) / (batch_size * (population - 1))
 
 
-class _NoiseBatches:
-    """Samples sets that give `E[H_B^2]` and the gradient noise.
+def _noise_plan(num_samples, batch_size, max_exact_samples, num_batches):
+    """Returns `(exact, b, count)`: the sets of probe samples that stand
+    for SGD's batches, `count` sets of `b` samples (see `_NoiseBatches`)."""
+    if num_samples <= max_exact_samples:
+        return True, 1, num_samples
+    size = batch_size if batch_size < num_samples else num_samples // 2
+    count = num_batches or max(8, -(-num_samples // size))
+    return False, size, count
 
-    Exact mode: the `n` single samples (batch size `b = 1`, all of them).
-    Sampled mode: `num_batches` sets of `b` samples, each drawn without
-    replacement. Either way `mean over sets of (statistic) ` estimates the
-    expectation over uniformly random `b`-sets of the probe set, and the
-    per-sample variance is `(that - mean^2) / factor`, `factor =
-    (n - b) / (b (n - 1))`.
+
+class _NoiseBatches:
+    """Sets of probe samples giving `E[H_b^2]` and the gradient noise.
+
+    Exact mode: the `n` single samples (`b = 1`, all of them). Sampled
+    mode: `count` sets of `b` samples, each drawn without replacement,
+    fixed for the call. The mean of a statistic over the sets estimates
+    (exactly, in exact mode) its expectation over uniformly random
+    `b`-sets of the probe set; a per-sample variance is the variance of
+    the set means over `factor = (n - b) / (b (n - 1))`.
     """
 
     def __init__(
-        self, curvature, batch_size, max_exact_samples, num_noise_batches, rng
+        self, curvature, batch_size, max_exact_samples, num_batches, rng
     ):
         n = curvature.probe.num_samples
-        self.exact = n <= max_exact_samples
+        self.exact, size, count = _noise_plan(
+            n, batch_size, max_exact_samples, num_batches
+        )
         if self.exact:
-            self.batch_size = 1
             self.index_sets = [np.array([i]) for i in range(n)]
         else:
-            self.batch_size = batch_size if batch_size < n else n // 2
-            count = num_noise_batches or max(8, -(-n // self.batch_size))
             self.index_sets = [
-                np.sort(rng.choice(n, self.batch_size, replace=False))
+                np.sort(rng.choice(n, size, replace=False))
                 for _ in range(count)
             ]
-        self.factor = _finite_population_factor(n, self.batch_size)
+        self.factor = _finite_population_factor(n, size)
         self.batches = [curvature.batches(s) for s in self.index_sets]
 
 

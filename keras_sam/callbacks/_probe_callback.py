@@ -1,0 +1,273 @@
+"""What the measurement callbacks share: schedule, time budget, optimizer."""
+
+import math
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from keras_sam import hessian
+
+FREQ_UNITS = ("epoch", "step")
+
+
+class ProbeCallback(keras.callbacks.Callback):
+    """Base class of the callbacks that measure the loss landscape.
+
+    Subclasses set `log_names` and implement `measure()` (a dict of
+    floats, one per name) and `cost()` (the expected number of
+    Hessian-vector products, see below). This class decides when to
+    measure and writes the values into `logs`.
+
+    Schedule. With `freq_unit="epoch"` a measurement runs at the end of
+    every `freq`-th epoch; with `"step"`, after every `freq`-th training
+    step (counted across epochs), its values written into that step's
+    logs, and each epoch's logs then carry the latest values. Every
+    epoch's logs have every name; an epoch without a measurement (not
+    scheduled, or skipped for time) gets NaN, so `History`, `CSVLogger`
+    and TensorBoard stay aligned with the epochs.
+
+    Time budget. The callback keeps its own wall time (measurements and
+    calibration) below `max_overhead` times the training time elapsed so
+    far: a measurement that would go over is skipped (one warning says
+    so). The cost of a measurement is that of the previous one; before
+    the first, it is predicted from one timed Hessian-vector product on a
+    microbatch.
+    """
+
+    log_names = ()
+
+    def __init__(
+        self,
+        probe_data,
+        freq=1,
+        freq_unit="epoch",
+        max_overhead=0.05,
+        probe_batch_size=hessian.DEFAULT_PROBE_BATCH_SIZE,
+        seed=None,
+    ):
+        super().__init__()
+        if not hessian._is_integer(freq) or freq < 1:
+            raise ValueError(
+                f"Argument `freq` must be an integer >= 1. Received: "
+                f"freq={freq!r}."
+            )
+        if freq_unit not in FREQ_UNITS:
+            raise ValueError(
+                f"Argument `freq_unit` must be one of {FREQ_UNITS}. "
+                f"Received: freq_unit={freq_unit!r}."
+            )
+        if max_overhead is not None and (
+            not hessian._is_real(max_overhead) or not max_overhead > 0
+        ):
+            raise ValueError(
+                "Argument `max_overhead` must be None or a positive number. "
+                f"Received: max_overhead={max_overhead!r}."
+            )
+        self.probe = hessian.as_probe_set(probe_data)
+        self.freq = int(freq)
+        self.freq_unit = freq_unit
+        self.max_overhead = max_overhead
+        self.probe_batch_size = hessian._check_int(
+            "probe_batch_size", probe_batch_size
+        )
+        self.seed = seed
+        self._rng = hessian._rng(seed)
+        self._warned = False
+        self._reset()
+
+    # Subclass interface ----------------------------------------------------
+
+    def measure(self):
+        """Returns a dict `{name: float}` for every name in `log_names`."""
+        raise NotImplementedError
+
+    def cost(self):
+        """The expected cost of `measure()`, as a pair: Hessian-vector
+        products over the whole probe set, and single-sample ones."""
+        raise NotImplementedError
+
+    # Keras hooks -----------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self.freq_unit == "step" and self._steps % self.freq == 0:
+            values = self._measure_within_budget()
+            if values is not None and logs is not None:
+                logs.update(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self.freq_unit == "epoch":
+            values = None
+            if (epoch + 1) % self.freq == 0:
+                values = self._measure_within_budget()
+            logs.update(values or self._missing())
+        else:
+            logs.update(self._latest or self._missing())
+
+    # Helpers for subclasses ------------------------------------------------
+
+    def next_seed(self):
+        """A fresh integer seed for one measurement."""
+        return int(self._rng.integers(2**31 - 1))
+
+    def training_settings(self, learning_rate=None, momentum=None):
+        """Returns `(learning_rate, momentum, nesterov)` of the optimizer.
+
+        The learning rate is the optimizer's current one (a schedule is
+        evaluated at `optimizer.iterations`). Momentum is the optimizer's
+        `momentum` attribute where it has one (`SGD`, `RMSprop`), else 0
+        (Adam and other adaptive optimizers, whose stability also depends
+        on their preconditioner). A `LossScaleOptimizer` is looked
+        through. `learning_rate` and `momentum`, when not `None`, replace
+        the optimizer's values.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            if learning_rate is None:
+                raise ValueError(
+                    f"{type(self).__name__} reads the learning rate from "
+                    "the model's optimizer, but the model has none. Compile "
+                    "the model or pass `learning_rate`."
+                )
+            return learning_rate, momentum or 0.0, False
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        if learning_rate is None:
+            learning_rate = float(
+                keras.ops.convert_to_numpy(optimizer.learning_rate)
+            )
+        if momentum is None:
+            momentum = getattr(optimizer, "momentum", 0.0) or 0.0
+            momentum = float(keras.ops.convert_to_numpy(momentum))
+        nesterov = bool(getattr(optimizer, "nesterov", False))
+        return learning_rate, momentum, nesterov
+
+    def training_sizes(self, batch_size=None, dataset_size=None):
+        """Returns the SGD batch size `B` and training set size `N`.
+
+        Keras 3's `fit` gives callbacks only `params["steps"]` (steps per
+        epoch), so at least one of `batch_size` and `dataset_size` must be
+        given: `B = ceil(N / steps)`, `N = B * steps` (or the probe set's
+        size when the steps are unknown).
+        """
+        steps = (self.params or {}).get("steps")
+        if batch_size is None:
+            if dataset_size is None or not steps:
+                raise ValueError(
+                    f"{type(self).__name__} needs the SGD batch size, "
+                    "which Keras does not pass to callbacks: give "
+                    "`batch_size` (or `dataset_size`, when the steps per "
+                    "epoch are known). Received: batch_size=None, "
+                    f"dataset_size={dataset_size}, steps per epoch={steps}."
+                )
+            batch_size = math.ceil(dataset_size / steps)
+        if dataset_size is None:
+            dataset_size = batch_size * steps if steps else None
+        return batch_size, dataset_size
+
+    # Internals -------------------------------------------------------------
+
+    def _reset(self):
+        self._start = time.perf_counter()
+        self._spent = 0.0
+        self._last_cost = None
+        self._steps = 0
+        self._latest = None
+
+    def _missing(self):
+        return {name: float("nan") for name in self.log_names}
+
+    def _measure_within_budget(self):
+        model = self.model  # on JAX, this syncs the weights to the model
+        if self.max_overhead is not None:
+            estimate = self._estimate_cost(model)
+            training = time.perf_counter() - self._start - self._spent
+            if self._spent + estimate > self.max_overhead * training:
+                self._warn_skipped(estimate, training)
+                return None
+        begin = time.perf_counter()
+        values = self.measure()
+        self._last_cost = time.perf_counter() - begin
+        self._spent += self._last_cost
+        self._latest = values
+        return values
+
+    def _estimate_cost(self, model):
+        if self._last_cost is not None:
+            return self._last_cost
+        begin = time.perf_counter()
+        full, single = self.cost()
+        size = min(self.probe_batch_size, self.probe.num_samples)
+        microbatch = _time_product(model, self.probe, size)
+        num_microbatches = math.ceil(self.probe.num_samples / size)
+        estimate = full * num_microbatches * microbatch
+        if single:
+            estimate += single * _time_product(model, self.probe, 1)
+        self._spent += time.perf_counter() - begin
+        self._last_cost = estimate
+        return estimate
+
+    def _warn_skipped(self, estimate, training):
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"{type(self).__name__} skipped a measurement that would have "
+            f"taken about {estimate:.3g} s, bringing its time to more than "
+            f"max_overhead={self.max_overhead} of the {training:.3g} s of "
+            "training so far. It measures again when the budget allows; "
+            "skipped epochs log NaN. Raise `max_overhead` (or set it to "
+            "None), `freq`, or use fewer probe samples. (Warned once.)",
+            stacklevel=2,
+        )
+
+
+def _time_product(model, probe, size):
+    """Seconds for one Hessian-vector product on `size` probe samples, the
+    second of two calls (the first compiles)."""
+    subset = hessian.ProbeSet(*probe.take(slice(0, size)), size)
+    dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    vector = np.ones(dim)
+    hessian.hessian_vector_product(model, subset, vector, size)
+    begin = time.perf_counter()
+    hessian.hessian_vector_product(model, subset, vector, size)
+    return time.perf_counter() - begin
+
+
+def optional_learning_rate(learning_rate):
+    """Checks a `learning_rate` override (`None` or positive)."""
+    if learning_rate is None:
+        return None
+    return hessian._check_positive_float("learning_rate", learning_rate)
+
+
+def optional_momentum(momentum):
+    """Checks a `momentum` override (`None` or in [0, 1))."""
+    if momentum is None:
+        return None
+    return hessian._check_momentum(momentum)
+
+
+def gd_stability_ratio(sharpness, learning_rate, momentum, nesterov):
+    """`sharpness` over `hessian.gd_stability_threshold`; 0 when the
+    learning rate is 0 (the end of a decayed schedule)."""
+    if learning_rate <= 0:
+        return 0.0
+    threshold = hessian.gd_stability_threshold(
+        learning_rate, momentum, nesterov
+    )
+    return float(sharpness / threshold)
+
+
+def optional_int(name, value):
+    """Checks an optional integer argument (`None` or >= 1)."""
+    if value is None:
+        return None
+    return hessian._check_int(name, value)

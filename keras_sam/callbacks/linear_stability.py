@@ -1,0 +1,166 @@
+"""`LinearStability`: whether GD and SGD can stay at the weights, in `logs`."""
+
+from keras_sam import hessian
+from keras_sam.callbacks._probe_callback import (
+    ProbeCallback,
+    gd_stability_ratio,
+    optional_int,
+    optional_learning_rate,
+    optional_momentum,
+)
+
+
+class LinearStability(ProbeCallback):
+    """Logs the linear stability of GD and SGD at the current weights.
+
+    Writes into `logs`, by `hessian.linear_stability` (Wu, Ma & E, 2018):
+
+    - `sharpness`: `a`, the largest eigenvalue of the loss Hessian `H`;
+    - `non_uniformity`: `s = sqrt(lambda_max(Sigma))`, `Sigma` the
+      variance of the per-sample Hessians;
+    - `gd_stability_ratio`: `a` over GD's threshold
+      `2 (1 + momentum) / learning_rate` (stable iff <= 1);
+    - `sgd_growth`: `lambda_max(M) - 1`, `M = (I - lr H)^2 + lr^2
+      (N - B) / (B (N - 1)) Sigma`, the per-step growth of the second
+      moment of SGD's deviation (momentum not included);
+    - `sgd_stable`: `1.0` if `sgd_growth <= tolerance`, else `0.0`.
+
+    The learning rate and momentum are read from the model's optimizer
+    at each measurement (see `ProbeCallback.training_settings`). The
+    SGD batch size `B` and training set size `N` are not given to
+    callbacks by Keras 3's `fit`: pass `batch_size` (or `dataset_size`,
+    and `B = ceil(N / steps_per_epoch)` is used); a missing `N` is
+    `B * steps_per_epoch`. With a learning rate of 0 the stability keys
+    are NaN. The cost is roughly `5 * num_iterations` Hessian-vector
+    products over `probe_data`, more with exact per-sample products (see
+    `hessian.linear_stability`); the model is not changed. Put this
+    callback before `CSVLogger` or `TensorBoard` in the `callbacks` list.
+    See `ProbeCallback` for `freq`, `freq_unit` and `max_overhead`.
+
+    Args:
+        probe_data: Training samples to measure on: `(x, y)`, `(x, y,
+            sample_weight)`, or a finite batched `tf.data.Dataset`.
+        batch_size: Integer or `None`, the SGD batch size. Defaults to
+            `None` (then `dataset_size` is required).
+        dataset_size: Integer or `None`, the training set size. Defaults
+            to `None`.
+        learning_rate: Float or `None`, replaces the optimizer's. Defaults
+            to `None`.
+        momentum: Float or `None`, replaces the optimizer's. Defaults to
+            `None`.
+        num_iterations: Integer, Lanczos steps per eigenvalue. Defaults to
+            `20`.
+        max_exact_samples: Integer, the largest probe set measured with
+            exact per-sample products. Defaults to `64`.
+        num_noise_batches: Integer or `None`, random batches when not
+            exact. Defaults to `None`.
+        tolerance: Float, the growth still called stable. Defaults to
+            `1e-3`.
+        freq: Integer, measure every `freq` epochs (or steps). Defaults to
+            `1`.
+        freq_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
+        max_overhead: Float or `None`, the largest fraction of training
+            wall time this callback may take. Defaults to `0.05`.
+        probe_batch_size: Integer, samples per microbatch. Defaults to
+            `128`.
+        seed: Integer or `None`. Defaults to `None`.
+
+    Example:
+
+    ```python
+    model.fit(x_train, y_train, batch_size=32, epochs=10, callbacks=[
+        keras_sam.callbacks.LinearStability(
+            (x_train[:64], y_train[:64]), batch_size=32)])
+    ```
+
+    References:
+        - Wu, Ma & E, 2018. https://papers.nips.cc/paper/8049
+    """
+
+    log_names = (
+        "sharpness",
+        "non_uniformity",
+        "gd_stability_ratio",
+        "sgd_growth",
+        "sgd_stable",
+    )
+
+    def __init__(
+        self,
+        probe_data,
+        batch_size=None,
+        dataset_size=None,
+        learning_rate=None,
+        momentum=None,
+        num_iterations=20,
+        max_exact_samples=hessian.DEFAULT_MAX_EXACT_SAMPLES,
+        num_noise_batches=None,
+        tolerance=hessian.DEFAULT_STABILITY_TOLERANCE,
+        freq=1,
+        freq_unit="epoch",
+        max_overhead=0.05,
+        probe_batch_size=hessian.DEFAULT_PROBE_BATCH_SIZE,
+        seed=None,
+    ):
+        super().__init__(
+            probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
+        )
+        self.batch_size = optional_int("batch_size", batch_size)
+        self.dataset_size = optional_int("dataset_size", dataset_size)
+        self.learning_rate = optional_learning_rate(learning_rate)
+        self.momentum = optional_momentum(momentum)
+        self.num_iterations = hessian._check_int(
+            "num_iterations", num_iterations
+        )
+        self.max_exact_samples = hessian._check_int(
+            "max_exact_samples", max_exact_samples, 0
+        )
+        self.num_noise_batches = optional_int(
+            "num_noise_batches", num_noise_batches
+        )
+        self.tolerance = hessian._check_tolerance(tolerance)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.training_sizes(self.batch_size, self.dataset_size)
+
+    def measure(self):
+        learning_rate, momentum, nesterov = self.training_settings(
+            self.learning_rate, self.momentum
+        )
+        if learning_rate <= 0:
+            return self._missing()
+        batch_size, dataset_size = self.training_sizes(
+            self.batch_size, self.dataset_size
+        )
+        result = hessian.linear_stability(
+            self.model,
+            self.probe,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            momentum=momentum,
+            dataset_size=dataset_size,
+            nesterov=nesterov,
+            num_iterations=self.num_iterations,
+            max_exact_samples=self.max_exact_samples,
+            num_noise_batches=self.num_noise_batches,
+            tolerance=self.tolerance,
+            seed=self.next_seed(),
+            probe_batch_size=self.probe_batch_size,
+        )
+        result["gd_stability_ratio"] = gd_stability_ratio(
+            result["sharpness"], learning_rate, momentum, nesterov
+        )
+        result["sgd_stable"] = float(result["sgd_stable"])
+        return {name: float(result[name]) for name in self.log_names}
+
+    def cost(self):
+        batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
+        n = self.probe.num_samples
+        m = self.num_iterations
+        exact, size, count = hessian._noise_plan(
+            n, batch_size, self.max_exact_samples, self.num_noise_batches
+        )
+        if exact:
+            return 3 * m, 4 * m * n
+        return m + 2 * m * (2 + 2 * count * size / n), 0
