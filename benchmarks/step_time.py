@@ -1,0 +1,593 @@
+"""Paired train-step timing: plain Keras vs `SAMModel` (vs tf-keras SAM).
+
+Measures, in one process and on the same architecture, the median time of
+one training step of
+
+- `keras_sgd`: the plain Keras 3 model, `fit` with SGD (momentum 0.9);
+- `sam_model`: `keras_sam.SAMModel(model, rho)` with the same optimizer;
+- `tf_keras_sgd` and `tf_keras_sam`: the same architecture built in
+  tf-keras (Keras 2), plain and wrapped in
+  `tf_keras.models.experimental.SharpnessAwareMinimization`, when the
+  backend is TensorFlow and tf-keras is installed.
+
+All variants start from the same weights and train on the same synthetic
+batches (N(0, 1) images, uniform labels). After one warm-up `fit` each
+(compilation), the variants are timed in turns: each repeat runs one
+`fit` of `--steps` steps per variant, in an order rotated every repeat,
+and the time from the start to the end of the epoch (read in Keras
+callbacks, after the epoch's logs are materialized, so asynchronous
+devices have finished) is divided by the number of steps. The reported
+time is the median over repeats. `fit` set-up (data adapters, callbacks)
+is outside the timed window.
+
+Writes `step_time_<backend>_<model>_<precision>_b<batch>_<device>.json`
+into `--output` and regenerates the `step_time.py` section of the README
+there from every such JSON. Needs only Keras, NumPy and the backend's
+library: it runs on the JAX backend without TensorFlow installed.
+
+Examples:
+
+```
+python benchmarks/step_time.py                      # ResNet-20, TF, CPU
+KERAS_BACKEND=jax python benchmarks/step_time.py --backend jax \\
+    --model wrn-28-10 --mixed-precision bfloat16    # the GPU run
+python benchmarks/step_time.py --regenerate-readme  # README from JSON
+```
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "benchmarks"
+README_BEGIN = "<!-- BEGIN step_time.py section (generated, do not edit) -->"
+README_END = "<!-- END step_time.py section -->"
+PRECISION_POLICIES = {
+    "none": "float32",
+    "bfloat16": "mixed_bfloat16",
+    "float16": "mixed_float16",
+}
+VARIANT_TITLES = {
+    "keras_sgd": "Keras 3 SGD",
+    "sam_model": "keras_sam.SAMModel",
+    "tf_keras_sgd": "tf-keras SGD",
+    "tf_keras_sam": "tf-keras SAM",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
+    parser.add_argument("--model", default="resnet-20")
+    parser.add_argument("--batch-size", type=_positive_int, default=128)
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="timed steps per repeat (default: 10 on CPU, 50 on a GPU)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_positive_int,
+        default=3,
+        help="steps of the untimed warm-up fit (default: 3)",
+    )
+    parser.add_argument("--repeats", type=_positive_int, default=5)
+    parser.add_argument(
+        "--mixed-precision",
+        choices=tuple(PRECISION_POLICIES),
+        default="none",
+    )
+    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help=(
+            "coupled L2 on kernels (default 0: tf-keras's SAM ignores "
+            "regularization losses, so 0 keeps the comparison equal)"
+        ),
+    )
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="Keras compile(jit_compile=...) (default: auto)",
+    )
+    parser.add_argument(
+        "--no-tf-keras",
+        action="store_true",
+        help="skip the tf-keras variants",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output",
+        type=pathlib.Path,
+        default=DEFAULT_OUTPUT,
+        help="folder for the JSON and README (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--regenerate-readme",
+        action="store_true",
+        help="only rewrite the README section from the JSON files",
+    )
+    return parser.parse_args(argv)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+# Environment -------------------------------------------------------------
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def describe_device(backend):
+    """`(device name, is_accelerator, backend library versions)`."""
+    versions = {}
+    accelerator = None
+    if backend == "jax":
+        import jax
+        import jaxlib
+
+        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            accelerator = f"{device.device_kind} ({device.platform})"
+    elif backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            accelerator = torch.cuda.get_device_name(0)
+    else:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            accelerator = details.get("device_name", gpus[0].name)
+    if accelerator is not None:
+        return accelerator, True, versions
+    return f"CPU: {_cpu_name()}, {_cpu_count()} cores", False, versions
+
+
+def _git_commit():
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+# Variants ------------------------------------------------------------------
+
+
+def _timing_callback(callback_base):
+    """A callback class (for Keras 3 or tf-keras) timing one epoch."""
+
+    class EpochTimer(callback_base):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Reading a value waits for the device to finish the epoch.
+            float(logs["loss"])
+            self.seconds = time.perf_counter() - self.start
+
+    return EpochTimer
+
+
+class Variant:
+    """A compiled model and how to time `steps` steps of it."""
+
+    def __init__(self, name, model, callback_class, x, y, batch_size):
+        self.name = name
+        self.model = model
+        self.callback_class = callback_class
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.times = []
+
+    def run(self, steps):
+        timer = self.callback_class()
+        samples = steps * self.batch_size
+        self.model.fit(
+            self.x[:samples],
+            self.y[:samples],
+            batch_size=self.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[timer],
+        )
+        return timer.seconds / steps
+
+
+def build_variants(args, x, y):
+    import keras
+
+    import keras_sam
+    from keras_sam import models
+
+    keras.mixed_precision.set_dtype_policy(
+        PRECISION_POLICIES[args.mixed_precision]
+    )
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    options = {
+        "input_shape": x.shape[1:],
+        "num_classes": 10,
+        "weight_decay": args.weight_decay,
+        "classifier_activation": None,
+    }
+    keras.utils.set_random_seed(args.seed)
+    plain = models.get_model(args.model, **options)
+    initial_weights = plain.get_weights()
+    inner = models.get_model(args.model, **options)
+    inner.set_weights(initial_weights)
+    sam = keras_sam.SAMModel(inner, rho=args.rho)
+
+    def compile_keras(model):
+        model.compile(
+            optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit,
+        )
+        return model
+
+    callback = _timing_callback(keras.callbacks.Callback)
+    variants = [
+        Variant(
+            "keras_sgd", compile_keras(plain), callback, x, y, args.batch_size
+        ),
+        Variant(
+            "sam_model", compile_keras(sam), callback, x, y, args.batch_size
+        ),
+    ]
+    details = {
+        "parameters": plain.count_params(),
+        "jit_compile": {
+            "keras_sgd": str(plain.jit_compile),
+            "sam_model": str(sam.jit_compile),
+        },
+    }
+    if args.backend == "tensorflow" and not args.no_tf_keras:
+        try:
+            import tf_keras
+        except ImportError:
+            tf_keras = None
+        if tf_keras is not None:
+            variants += _tf_keras_variants(
+                args, tf_keras, x, y, initial_weights, options, details
+            )
+    return variants, details
+
+
+def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
+    from keras_sam import models
+
+    # Private builder: the same architecture made of tf-keras layers.
+    tf_keras.mixed_precision.set_global_policy(
+        PRECISION_POLICIES[args.mixed_precision]
+    )
+    jit = {"auto": None, "true": True, "false": False}[args.jit_compile]
+    built = []
+    for wrap in (False, True):
+        inner = models._build(tf_keras, args.model, **options)
+        inner.set_weights(initial_weights)
+        if wrap:
+            sam_class = tf_keras.models.experimental.SharpnessAwareMinimization
+            model = sam_class(inner, rho=args.rho)
+        else:
+            model = inner
+        model.compile(
+            optimizer=tf_keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+            loss=tf_keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True
+            ),
+            jit_compile=jit,
+        )
+        name = "tf_keras_sam" if wrap else "tf_keras_sgd"
+        details["jit_compile"][name] = str(getattr(model, "_jit_compile", jit))
+        callback = _timing_callback(tf_keras.callbacks.Callback)
+        built.append(Variant(name, model, callback, x, y, args.batch_size))
+    details["tf_keras_version"] = tf_keras.__version__
+    return built
+
+
+def measure(variants, steps, warmup, repeats):
+    for variant in variants:
+        print(f"warm-up {variant.name} ({warmup} steps)", flush=True)
+        variant.run(warmup)
+    for repeat in range(repeats):
+        shift = repeat % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            variant.times.append(variant.run(steps))
+        line = ", ".join(f"{v.name} {1e3 * v.times[-1]:.1f}" for v in variants)
+        print(f"repeat {repeat + 1}/{repeats} ms/step: {line}", flush=True)
+
+
+# Results -----------------------------------------------------------------
+
+
+def summarize(variants, batch_size):
+    results = {}
+    for variant in variants:
+        median = statistics.median(variant.times)
+        results[variant.name] = {
+            "median_ms_per_step": 1e3 * median,
+            "images_per_second": batch_size / median,
+            "ms_per_step_by_repeat": [1e3 * t for t in variant.times],
+        }
+    ratios = {}
+
+    def ratio(name, numerator, denominator):
+        if numerator in results and denominator in results:
+            ratios[name] = (
+                results[numerator]["median_ms_per_step"]
+                / results[denominator]["median_ms_per_step"]
+            )
+
+    ratio("sam_model_over_keras_sgd", "sam_model", "keras_sgd")
+    ratio("tf_keras_sam_over_tf_keras_sgd", "tf_keras_sam", "tf_keras_sgd")
+    ratio("sam_model_over_tf_keras_sam", "sam_model", "tf_keras_sam")
+    ratio("keras_sgd_over_tf_keras_sgd", "keras_sgd", "tf_keras_sgd")
+    return results, ratios
+
+
+def regenerate_readme(output_dir):
+    """Rewrites the generated section of `README.md` from the JSON files."""
+    output_dir = pathlib.Path(output_dir)
+    records = []
+    for path in sorted(output_dir.glob("step_time_*.json")):
+        record = json.loads(path.read_text())
+        record["file"] = path.name
+        records.append(record)
+    lines = [
+        README_BEGIN,
+        "## Train-step time: `benchmarks/step_time.py`",
+        "",
+        (
+            "Median time of one training step over interleaved repeats, "
+            "paired "
+            "in one process on the same architecture and the same synthetic "
+            "32x32x3 batches (see the script's docstring for the method). "
+            "Ratios are SAM step time over the same library's plain SGD step "
+            "time; `SAMModel / tf-keras SAM` below 1 means SAMModel is faster. "
+            "Regenerate this section with "
+            "`python benchmarks/step_time.py --regenerate-readme`."
+        ),
+        "",
+        (
+            "| file | device | backend | model | precision | batch | "
+            "Keras SGD ms (img/s) | SAMModel ms (img/s) | SAM/SGD | "
+            "tf-keras SGD ms | tf-keras SAM ms | tf-keras SAM/SGD | "
+            "SAMModel / tf-keras SAM |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(record, name, with_rate=False):
+        result = record["results"].get(name)
+        if result is None:
+            return "n/a"
+        text = f"{result['median_ms_per_step']:.1f}"
+        if with_rate:
+            text += f" ({result['images_per_second']:,.0f})"
+        return text
+
+    def ratio_cell(record, name):
+        value = record["ratios"].get(name)
+        return "n/a" if value is None else f"{value:.2f}"
+
+    for record in records:
+        config = record["config"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{record['file']}`",
+                    record["device"],
+                    record["backend"],
+                    config["model"],
+                    config["mixed_precision"],
+                    str(config["batch_size"]),
+                    cell(record, "keras_sgd", True),
+                    cell(record, "sam_model", True),
+                    ratio_cell(record, "sam_model_over_keras_sgd"),
+                    cell(record, "tf_keras_sgd"),
+                    cell(record, "tf_keras_sam"),
+                    ratio_cell(record, "tf_keras_sam_over_tf_keras_sgd"),
+                    ratio_cell(record, "sam_model_over_tf_keras_sam"),
+                ]
+            )
+            + " |"
+        )
+    lines += ["", "Commands, commits and dates:", ""]
+    for record in records:
+        lines.append(
+            f"- `{record['file']}`: `{record['command']}` "
+            f"(commit {record.get('commit') or 'unknown'}, {record['date']}, "
+            f"Keras {record['versions'].get('keras')}, "
+            f"{config_steps(record)})"
+        )
+    lines.append(README_END)
+    section = "\n".join(lines)
+
+    readme = output_dir / "README.md"
+    if readme.exists():
+        text = readme.read_text()
+    else:
+        text = "# Benchmarks\n\nTiming results written by `benchmarks/`.\n"
+    if README_BEGIN in text and README_END in text:
+        head, rest = text.split(README_BEGIN, 1)
+        tail = rest.split(README_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    readme.write_text(text)
+    return readme
+
+
+def config_steps(record):
+    config = record["config"]
+    return (
+        f"{config['repeats']} repeats x {config['steps']} steps, "
+        f"warm-up {config['warmup']}"
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.regenerate_readme:
+        print(f"wrote {regenerate_readme(args.output)}")
+        return 0
+    # Keras reads the backend once, when first imported.
+    os.environ["KERAS_BACKEND"] = args.backend
+    # Time this checkout's keras_sam, installed or not.
+    sys.path.insert(0, str(REPO_ROOT))
+    import keras
+    import numpy as np
+
+    import keras_sam
+
+    if keras.backend.backend() != args.backend:
+        raise RuntimeError(
+            f"Keras was loaded with backend {keras.backend.backend()!r}, "
+            f"not {args.backend!r}."
+        )
+    device, accelerator, versions = describe_device(args.backend)
+    steps = args.steps or (50 if accelerator else 10)
+    print(f"device: {device}; backend: {args.backend}", flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    samples = max(steps, args.warmup) * args.batch_size
+    x = rng.standard_normal((samples, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, size=samples).astype(np.int32)
+    variants, details = build_variants(args, x, y)
+    measure(variants, steps, args.warmup, args.repeats)
+    results, ratios = summarize(variants, args.batch_size)
+
+    versions.update(
+        keras=keras.__version__,
+        keras_sam=keras_sam.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+    )
+    if "tf_keras_version" in details:
+        versions["tf_keras"] = details.pop("tf_keras_version")
+    record = {
+        "device": device,
+        "backend": args.backend,
+        "config": {
+            "model": args.model,
+            "parameters": details["parameters"],
+            "batch_size": args.batch_size,
+            "image_shape": [32, 32, 3],
+            "mixed_precision": args.mixed_precision,
+            "rho": args.rho,
+            "optimizer": f"SGD(learning_rate={args.learning_rate}, "
+            "momentum=0.9)",
+            "weight_decay": args.weight_decay,
+            "jit_compile": details["jit_compile"],
+            "steps": steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "seed": args.seed,
+        },
+        "results": results,
+        "ratios": ratios,
+        "versions": versions,
+        "command": shlex.join(
+            [
+                f"KERAS_BACKEND={args.backend}",
+                "python",
+                "benchmarks/step_time.py",
+            ]
+            + list(sys.argv[1:] if argv is None else argv)
+        ),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    name = (
+        f"step_time_{args.backend}_{_slug(args.model)}_{args.mixed_precision}"
+        f"_b{args.batch_size}_{_slug(device.split(',')[0])}.json"
+    )
+    path = args.output / name
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    readme = regenerate_readme(args.output)
+
+    print()
+    for variant_name, result in results.items():
+        print(
+            f"{VARIANT_TITLES[variant_name]:>20}: "
+            f"{result['median_ms_per_step']:8.1f} ms/step "
+            f"{result['images_per_second']:10.0f} img/s"
+        )
+    for ratio_name, value in ratios.items():
+        print(f"{ratio_name}: {value:.3f}")
+    print(f"wrote {path} and {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
