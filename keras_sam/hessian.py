@@ -250,15 +250,18 @@ def _probe_loss(model, state, batch):
         sample_weight=sample_weight,
         training=False,
     )
+    # `call_losses` holds the `add_loss` terms of this call and the weight
+    # penalties; `loss` has the compiled loss and the weight penalties.
+    mapping = list(zip(model.trainable_variables, trainable))
+    with keras.StatelessScope(state_mapping=mapping):
+        penalties = _sum_losses(model.losses, loss.dtype)
+    call_terms = _sum_losses(call_losses, loss.dtype) - penalties
     replicas = _num_replicas()
     if replicas > 1:
         # Under a tf.distribute strategy scope Keras divides the compiled
-        # loss by the number of replicas; undo it (not the regularization).
-        mapping = list(zip(model.trainable_variables, trainable))
-        with keras.StatelessScope(state_mapping=mapping):
-            regularization = _sum_losses(model.losses, loss.dtype)
-        loss = (loss - regularization) * replicas + regularization
-    return loss + _sum_losses(call_losses, loss.dtype)
+        # loss by the number of replicas; undo it (not the penalties).
+        loss = (loss - penalties) * replicas + penalties
+    return loss + call_terms
 
 
 def _sum_losses(losses, dtype):
@@ -877,8 +880,8 @@ class _NoiseBatches:
     """Sets of probe samples giving `E[H_b^2]` and the gradient noise.
 
     Exact mode: the `n` single samples (`b = 1`, all of them). Sampled
-    mode: `count` sets of `b` samples, each drawn without replacement,
-    fixed for the call. The mean of a statistic over the sets estimates
+    mode: `count` sets of `b` samples, consecutive batches of random
+    permutations, fixed for the call. The mean of a statistic over the sets estimates
     (exactly, in exact mode) its expectation over uniformly random
     `b`-sets of the probe set; a per-sample variance is the variance of
     the set means over `factor = (n - b) / (b (n - 1))`.
@@ -894,10 +897,18 @@ class _NoiseBatches:
         if self.exact:
             self.index_sets = [np.array([i]) for i in range(n)]
         else:
-            self.index_sets = [
-                np.sort(rng.choice(n, size, replace=False))
-                for _ in range(count)
-            ]
+            # Consecutive batches of random permutations (epochs, the
+            # remainder dropped): each batch is a uniformly random b-set,
+            # and every sample appears about equally often, which
+            # lowers the variance severalfold against independent draws.
+            self.index_sets = []
+            while len(self.index_sets) < count:
+                order = rng.permutation(n)
+                self.index_sets += [
+                    np.sort(order[start : start + size])
+                    for start in range(0, n - size + 1, size)
+                ]
+            self.index_sets = self.index_sets[:count]
         self.factor = _finite_population_factor(n, size)
         self.batches = [curvature.batches(s) for s in self.index_sets]
 
@@ -946,7 +957,8 @@ def linear_stability(
     `max_exact_samples` samples, from the `n` per-sample products
     (batches of one): exact, at about `2 n` single-sample products per
     step. Otherwise from `num_noise_batches` random batches of `B`
-    samples (of `n // 2` if `B >= n`), fixed for the whole call so the
+    samples (of `n // 2` if `B >= n`), consecutive batches of random
+    permutations of the probe set, fixed for the whole call so the
     operator is symmetric: an unbiased estimate of `M` and `Sigma`, whose
     statistical error shrinks like `1 / sqrt(num_noise_batches)`; since
     `lambda_max` is convex, the estimated growth is biased upward, that is
@@ -1119,8 +1131,9 @@ def noise_alignment(
     `Tr(H C)` is `mean_i (g_i - g)^T H (g_i - g)` over single samples when
     the probe set has at most `max_exact_samples` samples (exact, `n`
     Hessian-vector products over the probe set), else the same average
-    over `num_noise_batches` random batches of `B` samples (`n // 2` if
-    `B >= n`), divided by `(n - b) / (b (n - 1))`: unbiased. `|H|_F^2` is
+    over `num_noise_batches` random batches of `b = B` samples (`n // 2`
+    if `B >= n`; batches of random permutations), divided by
+    `(n - b) / (b (n - 1))`: unbiased. `|H|_F^2` is
     Hutchinson's estimate from `num_samples` products.
 
     Args:
