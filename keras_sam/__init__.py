@@ -1,6 +1,6 @@
 """keras-sam: Sharpness-Aware Minimization and stability measurement for Keras 3."""
 
-from keras_sam import callbacks, hessian
+from keras_sam import callbacks, datasets, hessian, models
 from keras_sam.sam_model import SAMModel
 
 __version__ = "0.1.0"
@@ -8,5 +8,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SAMModel",
     "callbacks",
+    "datasets",
     "hessian",
+    "models",
 ]
