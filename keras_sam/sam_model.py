@@ -7,8 +7,7 @@ import keras
 from keras import ops
 
 from keras_sam import backend as sam_backend
-from keras_sam.perturbation import global_norm
-from keras_sam.perturbation import sam_perturbation
+from keras_sam.perturbation import global_norm, sam_perturbation
 
 PERTURBATIONS = ("replica", "global")
 

@@ -6,9 +6,9 @@ the caller): `python tests/backend_parity_run.py OUT.npz`.
 
 import sys
 
+import keras
 import numpy as np
 
-import keras
 import keras_sam
 
 

@@ -5,6 +5,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPU devices for the tf.distribute tests; must happen
+    # before TensorFlow initializes its devices.
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():

@@ -109,7 +109,9 @@ class Adam:
             self.v = [np.zeros_like(p) for p in params]
         self.t += 1
         alpha = self.lr * np.sqrt(1 - self.b2**self.t) / (1 - self.b1**self.t)
-        self.m = [self.b1 * m + (1 - self.b1) * g for m, g in zip(self.m, grads)]
+        self.m = [
+            self.b1 * m + (1 - self.b1) * g for m, g in zip(self.m, grads)
+        ]
         self.v = [
             self.b2 * v + (1 - self.b2) * g**2 for v, g in zip(self.v, grads)
         ]

@@ -1,13 +1,12 @@
 """SAMModel against an independent NumPy implementation of SAM."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
+import sam_reference as ref
 from keras import ops
 
 import keras_sam
-import sam_reference as ref
 
 multi_backend = pytest.mark.multi_backend
 
@@ -147,7 +146,7 @@ def test_batch_splits_average_per_chunk_gradients(n, splits):
 def test_regularizers_and_sample_weights_enter_both_passes():
     x, y, params = make_problem(seed=3)
     sample_weight = np.linspace(0.2, 2.0, len(x)).astype("float32")
-    kwargs = dict(l2=0.05, penalty=0.3, sample_weight=sample_weight)
+    kwargs = {"l2": 0.05, "penalty": 0.3, "sample_weight": sample_weight}
     expected, logs = reference_run(
         params, x, y, ref.SGD(0.1), 2, rho=0.1, **kwargs
     )

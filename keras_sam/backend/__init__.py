@@ -11,14 +11,20 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
-    from keras_sam.backend.tensorflow import test_step  # noqa: F401
-    from keras_sam.backend.tensorflow import train_step  # noqa: F401
+    from keras_sam.backend.tensorflow import (
+        test_step,  # noqa: F401
+        train_step,  # noqa: F401
+    )
 elif _BACKEND == "jax":
-    from keras_sam.backend.jax import test_step  # noqa: F401
-    from keras_sam.backend.jax import train_step  # noqa: F401
+    from keras_sam.backend.jax import (
+        test_step,  # noqa: F401
+        train_step,  # noqa: F401
+    )
 elif _BACKEND == "torch":
-    from keras_sam.backend.torch import test_step  # noqa: F401
-    from keras_sam.backend.torch import train_step  # noqa: F401
+    from keras_sam.backend.torch import (
+        test_step,  # noqa: F401
+        train_step,  # noqa: F401
+    )
 else:
     raise ImportError(
         "keras_sam supports the tensorflow, jax and torch backends of Keras "

@@ -1,7 +1,7 @@
 """SAM step for the PyTorch backend (eager, stateful)."""
 
-import torch
 import keras
+import torch
 
 from keras_sam.backend import common
 
