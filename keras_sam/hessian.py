@@ -258,9 +258,9 @@ def _probe_loss(model, state, batch):
     call_terms = _sum_losses(call_losses, loss.dtype) - penalties
     replicas = _num_replicas()
     if replicas > 1:
-        # Under a tf.distribute strategy scope Keras divides the compiled
-        # loss by the number of replicas; undo it (not the penalties).
-        loss = (loss - penalties) * replicas + penalties
+        # In a tf.distribute strategy scope Keras divides the compiled
+        # loss and the penalties by the number of replicas; undo it.
+        loss = loss * replicas
     return loss + call_terms
 
 

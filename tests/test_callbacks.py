@@ -319,3 +319,68 @@ def test_bad_arguments():
         callbacks.NoiseAlignment(data, batch_size=2, num_samples=0)
     with pytest.raises(ValueError, match="empty"):
         callbacks.Sharpness((x[:0], y[:0]))
+
+
+MIRRORED_SCRIPT = """
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+import keras
+import keras_sam
+from keras_sam import callbacks, hessian
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 3)).astype("float32")
+y = rng.normal(size=(16, 1)).astype("float32")
+xd = x.astype(float)
+h = 2 * xd.T @ xd / 16 * 1.1 + 2 * 0.05 * np.eye(3)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inner = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.Dense(1, use_bias=False,
+                           kernel_regularizer=keras.regularizers.L2(0.05)),
+        keras.layers.ActivityRegularization(l2=0.1),
+    ])
+    model = keras_sam.SAMModel(inner)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    inside = hessian.hessian_vector_product(model, (x, y), np.ones(3))
+outside = hessian.hessian_vector_product(model, (x, y), np.ones(3))
+np.testing.assert_allclose(inside, h @ np.ones(3), rtol=1e-5)
+np.testing.assert_allclose(outside, h @ np.ones(3), rtol=1e-5)
+a = np.linalg.eigvalsh(h)[-1]
+for scope in (strategy.scope(), open(os.devnull)):
+    with scope:
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                            callbacks=[callbacks.Sharpness(
+                                (x, y), num_iterations=3, max_overhead=None)])
+    np.testing.assert_allclose(history.history["sharpness"], [a], rtol=1e-5)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.distribute"
+)
+def test_mirrored_strategy_two_cpu_replicas(tmp_path):
+    """Inside and outside a MirroredStrategy scope (two logical CPUs, set
+    before TensorFlow starts, hence a subprocess): the same Hessian."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
