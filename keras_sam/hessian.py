@@ -881,10 +881,10 @@ class _NoiseBatches:
 
     Exact mode: the `n` single samples (`b = 1`, all of them). Sampled
     mode: `count` sets of `b` samples, consecutive batches of random
-    permutations, fixed for the call. The mean of a statistic over the sets estimates
-    (exactly, in exact mode) its expectation over uniformly random
-    `b`-sets of the probe set; a per-sample variance is the variance of
-    the set means over `factor = (n - b) / (b (n - 1))`.
+    permutations, fixed for the call. The mean of a statistic over the
+    sets estimates (exactly, in exact mode) its expectation over
+    uniformly random `b`-sets of the probe set; a per-sample variance is
+    the variance of the set means over `factor = (n - b) / (b (n - 1))`.
     """
 
     def __init__(
