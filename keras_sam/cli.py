@@ -58,12 +58,31 @@ def _add_demo_command(subparsers, common):
     parser.add_argument(
         "--epochs", type=_positive_int, default=None, help="default: 10"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=128)
     parser.add_argument(
-        "--learning-rate", type=_non_negative_float, default=0.05
+        "--batch-size",
+        type=_positive_int,
+        default=128,
+        help="default: %(default)s",
     )
-    parser.add_argument("--rho", type=_non_negative_float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--learning-rate",
+        type=_non_negative_float,
+        default=0.05,
+        help="peak of the cosine schedule, SGD momentum 0.9 (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--rho",
+        type=_non_negative_float,
+        default=0.05,
+        help="SAM radius, also used to probe sharpness (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and data order (default: 0)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -1,0 +1,113 @@
+"""Tests for `benchmarks/step_time.py` at tiny sizes (not timings)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+SCRIPT = (
+    pathlib.Path(__file__).resolve().parent.parent
+    / "benchmarks"
+    / "step_time.py"
+)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_json_and_readme_section(tmp_path):
+    step_time = _load_script()
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nHand-written notes stay.\n")
+    arguments = [
+        "--backend",
+        keras.backend.backend(),
+        "--model",
+        "small-cnn",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--output",
+        str(tmp_path),
+    ]
+    assert step_time.main(arguments) == 0
+    (path,) = tmp_path.glob("step_time_*.json")
+    record = json.loads(path.read_text())
+    results = record["results"]
+    assert {"keras_sgd", "sam_model"} <= set(results)
+    if keras.backend.backend() == "tensorflow" and _has("tf_keras"):
+        assert {"tf_keras_sgd", "tf_keras_sam"} <= set(results)
+        assert "sam_model_over_tf_keras_sam" in record["ratios"]
+    for result in results.values():
+        assert len(result["ms_per_step_by_repeat"]) == 2
+        ms = result["median_ms_per_step"]
+        assert result["images_per_second"] == pytest.approx(8 / ms * 1e3)
+    ratio = record["ratios"]["sam_model_over_keras_sgd"]
+    assert ratio == pytest.approx(
+        results["sam_model"]["median_ms_per_step"]
+        / results["keras_sgd"]["median_ms_per_step"]
+    )
+    for key in ("device", "backend", "versions", "command", "date"):
+        assert record[key]
+    assert record["config"]["parameters"] == _small_cnn_parameters(16)
+
+    # Regenerating keeps one section and the hand-written text.
+    step_time.regenerate_readme(tmp_path)
+    text = readme.read_text()
+    assert text.count(step_time.README_BEGIN) == 1
+    assert "Hand-written notes stay." in text
+    assert path.name in text and record["command"] in text
+
+
+def _has(module):
+    return importlib.util.find_spec(module) is not None
+
+
+def _small_cnn_parameters(w, classes=10):
+    convs = 9 * (3 * w + w * w + 2 * w * w + 4 * w * w + 8 * w * w)
+    convs += 9 * 16 * w * w
+    batch_norm = 4 * (2 * w + 4 * w + 8 * w)  # gamma, beta, mean, variance
+    return convs + batch_norm + 4 * w * classes + classes
+
+
+@pytest.mark.slow
+def test_jax_backend_runs_without_tensorflow(tmp_path):
+    # The GPU machine has JAX and no TensorFlow: block its import.
+    code = (
+        "import runpy, sys\n"
+        "for name in ('tensorflow', 'tf_keras', 'tensorboard'):\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--backend', 'jax', '--model', "
+        "'small-cnn', '--batch-size', '8', '--steps', '2', '--warmup', "
+        "'1', '--repeats', '1', '--mixed-precision', 'bfloat16', "
+        f"'--output', {str(tmp_path)!r}]\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("step_time_jax_*bfloat16*.json")
+    record = json.loads(path.read_text())
+    assert set(record["results"]) == {"keras_sgd", "sam_model"}
+    assert "tensorflow" not in record["versions"]
