@@ -1,4 +1,4 @@
-"""keras-sam: Sharpness-Aware Minimization and stability measurement for Keras 3."""
+"""keras-sam: Sharpness-Aware Minimization and stability measurement."""
 
 from keras_sam import callbacks, datasets, hessian, models
 from keras_sam.sam_model import SAMModel
