@@ -214,6 +214,14 @@ def _git_commit():
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 
+def _load_average():
+    """1-minute load average at the end of the run, where available."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
@@ -369,28 +377,38 @@ def measure(variants, steps, warmup, repeats):
 
 
 def summarize(variants, batch_size):
+    """Per-variant medians and two kinds of ratio.
+
+    `ratios` divides medians. `paired_ratios` is the median over repeats
+    of the ratio within each repeat, where the variants ran back to back:
+    on a shared machine whose load drifts it is the steadier of the two.
+    """
     results = {}
     for variant in variants:
         median = statistics.median(variant.times)
         results[variant.name] = {
             "median_ms_per_step": 1e3 * median,
+            "min_ms_per_step": 1e3 * min(variant.times),
             "images_per_second": batch_size / median,
             "ms_per_step_by_repeat": [1e3 * t for t in variant.times],
         }
-    ratios = {}
-
-    def ratio(name, numerator, denominator):
+    by_name = {variant.name: variant.times for variant in variants}
+    ratios, paired_ratios = {}, {}
+    for name, numerator, denominator in (
+        ("sam_model_over_keras_sgd", "sam_model", "keras_sgd"),
+        ("tf_keras_sam_over_tf_keras_sgd", "tf_keras_sam", "tf_keras_sgd"),
+        ("sam_model_over_tf_keras_sam", "sam_model", "tf_keras_sam"),
+        ("keras_sgd_over_tf_keras_sgd", "keras_sgd", "tf_keras_sgd"),
+    ):
         if numerator in results and denominator in results:
             ratios[name] = (
                 results[numerator]["median_ms_per_step"]
                 / results[denominator]["median_ms_per_step"]
             )
-
-    ratio("sam_model_over_keras_sgd", "sam_model", "keras_sgd")
-    ratio("tf_keras_sam_over_tf_keras_sgd", "tf_keras_sam", "tf_keras_sgd")
-    ratio("sam_model_over_tf_keras_sam", "sam_model", "tf_keras_sam")
-    ratio("keras_sgd_over_tf_keras_sgd", "keras_sgd", "tf_keras_sgd")
-    return results, ratios
+            paired_ratios[name] = statistics.median(
+                a / b for a, b in zip(by_name[numerator], by_name[denominator])
+            )
+    return results, ratios, paired_ratios
 
 
 def regenerate_readme(output_dir):
@@ -411,7 +429,10 @@ def regenerate_readme(output_dir):
             "in one process on the same architecture and the same synthetic "
             "32x32x3 batches (see the script's docstring for the method). "
             "Ratios are SAM step time over the same library's plain SGD step "
-            "time; `SAMModel / tf-keras SAM` below 1 means SAMModel is faster. "
+            "time, as a ratio of medians and, in brackets, the median of the "
+            "ratios within each repeat (steadier when the machine's load "
+            "drifts); `SAMModel / tf-keras SAM` below 1 means SAMModel is "
+            "faster. "
             "Regenerate this section with "
             "`python benchmarks/step_time.py --regenerate-readme`."
         ),
@@ -436,7 +457,12 @@ def regenerate_readme(output_dir):
 
     def ratio_cell(record, name):
         value = record["ratios"].get(name)
-        return "n/a" if value is None else f"{value:.2f}"
+        if value is None:
+            return "n/a"
+        paired = record.get("paired_ratios", {}).get(name)
+        if paired is None:
+            return f"{value:.2f}"
+        return f"{value:.2f} ({paired:.2f})"
 
     for record in records:
         config = record["config"]
@@ -467,7 +493,7 @@ def regenerate_readme(output_dir):
             f"- `{record['file']}`: `{record['command']}` "
             f"(commit {record.get('commit') or 'unknown'}, {record['date']}, "
             f"Keras {record['versions'].get('keras')}, "
-            f"{config_steps(record)})"
+            f"{config_steps(record)}{_load_text(record)})"
         )
     lines.append(README_END)
     section = "\n".join(lines)
@@ -485,6 +511,11 @@ def regenerate_readme(output_dir):
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     readme.write_text(text)
     return readme
+
+
+def _load_text(record):
+    load = record.get("load_average")
+    return "" if load is None else f", load average {load:.1f} at the end"
 
 
 def config_steps(record):
@@ -524,7 +555,7 @@ def main(argv=None):
     y = rng.integers(0, 10, size=samples).astype(np.int32)
     variants, details = build_variants(args, x, y)
     measure(variants, steps, args.warmup, args.repeats)
-    results, ratios = summarize(variants, args.batch_size)
+    results, ratios, paired_ratios = summarize(variants, args.batch_size)
 
     versions.update(
         keras=keras.__version__,
@@ -555,6 +586,8 @@ def main(argv=None):
         },
         "results": results,
         "ratios": ratios,
+        "paired_ratios": paired_ratios,
+        "load_average": _load_average(),
         "versions": versions,
         "command": shlex.join(
             [
@@ -584,7 +617,10 @@ def main(argv=None):
             f"{result['images_per_second']:10.0f} img/s"
         )
     for ratio_name, value in ratios.items():
-        print(f"{ratio_name}: {value:.3f}")
+        print(
+            f"{ratio_name}: {value:.3f} (paired: "
+            f"{paired_ratios[ratio_name]:.3f})"
+        )
     print(f"wrote {path} and {readme}")
     return 0
 

@@ -46,7 +46,7 @@ def _add_demo_command(subparsers, common):
             "order) with SGD with momentum and with SAMModel on the "
             "CIFAR-10 sample shipped with keras-sam (5,000 train / 1,000 "
             "test images), then print a side-by-side table and write "
-            "history.csv, summary.json and curves.png. About 3 minutes on "
+            "history.csv, summary.json and curves.png. About 3-4 minutes on "
             "two CPU cores at the defaults."
         ),
     )

@@ -362,7 +362,7 @@ def format_table(summary):
             [number(summary[k]["final_probe_sharpness"], 4) for k in labels],
         ),
         (
-            "training time (s)",
+            "fit time incl. test evaluation (s)",
             [number(summary[k]["train_seconds"], 1) for k in labels],
         ),
     ]
