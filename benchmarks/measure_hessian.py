@@ -1,0 +1,759 @@
+"""Accuracy, overhead and cost of `keras_sam.hessian` and its callbacks.
+
+Three parts, each writing CSV/JSON into `--output`
+(`saved_results/measurement/` by default); the README there and the plots
+are regenerated from those files every time (`--part report` does only
+that).
+
+- `accuracy`: a small CNN (`small-cnn`, width 3, 2,806 parameters)
+  trained for `--train-epochs` epochs on the shipped CIFAR-10 sample; its
+  dense Hessian on `--probe-samples` training images is built from one
+  Hessian-vector product per basis vector and diagonalized by
+  `numpy.linalg.eigh`. Against it: the relative error of the top
+  eigenvalue from Lanczos (as in `top_eigenvalues`), from power iteration
+  (PyHessian's method) and from `scipy.sparse.linalg.eigsh` (ARPACK, at
+  several tolerances), versus the number of Hessian-vector products, with
+  the dense matrix as the operator; and `top_eigenvalues` itself on the
+  model. `accuracy.csv`, `accuracy.json`. Then `linear_stability` on 64
+  probe samples, exact (per-sample products) against the sampled
+  estimator with 8 and 32 noise batches: `stability.csv`.
+- `overhead`: `fit` wall time on the CIFAR-10 sample with each callback
+  at its defaults (`max_overhead=0.05`, every epoch) against no callback,
+  paired (variants in a rotated order, each repeat from the same initial
+  weights): `overhead.csv`.
+- `cost`: one call of each function with its defaults on ResNet-20 on
+  CPU: Hessian-vector products (in passes over the probe set) and
+  seconds: `cost.csv`.
+
+Example (what made `saved_results/measurement/`):
+
+```
+python benchmarks/measure_hessian.py --part all
+```
+"""
+
+import argparse
+import contextlib
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.sparse import linalg as sparse_linalg  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from keras_sam import callbacks, datasets, hessian, models  # noqa: E402
+
+DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "measurement"
+PARTS = ("accuracy", "overhead", "cost", "report", "all")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--part", choices=PARTS, default="all")
+    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe-samples", type=int, default=256)
+    parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--max-hvps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--overhead-model", default="small-cnn")
+    parser.add_argument("--overhead-epochs", type=int, default=6)
+    parser.add_argument("--overhead-repeats", type=int, default=2)
+    parser.add_argument("--cost-model", default="resnet-20")
+    parser.add_argument("--cost-probe-samples", type=int, default=128)
+    return parser.parse_args(argv)
+
+
+# Data and models ---------------------------------------------------------
+
+
+def cifar_sample():
+    (x_train, y_train), _ = datasets.load_cifar10_sample()
+    order = np.random.default_rng(0).permutation(len(x_train))
+    x_train = x_train[order].astype("float32") / 255.0
+    return x_train, y_train[order]
+
+
+def compiled(name, seed, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = models.get_model(name, **kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+@contextlib.contextmanager
+def counting_products(probe_size):
+    """Counts Hessian-vector products, in passes over the probe set."""
+    original = hessian._Curvature.hvp
+    counter = {"passes": 0.0}
+
+    def hvp(self, vector, batches=None):
+        for batch, _ in batches or self.batches():
+            leaf = keras.tree.flatten(batch[0])[0]
+            counter["passes"] += int(keras.ops.shape(leaf)[0]) / probe_size
+        return original(self, vector, batches)
+
+    hessian._Curvature.hvp = hvp
+    try:
+        yield counter
+    finally:
+        hessian._Curvature.hvp = original
+
+
+# Accuracy ------------------------------------------------------------------
+
+
+def dense_hessian(model, probe):
+    curvature = hessian._prepare(model, probe, 128)
+    dim = curvature.dim
+    matrix = np.zeros((dim, dim))
+    basis = np.zeros(dim)
+    for i in range(dim):
+        basis[i] = 1.0
+        matrix[:, i] = curvature.hvp(basis)
+        basis[i] = 0.0
+    asymmetry = np.abs(matrix - matrix.T).max() / np.abs(matrix).max()
+    return (matrix + matrix.T) / 2, float(asymmetry)
+
+
+def lanczos_prefix_estimates(matrix, max_hvps, seed):
+    """The top three Ritz values after each of 1..max_hvps steps from one
+    start vector (NaN where fewer exist)."""
+    estimates = []
+    for m in range(1, max_hvps + 1):
+        rng = np.random.default_rng(seed)
+        ritz = hessian._lanczos(lambda v: matrix @ v, len(matrix), m, rng)
+        top = list(ritz[::-1][:3]) + [float("nan")] * 3
+        estimates.append([float(v) for v in top[:3]])
+    return estimates
+
+
+def power_estimates(matrix, max_hvps, seed):
+    """Power iteration as in PyHessian: the Rayleigh quotient after each
+    product."""
+    rng = np.random.default_rng(seed)
+    vector = rng.standard_normal(len(matrix))
+    vector /= np.linalg.norm(vector)
+    estimates = []
+    for _ in range(max_hvps):
+        product = matrix @ vector
+        estimates.append(float(vector @ product))
+        vector = product / np.linalg.norm(product)
+    return estimates
+
+
+def eigsh_runs(matrix, seed):
+    """ARPACK at several tolerances: (tol, products, estimate)."""
+    rows = []
+    start = np.random.default_rng(seed).standard_normal(len(matrix))
+    for tol in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 0.0):
+        count = {"n": 0}
+
+        def matvec(v, count=count):
+            count["n"] += 1
+            return matrix @ v
+
+        operator = sparse_linalg.LinearOperator(
+            matrix.shape, matvec=matvec, dtype=np.float64
+        )
+        value = sparse_linalg.eigsh(
+            operator, k=1, which="LA", tol=tol, v0=start
+        )[0][0]
+        rows.append((tol, count["n"], float(value)))
+    return rows
+
+
+def run_accuracy(args):
+    x_train, y_train = cifar_sample()
+    model = compiled("small-cnn", args.seed, width=3)
+    model.fit(
+        x_train, y_train, batch_size=128, epochs=args.train_epochs, verbose=0
+    )
+    probe = (x_train[: args.probe_samples], y_train[: args.probe_samples])
+    begin = time.perf_counter()
+    matrix, asymmetry = dense_hessian(model, probe)
+    dense_seconds = time.perf_counter() - begin
+    exact = np.linalg.eigvalsh(matrix)[::-1]
+    rows = []
+
+    def add(method, seed, hvps, estimate, parameter="", rank=1):
+        reference = exact[rank - 1]
+        rows.append(
+            {
+                "method": method,
+                "parameter": parameter,
+                "seed": seed,
+                "num_hvps": hvps,
+                "estimate": estimate,
+                "exact": reference,
+                "relative_error": abs(estimate - reference) / abs(reference),
+            }
+        )
+
+    for seed in range(args.seeds):
+        for m, values in enumerate(
+            lanczos_prefix_estimates(matrix, args.max_hvps, seed), 1
+        ):
+            add("lanczos", seed, m, values[0])
+            for rank in (2, 3):
+                if np.isfinite(values[rank - 1]):
+                    add(
+                        f"lanczos_rank{rank}",
+                        seed,
+                        m,
+                        values[rank - 1],
+                        rank=rank,
+                    )
+        for m, value in enumerate(
+            power_estimates(matrix, 2 * args.max_hvps, seed), 1
+        ):
+            add("power_iteration", seed, m, value)
+        for tol, count, value in eigsh_runs(matrix, seed):
+            add("scipy_eigsh", seed, count, value, f"tol={tol:g}")
+    for seed in range(3):
+        for m in (10, 20):
+            with counting_products(args.probe_samples) as counter:
+                value = hessian.top_eigenvalues(
+                    model, probe, num_iterations=m, seed=seed
+                )[0]
+            add("top_eigenvalues", seed, counter["passes"], float(value))
+    write_csv(args.output / "accuracy.csv", rows)
+    summary = {
+        "model": "small-cnn width 3, trained "
+        f"{args.train_epochs} epochs on the CIFAR-10 sample",
+        "num_parameters": int(len(matrix)),
+        "probe_samples": args.probe_samples,
+        "top_eigenvalues": [float(v) for v in exact[:5]],
+        "bottom_eigenvalue": float(exact[-1]),
+        "dense_hessian_seconds": round(dense_seconds, 1),
+        "dense_relative_asymmetry": asymmetry,
+    }
+    write_json(args.output / "accuracy.json", summary)
+    run_stability_accuracy(model, x_train, y_train, args.output)
+
+
+def run_stability_accuracy(model, x_train, y_train, output):
+    probe = (x_train[:64], y_train[:64])
+    sharpness = hessian.top_eigenvalues(model, probe, seed=0)[0]
+    # lr * sharpness = 1: GD is stable, SGD's fate is decided by Sigma.
+    settings = {
+        "learning_rate": float(f"{1.0 / sharpness:.3g}"),
+        "batch_size": 8,
+        "dataset_size": 5000,
+    }
+    rows = []
+    plans = [("exact", None, 0)] + [
+        ("sampled", k, s) for k in (8, 32) for s in range(3)
+    ]
+    for mode, batches, seed in plans:
+        begin = time.perf_counter()
+        with counting_products(64) as counter:
+            result = hessian.linear_stability(
+                model,
+                probe,
+                **settings,
+                max_exact_samples=64 if mode == "exact" else 0,
+                num_noise_batches=batches,
+                seed=seed,
+            )
+        rows.append(
+            {
+                "learning_rate": settings["learning_rate"],
+                "mode": mode,
+                "num_noise_batches": batches or "",
+                "seed": seed,
+                **{
+                    k: result[k]
+                    for k in ("sharpness", "non_uniformity", "sgd_growth")
+                },
+                "probe_passes": round(counter["passes"], 1),
+                "seconds": round(time.perf_counter() - begin, 1),
+            }
+        )
+    write_csv(output / "stability.csv", rows)
+
+
+# Overhead ------------------------------------------------------------------
+
+
+def overhead_variants(probe):
+    return {
+        "none": lambda: [],
+        "Sharpness": lambda: [callbacks.Sharpness(probe, seed=0)],
+        "HessianTrace": lambda: [callbacks.HessianTrace(probe, seed=0)],
+        "LinearStability": lambda: [
+            callbacks.LinearStability(probe, batch_size=128, seed=0)
+        ],
+        "NoiseAlignment": lambda: [
+            callbacks.NoiseAlignment(probe, batch_size=128, seed=0)
+        ],
+        "Sharpness(max_overhead=None)": lambda: [
+            callbacks.Sharpness(probe, max_overhead=None, seed=0)
+        ],
+    }
+
+
+def run_overhead(args):
+    x_train, y_train = cifar_sample()
+    probe = (x_train[: args.probe_samples], y_train[: args.probe_samples])
+    variants = overhead_variants(probe)
+    names = list(variants)
+    # Warm-up: compile the train step and the products once per process.
+    warm = compiled(args.overhead_model, args.seed)
+    warm.fit(x_train[:256], y_train[:256], batch_size=128, verbose=0)
+    hessian.top_eigenvalues(warm, probe, num_iterations=1)
+    rows = []
+    for repeat in range(args.overhead_repeats):
+        shift = repeat % len(names)
+        for position, name in enumerate(names[shift:] + names[:shift]):
+            model = compiled(args.overhead_model, args.seed)
+            measurement = variants[name]()
+            begin = time.perf_counter()
+            history = model.fit(
+                x_train,
+                y_train,
+                batch_size=128,
+                epochs=args.overhead_epochs,
+                verbose=0,
+                callbacks=measurement,
+            )
+            seconds = time.perf_counter() - begin
+            measured = 0
+            spent = 0.0
+            if measurement:
+                key = measurement[0].log_names[0]
+                measured = int(np.sum(np.isfinite(history.history[key])))
+                spent = measurement[0]._spent
+            rows.append(
+                {
+                    "variant": name,
+                    "repeat": repeat,
+                    "position": position,
+                    "fit_seconds": round(seconds, 2),
+                    "measurements": measured,
+                    "callback_seconds": round(spent, 2),
+                }
+            )
+            print(rows[-1], flush=True)
+    baseline = {
+        r["repeat"]: r["fit_seconds"] for r in rows if r["variant"] == "none"
+    }
+    for row in rows:
+        row["overhead"] = round(
+            row["fit_seconds"] / baseline[row["repeat"]] - 1, 4
+        )
+    write_csv(args.output / "overhead.csv", rows)
+
+
+# Cost ----------------------------------------------------------------------
+
+
+def run_cost(args):
+    x_train, y_train = cifar_sample()
+    n = args.cost_probe_samples
+    probe = hessian.as_probe_set((x_train[:n], y_train[:n]))
+    model = compiled(args.cost_model, args.seed)
+    model.fit(x_train[:256], y_train[:256], batch_size=128, verbose=0)
+    dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    vector = np.random.default_rng(0).standard_normal(dim)
+    hessian.hessian_vector_product(model, probe, vector)  # compile
+    times = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        hessian.hessian_vector_product(model, probe, vector)
+        times.append(time.perf_counter() - begin)
+    calls = {
+        "hessian_vector_product": lambda: hessian.hessian_vector_product(
+            model, probe, vector
+        ),
+        "top_eigenvalues": lambda: hessian.top_eigenvalues(
+            model, probe, seed=0
+        ),
+        "hessian_trace": lambda: hessian.hessian_trace(model, probe, seed=0),
+        "noise_alignment": lambda: hessian.noise_alignment(
+            model, probe, batch_size=128, dataset_size=50000, seed=0
+        ),
+        "linear_stability": lambda: hessian.linear_stability(
+            model,
+            probe,
+            learning_rate=0.1,
+            batch_size=128,
+            dataset_size=50000,
+            seed=0,
+        ),
+    }
+    rows = []
+    for name, call in calls.items():
+        begin = time.perf_counter()
+        with counting_products(n) as counter:
+            call()
+        rows.append(
+            {
+                "function": name,
+                "model": args.cost_model,
+                "num_parameters": dim,
+                "probe_samples": n,
+                "probe_passes": round(counter["passes"], 1),
+                "seconds": round(time.perf_counter() - begin, 1),
+                "seconds_per_pass": round(float(np.median(times)), 3),
+            }
+        )
+        print(rows[-1], flush=True)
+    write_csv(args.output / "cost.csv", rows)
+
+
+# Files, plots, README --------------------------------------------------------
+
+
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path):
+    if not path.exists():
+        return []
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_json(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def record_run(args, part):
+    """Appends how and where `part` was made to `runs.json`."""
+    path = args.output / "runs.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+    ).stdout.strip()
+    runs[part] = {
+        "command": "python benchmarks/measure_hessian.py "
+        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": commit,
+        "date": datetime.date.today().isoformat(),
+        "hardware": f"{_cpu_name()}, {os.cpu_count()} cores visible",
+        "software": f"Python {platform.python_version()}, Keras "
+        f"{keras.__version__}, backend {keras.backend.backend()}",
+        "data": "shipped CIFAR-10 sample (keras_sam/data), JPEG copy",
+    }
+    write_json(path, runs)
+
+
+def _cpu_name():
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def median_error(rows, method, hvps):
+    values = [
+        float(r["relative_error"])
+        for r in rows
+        if r["method"] == method and float(r["num_hvps"]) == hvps
+    ]
+    return float(np.median(values)) if values else float("nan")
+
+
+def first_below(rows, method, target, seeds):
+    """Fewest products after which every seed is within `target`."""
+    counts = sorted(
+        {int(float(r["num_hvps"])) for r in rows if r["method"] == method}
+    )
+    for count in counts:
+        errors = [
+            float(r["relative_error"])
+            for r in rows
+            if r["method"] == method and int(float(r["num_hvps"])) == count
+        ]
+        if len(errors) == seeds and max(errors) <= target:
+            return count
+    return None
+
+
+def plot(output):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    accuracy = read_csv(output / "accuracy.csv")
+    if accuracy:
+        figure, axes = pyplot.subplots(figsize=(6, 4))
+        for method, style in (("lanczos", "-"), ("power_iteration", "--")):
+            counts = sorted(
+                {int(r["num_hvps"]) for r in accuracy if r["method"] == method}
+            )
+            medians = [median_error(accuracy, method, c) for c in counts]
+            axes.semilogy(
+                counts,
+                np.maximum(medians, 1e-12),
+                style,
+                label=f"{method} (median of seeds)",
+            )
+        arpack = [r for r in accuracy if r["method"] == "scipy_eigsh"]
+        axes.semilogy(
+            [float(r["num_hvps"]) for r in arpack],
+            [max(float(r["relative_error"]), 1e-12) for r in arpack],
+            "o",
+            alpha=0.5,
+            label="scipy eigsh (tolerances)",
+        )
+        axes.axhline(1e-3, color="grey", lw=0.8)
+        axes.set_xlabel("Hessian-vector products")
+        axes.set_ylabel("relative error of the top eigenvalue")
+        axes.set_xlim(0, 80)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(output / "accuracy.png", dpi=120)
+        pyplot.close(figure)
+    overhead = read_csv(output / "overhead.csv")
+    if overhead:
+        names = list(dict.fromkeys(r["variant"] for r in overhead))
+        values = [
+            [
+                100 * float(r["overhead"])
+                for r in overhead
+                if r["variant"] == name
+            ]
+            for name in names
+        ]
+        figure, axes = pyplot.subplots(figsize=(6, 3.5))
+        axes.bar(names, [np.mean(v) for v in values])
+        for i, v in enumerate(values):
+            axes.plot([i] * len(v), v, "k.")
+        axes.axhline(5, color="grey", lw=0.8)
+        axes.set_ylabel("fit wall time vs none (%)")
+        figure.tight_layout()
+        figure.savefig(output / "overhead.png", dpi=120)
+        pyplot.close(figure)
+
+
+def write_readme(output, seeds):
+    runs = (
+        json.loads((output / "runs.json").read_text())
+        if (output / "runs.json").exists()
+        else {}
+    )
+    lines = [
+        "# Measurements of keras_sam.hessian and its callbacks",
+        "",
+        "Generated by `benchmarks/measure_hessian.py` from the CSV/JSON",
+        "files in this folder (do not edit by hand; rerun with",
+        "`--part report`). Each part lists the command, commit, hardware",
+        "and date that produced it.",
+        "",
+    ]
+
+    def provenance(part):
+        run = runs.get(part)
+        if not run:
+            return ["(not run yet)", ""]
+        return [
+            f"- command: `{run['command']}`",
+            f"- commit: `{run['commit']}`, date: {run['date']}",
+            f"- hardware: {run['hardware']}",
+            f"- software: {run['software']}",
+            f"- data: {run['data']}",
+            "",
+        ]
+
+    accuracy = read_csv(output / "accuracy.csv")
+    lines += ["## Accuracy of the top eigenvalue (`accuracy.csv`)", ""]
+    lines += provenance("accuracy")
+    if accuracy:
+        summary = json.loads((output / "accuracy.json").read_text())
+        lines += [
+            f"Model: {summary['model']}, {summary['num_parameters']} "
+            f"parameters; probe: {summary['probe_samples']} training "
+            "images. Dense Hessian from one product per basis vector "
+            f"({summary['dense_hessian_seconds']} s, relative asymmetry "
+            f"{summary['dense_relative_asymmetry']:.1e}); its top "
+            "eigenvalues: "
+            + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"])
+            + f"; smallest {summary['bottom_eigenvalue']:.3g}.",
+            "",
+            f"Median relative error over {seeds} random start vectors "
+            "(operator: the dense matrix):",
+            "",
+            "| products | Lanczos (top_eigenvalues) | power iteration | "
+            "Lanczos, 2nd | Lanczos, 3rd |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for count in (5, 10, 15, 20, 30, 40, 60):
+            errors = [
+                median_error(accuracy, method, count)
+                for method in (
+                    "lanczos",
+                    "power_iteration",
+                    "lanczos_rank2",
+                    "lanczos_rank3",
+                )
+            ]
+            lines.append(
+                f"| {count} | " + " | ".join(f"{e:.1e}" for e in errors) + " |"
+            )
+        lanczos = first_below(accuracy, "lanczos", 1e-3, seeds)
+        power = first_below(accuracy, "power_iteration", 1e-3, seeds)
+        third = first_below(accuracy, "lanczos_rank3", 1e-3, seeds)
+        lines += [
+            "",
+            f"Every seed within 1e-3: Lanczos after {lanczos} products "
+            f"(third eigenvalue: {third}), power iteration after {power}.",
+            "",
+            "`scipy.sparse.linalg.eigsh` (ARPACK, `k=1`, `which='LA'`, "
+            "default `ncv`) at several tolerances, median over seeds:",
+            "",
+            "| tol | products | relative error |",
+            "|---|---:|---:|",
+        ]
+        tolerances = list(
+            dict.fromkeys(
+                r["parameter"] for r in accuracy if r["method"] == "scipy_eigsh"
+            )
+        )
+        for tol in tolerances:
+            chosen = [
+                r
+                for r in accuracy
+                if r["method"] == "scipy_eigsh" and r["parameter"] == tol
+            ]
+            lines.append(
+                f"| {tol[4:]} | "
+                f"{np.median([float(r['num_hvps']) for r in chosen]):.0f} | "
+                f"{np.median([float(r['relative_error']) for r in chosen]):.1e}"
+                " |"
+            )
+        direct = [r for r in accuracy if r["method"] == "top_eigenvalues"]
+        lines += [
+            "",
+            "`top_eigenvalues(model, probe, num_iterations=m)` on the model "
+            "(real products, float32):",
+            "",
+            "| m | seed | relative error |",
+            "|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {float(r['num_hvps']):.0f} | {r['seed']} | "
+            f"{float(r['relative_error']):.1e} |"
+            for r in direct
+        ]
+        lines += ["", "![accuracy](accuracy.png)", ""]
+    stability = read_csv(output / "stability.csv")
+    if stability:
+        lines += [
+            "## Sampled against exact `linear_stability` (`stability.csv`)",
+            "",
+            "Same model, 64 probe images, learning rate "
+            f"{stability[0]['learning_rate']} (1 / sharpness), batch 8, "
+            "dataset size 5,000. `exact`: per-sample products; `sampled`: "
+            "noise batches of 8 probe images.",
+            "",
+            "| mode | noise batches | seed | sharpness | non_uniformity | "
+            "sgd_growth | probe passes | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['mode']} | {r['num_noise_batches']} | {r['seed']} | "
+            f"{float(r['sharpness']):.4g} | "
+            f"{float(r['non_uniformity']):.4g} | "
+            f"{float(r['sgd_growth']):.3g} | {r['probe_passes']} | "
+            f"{r['seconds']} |"
+            for r in stability
+        ]
+        lines.append("")
+    overhead = read_csv(output / "overhead.csv")
+    lines += ["## Overhead of the callbacks in `fit` (`overhead.csv`)", ""]
+    lines += provenance("overhead")
+    if overhead:
+        lines += [
+            "Each callback at its defaults (`max_overhead=0.05`, measured "
+            "every epoch when the budget allows) against no callback; "
+            "paired runs from the same initial weights, order rotated per "
+            "repeat.",
+            "",
+            "| variant | mean overhead | measurements per run | callback "
+            "seconds per run | fit seconds per run |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in dict.fromkeys(r["variant"] for r in overhead):
+            chosen = [r for r in overhead if r["variant"] == name]
+            lines.append(
+                f"| {name} | "
+                f"{100 * np.mean([float(r['overhead']) for r in chosen]):.1f}%"
+                f" | {'/'.join(r['measurements'] for r in chosen)} | "
+                f"{'/'.join(r['callback_seconds'] for r in chosen)} | "
+                f"{'/'.join(r['fit_seconds'] for r in chosen)} |"
+            )
+        lines += ["", "![overhead](overhead.png)", ""]
+    cost = read_csv(output / "cost.csv")
+    lines += ["## Cost of one call (`cost.csv`)", ""]
+    lines += provenance("cost")
+    if cost:
+        lines += [
+            f"Model {cost[0]['model']} ({cost[0]['num_parameters']} "
+            f"parameters), {cost[0]['probe_samples']} probe images, "
+            "defaults; one product over the probe set takes "
+            f"{cost[0]['seconds_per_pass']} s.",
+            "",
+            "| function | products (probe passes) | seconds |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['function']} | {r['probe_passes']} | {r['seconds']} |"
+            for r in cost
+        ]
+        lines.append("")
+    (output / "README.md").write_text("\n".join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    parts = (
+        ("accuracy", "overhead", "cost")
+        if args.part == "all"
+        else ((args.part,) if args.part != "report" else ())
+    )
+    for part in parts:
+        {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost}[
+            part
+        ](args)
+        record_run(args, part)
+    plot(args.output)
+    write_readme(args.output, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
