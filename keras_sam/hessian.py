@@ -118,7 +118,9 @@ def as_probe_set(data):
     parts = [keras.utils.unpack_x_y_sample_weight(b) for b in batches]
     parts = [tuple(_map(_to_numpy, p) for p in part) for part in parts]
     if not parts:
-        raise ValueError(f"Argument `data` is empty. Received: data={data!r}")
+        raise ValueError(
+            f"Argument `data` is empty. Received: data={_short_repr(data)}"
+        )
     x, y, sample_weight = (
         _map(lambda *a: np.concatenate(a, axis=0), *column)
         if len(parts) > 1
@@ -204,7 +206,7 @@ def _weighted_batches(probe, indices, probe_batch_size):
     batches = []
     for start in range(0, total, probe_batch_size):
         chunk = indices[start : start + probe_batch_size]
-        count = len(indices[start : start + probe_batch_size])
+        count = len(chunk)
         if np.array_equal(chunk, np.arange(chunk[0], chunk[0] + count)):
             chunk = slice(int(chunk[0]), int(chunk[0]) + count)
         batch = tuple(
@@ -417,7 +419,7 @@ class _Curvature:
 
     Snapshots the variable values once; `hvp`, `gradient` and `loss` take
     and return flat float64 NumPy vectors (all trainable variables in the
-    order of `model.trainable_variables`) and count the products made.
+    order of `model.trainable_variables`).
     """
 
     def __init__(self, model, probe, probe_batch_size):
@@ -442,7 +444,6 @@ class _Curvature:
         self.dim = int(sum(self.sizes))
         self._value, self._gradient, self._hvp = _functions(model)
         self._full = None
-        self.num_products = 0
 
     def batches(self, indices=None):
         """Weighted microbatches of the samples `indices` (default all)."""
@@ -460,7 +461,6 @@ class _Curvature:
         total = np.zeros(self.dim)
         for batch, weight in batches or self.batches():
             total += weight * self.flatten(self._hvp(self.state, batch, vector))
-            self.num_products += weight
         return total
 
     def gradient(self, batches=None):
