@@ -12,9 +12,9 @@ caller (and XLA_FLAGS for `data_parallel`):
 
 import sys
 
+import keras
 import numpy as np
 
-import keras
 import keras_sam
 
 

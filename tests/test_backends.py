@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 TESTS = Path(__file__).parent
 OTHER_BACKENDS = ["jax", "torch"]
@@ -71,9 +70,7 @@ def test_same_weights_on_all_backends(tmp_path):
 
 
 def test_saved_file_continues_training_on_other_backends(tmp_path):
-    from backend_jobs import bn_model
-    from backend_jobs import compiled_sam
-    from backend_jobs import fixed_data
+    from backend_jobs import bn_model, compiled_sam, fixed_data
 
     x, y, rng = fixed_data()
     sam = compiled_sam(bn_model(rng), rho=0.1, adaptive=True, eta=0.05,
