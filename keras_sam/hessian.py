@@ -965,11 +965,12 @@ def linear_stability(
     toward calling SGD unstable. `N` (`dataset_size`) enters only the
     factor `(N - B) / (B (N - 1))`; the probe set stands for the data.
 
-    Cost in Hessian-vector products over the probe set, with
-    `m = num_iterations`: `m` for the sharpness, and about
-    `2 m (1 + c)` for each of `Sigma` and `M`, where `c = 1` in exact mode
-    (plus per-sample overhead) and `c = num_noise_batches * b / n`
-    otherwise.
+    Cost in passes over the probe set (Hessian-vector products of all
+    `n` samples), with `m = num_iterations`: `m` for the sharpness, and
+    `2 m (1 + c)` for each of `Sigma` and `M`, where
+    `c = num_noise_batches * b / n` when sampled, and `c = 1/2` in exact
+    mode, which makes its products one sample at a time (slower per
+    sample than microbatches).
 
     Args:
         model: A compiled and built `keras.Model` (or `SAMModel`).
