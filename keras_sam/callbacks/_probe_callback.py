@@ -27,12 +27,15 @@ class ProbeCallback(keras.callbacks.Callback):
     scheduled, or skipped for time) gets NaN, so `History`, `CSVLogger`
     and TensorBoard stay aligned with the epochs.
 
-    Time budget. The callback keeps its own wall time (measurements and
-    calibration) below `max_overhead` times the training time elapsed so
-    far: a measurement that would go over is skipped (one warning says
-    so). The cost of a measurement is that of the previous one; before
-    the first, it is predicted from one timed Hessian-vector product on a
-    microbatch.
+    Time budget. The callback keeps its own wall time below
+    `max_overhead` times the training time elapsed so far (both measured
+    from `on_train_begin`): a measurement that would go over is skipped
+    (one warning says so) and runs later, once training has earned the
+    time. The cost of a measurement is taken to be that of the previous
+    one; before the first, it is predicted from the training step time
+    (see `_estimate_cost`). The first measurement also compiles the
+    Hessian-vector product (`tf.function`, `jax.jit`), so it costs more
+    than later ones, and the budget is conservative after it.
     """
 
     log_names = ()
@@ -83,8 +86,9 @@ class ProbeCallback(keras.callbacks.Callback):
         raise NotImplementedError
 
     def cost(self):
-        """The expected cost of `measure()`, as a pair: Hessian-vector
-        products over the whole probe set, and single-sample ones."""
+        """The expected cost of `measure()`, as a pair: the number of
+        Hessian-vector products over the whole probe set, and the number
+        of single-sample ones."""
         raise NotImplementedError
 
     # Keras hooks -----------------------------------------------------------
