@@ -160,6 +160,18 @@ class SAMModel(keras.Model):
     def test_step(self, *args):
         return sam_backend.test_step(self, *args)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Called by Keras's TensorFlow trainer only; works around its
+        # failure under MultiWorkerMirroredStrategy (see the backend).
+        from keras_sam.backend import tensorflow as tf_backend
+
+        local_batch = tf_backend.first_local_batch(self, iterator)
+        if local_batch is not None:
+            iterator, data_batch = None, local_batch
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     def sam_gradients(
         self,
         value_and_grad,
@@ -178,7 +190,12 @@ class SAMModel(keras.Model):
 
         Backend-neutral: autodiff comes in as `value_and_grad(fn)`, which
         returns a function `(trainable_values, *args) -> ((value, aux),
-        gradients)` like `jax.value_and_grad(fn, has_aux=True)`.
+        gradients)` like `jax.value_and_grad(fn, has_aux=True)`;
+        `reduce_gradients`, if given, all-reduces the clean gradients
+        (global perturbation); `global_rng`, where a backend draws dropout
+        masks from a global generator (unseeded layers on torch), has
+        `get_state()` and `set_state(state)`, so that the perturbed pass
+        replays the clean pass's draws.
 
         Returns:
             A dict with `gradients` (to apply), `non_trainable` and
@@ -187,127 +204,87 @@ class SAMModel(keras.Model):
             predictions), and the true scalars `loss`, `sam_sharpness` and
             `grad_norm` (undoing loss scaling and the `1 / num_replicas`
             factor of distributed losses).
-
-        `global_rng`, where a backend draws dropout masks from a global
-        generator (unseeded layers on torch), has `get_state()` and
-        `set_state(state)`; the perturbed pass replays the clean pass's
-        draws and the generator then moves on as after one pass.
         """
+        one_pass = _SAMPass(
+            self, value_and_grad, trainable_values, scale_loss,
+            reduce_gradients, global_rng,
+        )
         num_splits = self.num_batch_splits or 1
-        loss_and_grads = value_and_grad(self._loss_and_updates)
-        batch_size = ops.shape(_first_leaf(x))[0]
-        is_float = [_is_float(v) for v in self.non_trainable_variables]
-        unit = ops.cast(scale_loss(ops.ones((), "float32")), "float32")
+        if num_splits == 1:
+            result = one_pass(
+                non_trainable_values, metrics_values, (x, y, sample_weight)
+            )
+        else:
+            result = self._split_passes(
+                one_pass, num_splits, non_trainable_values, metrics_values,
+                (x, y, sample_weight),
+            )
+        replicas = float(num_replicas)
+        # In global mode the all-reduced gradient is already the mean.
+        norm_factor = 1.0 if self.perturbation == "global" else replicas
+        result["loss"] = result["loss"] * replicas
+        result["sam_sharpness"] = result["sam_sharpness"] * replicas
+        result["grad_norm"] = result["grad_norm"] * norm_factor
+        return result
 
-        gradients = loss = sharpness = grad_norm = None
-        non_trainable_sums = None
-        counters = list(non_trainable_values)
-        metrics = list(metrics_values)
-        predictions = []
+    def _split_passes(self, one_pass, num_splits, non_trainable_values,
+                      metrics_values, batch):
+        """m-sharpness: one SAM pass per chunk, combined by chunk size.
+
+        Every chunk starts from the pre-step float state (BatchNorm
+        statistics), whose new value is the size-weighted mean of the
+        chunks' updates; integer state (seed counters) runs on from chunk
+        to chunk, so that chunks draw different dropout masks; metrics run
+        on too.
+        """
+        is_float = [_is_float(v) for v in self.non_trainable_variables]
+        batch_size = ops.shape(_first_leaf(batch[0]))[0]
+        counters, metrics = list(non_trainable_values), metrics_values
+        weights, parts = [], []
         for index in range(num_splits):
-            if num_splits == 1:
-                chunk, weight = (x, y, sample_weight), None
-            else:
-                start = (index * batch_size) // num_splits
-                stop = ((index + 1) * batch_size) // num_splits
-                chunk = _slice_batch((x, y, sample_weight), start, stop)
-                weight = ops.cast(stop - start, "float32") / ops.cast(
-                    batch_size, "float32"
-                )
-            # Chunks all start from the pre-step float state (BatchNorm
-            # statistics); integer state (seed counters) runs on, so that
-            # chunks draw different dropout masks.
+            start = (index * batch_size) // num_splits
+            stop = ((index + 1) * batch_size) // num_splits
             state = [
                 snapshot if float_ else counter
                 for snapshot, counter, float_ in zip(
                     non_trainable_values, counters, is_float
                 )
             ]
-            if global_rng is not None:
-                rng_before = global_rng.get_state()
-            (_, aux), clean_grads = loss_and_grads(
-                trainable_values, state, metrics, *chunk, scale_loss
+            part = one_pass(state, metrics, _slice_batch(batch, start, stop))
+            counters, metrics = part["non_trainable"], part["metrics"]
+            weights.append(
+                ops.cast(stop - start, "float32")
+                / ops.cast(batch_size, "float32")
             )
-            chunk_loss, chunk_pred, new_state, new_metrics = aux
-            if reduce_gradients is not None:
-                clean_grads = reduce_gradients(clean_grads)
-            chunk_norm = global_norm(clean_grads) / unit
-            if self.rho == 0.0:
-                descent, chunk_sharpness = clean_grads, ops.zeros(())
-            else:
-                eps = sam_perturbation(
-                    clean_grads,
-                    trainable_values,
-                    self.rho,
-                    adaptive=self.adaptive,
-                    eta=self.eta,
-                )
-                perturbed = [w + e for w, e in zip(trainable_values, eps)]
-                if global_rng is not None:
-                    rng_after = global_rng.get_state()
-                    global_rng.set_state(rng_before)
-                (_, perturbed_aux), descent = loss_and_grads(
-                    perturbed, state, metrics, *chunk, scale_loss
-                )
-                if global_rng is not None:
-                    global_rng.set_state(rng_after)
-                chunk_sharpness = perturbed_aux[0] - chunk_loss
-            metrics = new_metrics
-            counters = new_state
-            predictions.append(chunk_pred)
-            if weight is None:
-                gradients, loss = descent, chunk_loss
-                sharpness, grad_norm = chunk_sharpness, chunk_norm
-                non_trainable_sums = new_state
-                continue
-            weighted = [weight * ops.cast(g, "float32") for g in descent]
-            weighted_state = [
-                weight * s if float_ else s
-                for s, float_ in zip(new_state, is_float)
-            ]
-            if gradients is None:
-                gradients, non_trainable_sums = weighted, weighted_state
-                loss = weight * chunk_loss
-                sharpness = weight * chunk_sharpness
-                grad_norm = weight * chunk_norm
-            else:
-                gradients = [a + b for a, b in zip(gradients, weighted)]
-                non_trainable_sums = [
-                    a + b if float_ else b
-                    for a, b, float_ in zip(
-                        non_trainable_sums, weighted_state, is_float
-                    )
-                ]
-                loss = loss + weight * chunk_loss
-                sharpness = sharpness + weight * chunk_sharpness
-                grad_norm = grad_norm + weight * chunk_norm
-        if num_splits > 1:
-            gradients = [
-                ops.cast(g, w.dtype) for g, w in zip(gradients, descent)
-            ]
-            non_trainable_sums = [
-                ops.cast(s, v.dtype)
-                for s, v in zip(non_trainable_sums, non_trainable_values)
-            ]
-        y_pred = predictions[0]
-        if num_splits > 1:
-            y_pred = keras.tree.map_structure(
-                lambda *parts: ops.concatenate(parts, axis=0), *predictions
-            )
-        replicas = float(num_replicas)
-        if self.perturbation == "global":
-            # The all-reduced gradient is already the global mean.
-            grad_norm_factor = 1.0
-        else:
-            grad_norm_factor = replicas
+            parts.append(part)
+
+        def weighted_mean(values, like):
+            total = sum(w * ops.cast(v, "float32")
+                        for w, v in zip(weights, values))
+            return ops.cast(total, like.dtype)
+
+        last = parts[-1]
         return {
-            "gradients": gradients,
-            "non_trainable": non_trainable_sums,
+            "gradients": [
+                weighted_mean([p["gradients"][i] for p in parts], g)
+                for i, g in enumerate(last["gradients"])
+            ],
+            "non_trainable": [
+                weighted_mean([p["non_trainable"][i] for p in parts], v)
+                if float_ else v
+                for i, (v, float_) in enumerate(
+                    zip(last["non_trainable"], is_float)
+                )
+            ],
             "metrics": metrics,
-            "y_pred": y_pred,
-            "loss": loss * replicas,
-            "sam_sharpness": sharpness * replicas,
-            "grad_norm": grad_norm * grad_norm_factor,
+            "y_pred": keras.tree.map_structure(
+                lambda *chunks: ops.concatenate(chunks, axis=0),
+                *[p["y_pred"] for p in parts],
+            ),
+            **{
+                name: sum(w * p[name] for w, p in zip(weights, parts))
+                for name in ("loss", "sam_sharpness", "grad_norm")
+            },
         }
 
     def _loss_and_updates(
@@ -391,6 +368,59 @@ class SAMModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+class _SAMPass:
+    """The two SAM passes on one (chunk of a) batch, as a function of the
+    state they start from. Returns a dict like `sam_gradients`', with the
+    scalars as computed from the (possibly scaled) per-replica loss."""
+
+    def __init__(self, model, value_and_grad, trainable_values, scale_loss,
+                 reduce_gradients, global_rng):
+        self.model = model
+        self.loss_and_grads = value_and_grad(model._loss_and_updates)
+        self.trainable_values = trainable_values
+        self.scale_loss = scale_loss
+        self.reduce_gradients = reduce_gradients
+        self.global_rng = global_rng
+        # The loss scale of a LossScaleOptimizer (1 otherwise).
+        self.unit = ops.cast(scale_loss(ops.ones((), "float32")), "float32")
+
+    def __call__(self, non_trainable_values, metrics_values, batch):
+        model, rng = self.model, self.global_rng
+        args = (non_trainable_values, metrics_values, *batch, self.scale_loss)
+        if rng is not None:
+            rng_before = rng.get_state()
+        (_, aux), gradients = self.loss_and_grads(self.trainable_values, *args)
+        loss, y_pred, new_state, new_metrics = aux
+        if self.reduce_gradients is not None:
+            gradients = self.reduce_gradients(gradients)
+        grad_norm = global_norm(gradients) / self.unit
+        sharpness = ops.zeros(())
+        if model.rho > 0.0:
+            eps = sam_perturbation(
+                gradients, self.trainable_values, model.rho,
+                adaptive=model.adaptive, eta=model.eta,
+            )
+            perturbed = [w + e for w, e in zip(self.trainable_values, eps)]
+            if rng is not None:
+                rng_after = rng.get_state()
+                rng.set_state(rng_before)
+            (_, perturbed_aux), gradients = self.loss_and_grads(
+                perturbed, *args
+            )
+            if rng is not None:
+                rng.set_state(rng_after)
+            sharpness = perturbed_aux[0] - loss
+        return {
+            "gradients": gradients,
+            "non_trainable": new_state,
+            "metrics": new_metrics,
+            "y_pred": y_pred,
+            "loss": loss,
+            "sam_sharpness": sharpness,
+            "grad_norm": grad_norm,
+        }
 
 
 def _check_non_negative_float(name, value):
