@@ -87,6 +87,54 @@ def _check_strategy(strategy):
         )
 
 
+def _is_multi_worker(strategy):
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
+def _logs_for_multi_worker(strategy, logs):
+    """Gives every log a leading replica axis of length 1 on several workers.
+
+    Keras 3 (checked with 3.15.1) reduces a step's logs across workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails for the scalar
+    logs of every model ("Invalid reduction dimension 0 for input with 0
+    dimensions") and would average a vector metric over its own entries.
+    With the extra axis that reduction is the mean over replicas, what
+    Keras computes on one worker.
+    """
+    if not _is_multi_worker(strategy):
+        return logs
+    return keras.tree.map_structure(
+        lambda value: tf.expand_dims(tf.convert_to_tensor(value), 0), logs
+    )
+
+
+def first_local_batch(model, iterator):
+    """The first batch of `fit`'s data on this worker's first replica.
+
+    Keras 3's TensorFlow trainer builds a model from a batch reduced with
+    `strategy.reduce("MEAN", batch)`; MultiWorkerMirroredStrategy cannot
+    reduce the nest `(x, y)` of per-replica values (checked with Keras
+    3.15.1 and TensorFlow 2.21: "Attempt to convert a value (PerReplica
+    ...)"), so `fit` fails for every model on several workers. Only shapes
+    and dtypes are needed, which one replica's batch has. Returns `None`
+    where Keras's own path works.
+    """
+    strategy = model.distribute_strategy
+    if iterator is None or not _is_multi_worker(strategy):
+        return None
+    for _, _, batches in iterator:
+        batch = next(batches)
+        break
+    return keras.tree.map_structure(
+        lambda value: strategy.experimental_local_results(value)[0]
+        if isinstance(value, tf.distribute.DistributedValues)
+        else value,
+        batch,
+    )
+
+
 def train_step(model, data):
     x, y, sample_weight = common.unpack(model, data)
     strategy = tf.distribute.get_strategy()
@@ -113,8 +161,10 @@ def train_step(model, data):
     model.optimizer.apply(result["gradients"], model.trainable_variables)
     common.assign(model.non_trainable_variables, non_trainable)
     common.assign(model.metrics_variables, result["metrics"])
-    return model.update_sam_metrics(x, y, sample_weight, result)
+    logs = model.update_sam_metrics(x, y, sample_weight, result)
+    return _logs_for_multi_worker(strategy, logs)
 
 
 def test_step(model, data):
-    return common.without_sam_logs(keras.Model.test_step(model, data))
+    logs = common.without_sam_logs(keras.Model.test_step(model, data))
+    return _logs_for_multi_worker(tf.distribute.get_strategy(), logs)
