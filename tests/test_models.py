@@ -106,6 +106,10 @@ def test_registry_names_and_overrides():
         "wrn-16-4",
         "wrn-16-8",
         "wrn-28-10",
+        "preact-resnet-18",
+        "shake-shake-26-2x96d",
+        "pyramidnet-272-200",
+        "pyramidnet-272-200-shakedrop",
     )
     model = models.get_model(
         "resnet-32", num_classes=100, input_shape=(16, 16, 3)
@@ -150,8 +154,7 @@ def test_weight_decay_is_coupled_l2_on_kernels_only():
     ]
     assert len(kernels) == 20  # 19 convolutions and the classifier
     squares = sum(
-        float(np.sum(k.numpy().astype("float64") ** 2))
-        for k in kernels
+        float(np.sum(k.numpy().astype("float64") ** 2)) for k in kernels
     )
     # Gradient of (wd / 2) ||w||^2 is wd * w, as in the SAM paper's code.
     np.testing.assert_allclose(penalty, weight_decay / 2 * squares, rtol=1e-5)
@@ -204,8 +207,207 @@ def test_same_architecture_in_tf_keras():
         (lambda: models.get_model("resnet-50x"), "resnet-50x"),
         (lambda: models.get_model("resnet-20", depth=32), "depth"),
         (lambda: models.get_model("small-cnn", dropout_rate=0.1), "dropout"),
+        (lambda: models.preact_resnet(20), "depth"),
+        (lambda: models.shake_shake(27), "depth"),
+        (lambda: models.pyramidnet(111), "depth"),
+        (lambda: models.pyramidnet(11, alpha=-1), "alpha"),
+        (lambda: models.ShakeDrop(1.5), "drop_rate"),
+        (lambda: models.get_model("pyramidnet", final_drop_rate=0.1), "drop"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# PreAct ResNet-18, Shake-Shake 26 2x96d, PyramidNet-272 (+ShakeDrop) -------
+
+
+def _preact_formula(classes=10):
+    """Trainable parameters of PreAct ResNet-18 (1x1 projection
+    shortcuts, final BatchNorm)."""
+    total = 3 * 64 * 9
+    in_channels = 64
+    for filters in (64, 128, 256, 512):
+        for _ in range(2):
+            total += 2 * in_channels  # BatchNorm before conv1
+            total += in_channels * filters * 9 + 2 * filters
+            total += filters * filters * 9
+            if in_channels != filters:
+                total += in_channels * filters  # 1x1 shortcut
+            in_channels = filters
+    return total + 2 * 512 + 512 * classes + classes
+
+
+def _shake_shake_formula(depth, width, classes=10):
+    n = (depth - 2) // 6
+    total = 3 * 16 * 9 + 2 * 16
+    in_channels = 16
+    for stage in range(3):
+        filters = width * 2**stage
+        for _ in range(n):
+            branch = in_channels * filters * 9 + filters * filters * 9
+            total += 2 * (branch + 2 * 2 * filters)
+            if in_channels != filters:
+                # Two 1x1 convolutions to half the filters, then BatchNorm.
+                total += in_channels * filters + 2 * filters
+            in_channels = filters
+    return total + in_channels * classes + classes
+
+
+def _pyramidnet_formula(depth, alpha, round_width, classes=10):
+    blocks = 3 * ((depth - 2) // 9)
+    total = 3 * 16 * 9 + 2 * 16
+    in_channels = 16
+    for k in range(1, blocks + 1):
+        p = round_width(16 + alpha * k / blocks)
+        total += 2 * in_channels + in_channels * p + 2 * p  # BN, 1x1, BN
+        total += 9 * p * p + 2 * p  # 3x3, BN
+        total += p * 4 * p + 2 * 4 * p  # 1x1, BN
+        in_channels = 4 * p
+    return total + 2 * in_channels + in_channels * classes + classes
+
+
+def test_preact_resnet_18_parameter_count():
+    model = _get("preact-resnet-18")
+    assert _trainable_count(model) == _preact_formula()
+    # Usually quoted as 11.2M (e.g. Zhang et al., 2018, mixup).
+    assert round(_trainable_count(model) / 1e6, 1) == 11.2
+    assert model.name == "preact_resnet_18"
+
+
+def test_shake_shake_26_2x96d_parameter_count():
+    model = _get("shake-shake-26-2x96d")
+    assert _trainable_count(model) == _shake_shake_formula(26, 96)
+    # Gastaldi (2017), Table 1 and Cubuk et al. (2019), Table 2: 26.2M.
+    assert round(_trainable_count(model) / 1e6, 1) == 26.2
+    small = models.get_model("shake-shake-8-2x4d", num_classes=7)
+    assert _trainable_count(small) == _shake_shake_formula(8, 4, classes=7)
+
+
+def test_pyramidnet_272_parameter_count():
+    model = _get("pyramidnet-272-200-shakedrop")
+    assert _trainable_count(model) == _pyramidnet_formula(272, 200, round)
+    # Cubuk et al. (2019), Table 2, PyramidNet+ShakeDrop: 26.2M.
+    assert round(_trainable_count(model) / 1e6, 1) == 26.2
+    # Han et al. (2017), Table 4, report 26.0M: widths rounded down.
+    assert round(_pyramidnet_formula(272, 200, math.floor) / 1e6, 1) == 26.0
+    shake_drops = [
+        layer for layer in model.layers if isinstance(layer, models.ShakeDrop)
+    ]
+    assert len(shake_drops) == 90
+    np.testing.assert_allclose(
+        [layer.drop_rate for layer in shake_drops],
+        0.5 * np.arange(1, 91) / 90,
+    )
+    plain = models.get_model("pyramidnet", classifier_activation=None)
+    assert plain.name == "pyramidnet_272_200"
+    assert _trainable_count(plain) == _trainable_count(model)
+    assert not any(
+        isinstance(layer, models.ShakeDrop) for layer in plain.layers
+    )
+
+
+def test_pyramidnet_widths_grow_linearly_and_shortcut_pads_zeros():
+    from keras_sam.models.pyramidnet import bottleneck_widths
+
+    assert bottleneck_widths(272, 200)[:3] == [18, 20, 23]
+    assert bottleneck_widths(272, 200)[-1] == 216
+    model = models.get_model("pyramidnet-11-6", classifier_activation=None)
+    probe = keras.Model(
+        model.input,
+        [
+            model.get_layer("stem_bn").output,
+            model.get_layer("stage1_block1_to_hwc").output,
+        ],
+    )
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3))
+    before, shortcut = (
+        keras.ops.convert_to_numpy(t) for t in probe(x, training=False)
+    )
+    # Block 1 has round(16 + 6 / 3) = 18 filters, 72 outputs.
+    expected = np.pad(before, ((0, 0), (0, 0), (0, 0), (0, 72 - 16)))
+    np.testing.assert_allclose(shortcut, expected, rtol=1e-6, atol=1e-6)
+
+
+def _shake_shake_layer_outputs(seed=5):
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradient check written with tf.GradientTape")
+    rng = np.random.default_rng(seed)
+    first = tf.constant(rng.normal(size=(64, 3, 3, 2)), tf.float32)
+    second = tf.constant(rng.normal(size=(64, 3, 3, 2)), tf.float32)
+    layer = models.ShakeShake(seed=seed)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([first, second])
+        output = layer([first, second], training=True)
+        total = tf.reduce_sum(output)
+    gradients = [g.numpy() for g in tape.gradient(total, [first, second])]
+    inference = layer([first, second], training=False).numpy()
+    return first.numpy(), second.numpy(), output.numpy(), gradients, inference
+
+
+def test_shake_shake_forward_alpha_backward_beta_per_example():
+    first, second, output, (g1, g2), inference = _shake_shake_layer_outputs()
+    np.testing.assert_allclose(inference, 0.5 * (first + second), atol=1e-6)
+    # Forward: output = alpha x1 + (1 - alpha) x2, one alpha per example.
+    difference = (first - second).reshape(64, -1)
+    alpha = np.sum(
+        (output.reshape(64, -1) - second.reshape(64, -1)) * difference, axis=1
+    ) / np.sum(difference**2, axis=1)
+    expected = (
+        alpha[:, None, None, None] * first
+        + (1 - alpha[:, None, None, None]) * second
+    )
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+    assert np.all((alpha >= 0) & (alpha <= 1)) and alpha.std() > 0.1
+    # Backward: d/dx1 = beta, d/dx2 = 1 - beta, constant per example, and
+    # beta is drawn independently of alpha.
+    beta = g1.reshape(64, -1)
+    np.testing.assert_allclose(beta, beta[:, :1] * np.ones_like(beta))
+    np.testing.assert_allclose(g1 + g2, 1.0, atol=1e-6)
+    assert np.all((beta >= 0) & (beta <= 1))
+    assert np.abs(beta[:, 0] - alpha).max() > 0.1
+
+
+def test_shake_drop_coefficients():
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradient check written with tf.GradientTape")
+    x = tf.constant(
+        np.random.default_rng(1).normal(size=(4000, 2, 2, 3)), tf.float32
+    )
+    layer = models.ShakeDrop(0.3, seed=11)
+    np.testing.assert_allclose(
+        layer(x, training=False).numpy(), 0.7 * x.numpy(), rtol=1e-6
+    )
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        output = layer(x, training=True)
+    gradient = tape.gradient(output, x).numpy().reshape(4000, -1)
+    forward = (output.numpy() / x.numpy()).reshape(4000, -1)
+    # One coefficient per example, forward in [-1, 1], backward in [0, 1].
+    np.testing.assert_allclose(
+        forward, forward[:, :1] * np.ones((1, 12)), rtol=1e-4, atol=1e-5
+    )
+    forward, backward = forward[:, 0], gradient[:, 0]
+    kept = np.isclose(forward, 1.0) & np.isclose(backward, 1.0)
+    # Kept with probability 0.7: 2800 of 4000, binomial sd about 29.
+    assert abs(kept.sum() - 2800) < 150
+    assert np.all(np.abs(forward[~kept]) <= 1) and forward[~kept].min() < -0.5
+    assert np.all((backward[~kept] >= 0) & (backward[~kept] <= 1))
+
+
+def test_stochastic_models_save_and_load(tmp_path):
+    for name in ("shake-shake-8-2x4d", "pyramidnet-11-6-shakedrop"):
+        model = models.get_model(name, seed=3, classifier_activation=None)
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        x = np.random.default_rng(2).normal(size=(2, 32, 32, 3))
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(loaded(x, training=False)),
+            keras.ops.convert_to_numpy(model(x, training=False)),
+            rtol=1e-5,
+            atol=1e-5,
+        )

@@ -10,8 +10,12 @@ import re
 
 import keras
 
+from keras_sam.models.preact_resnet import _preact_resnet, preact_resnet
+from keras_sam.models.pyramidnet import _pyramidnet, pyramidnet
 from keras_sam.models.resnet import _resnet, resnet
+from keras_sam.models.shake_shake import _shake_shake, shake_shake
 from keras_sam.models.small_cnn import _small_cnn, small_cnn
+from keras_sam.models.stochastic import ShakeDrop, ShakeShake
 from keras_sam.models.wide_resnet import _wide_resnet, wide_resnet
 
 MODEL_NAMES = (
@@ -21,6 +25,10 @@ MODEL_NAMES = (
     "wrn-16-4",
     "wrn-16-8",
     "wrn-28-10",
+    "preact-resnet-18",
+    "shake-shake-26-2x96d",
+    "pyramidnet-272-200",
+    "pyramidnet-272-200-shakedrop",
 )
 
 _DEFAULTS = {
@@ -40,6 +48,36 @@ def _parse_name(name):
     key = name.strip().lower().replace("_", "-")
     if key == "small-cnn":
         return _small_cnn, {}, {"width": 16}, "small_cnn"
+    match = re.fullmatch(r"pre-?act-resnet-?(\d+)", key)
+    if match:
+        depth = int(match.group(1))
+        return _preact_resnet, {"depth": depth}, {}, f"preact_resnet_{depth}"
+    match = re.fullmatch(r"shake-shake-?(\d+)-2x(\d+)d", key)
+    if match:
+        depth, width = int(match.group(1)), int(match.group(2))
+        return (
+            _shake_shake,
+            {"depth": depth, "width": width},
+            {"seed": None},
+            f"shake_shake_{depth}_2x{width}d",
+        )
+    key = {
+        "pyramidnet": "pyramidnet-272-200",
+        "pyramidnet-shakedrop": "pyramidnet-272-200-shakedrop",
+    }.get(key, key)
+    match = re.fullmatch(r"pyramidnet-?(\d+)-(\d+)(-shakedrop)?", key)
+    if match:
+        depth, alpha = int(match.group(1)), int(match.group(2))
+        shakedrop = bool(match.group(3))
+        overridable = {"seed": None}
+        if shakedrop:
+            overridable["final_drop_rate"] = 0.5
+        return (
+            _pyramidnet,
+            {"depth": depth, "alpha": alpha, "shakedrop": shakedrop},
+            overridable,
+            f"pyramidnet_{depth}_{alpha}" + ("_shakedrop" if shakedrop else ""),
+        )
     match = re.fullmatch(r"resnet-?(\d+)", key)
     if match:
         depth = int(match.group(1))
@@ -56,22 +94,32 @@ def _parse_name(name):
         )
     raise ValueError(
         f"Unknown model name={name!r}. Known names: {list(MODEL_NAMES)}; "
-        "also 'resnet-<6n+2>' and 'wrn-<6n+4>-<k>'."
+        "also 'resnet-<6n+2>', 'wrn-<6n+4>-<k>', 'preact-resnet-<18|34>', "
+        "'shake-shake-<6n+2>-2x<width>d', 'pyramidnet-<9n+2>-<alpha>' "
+        "(+ '-shakedrop'), and 'pyramidnet' for 'pyramidnet-272-200'."
     )
 
 
 def get_model(name, **kwargs):
     """Builds an architecture by its short name.
 
-    Names: `"small-cnn"`, `"resnet-20"`, `"resnet-56"`, `"wrn-16-4"`,
-    `"wrn-16-8"`, `"wrn-28-10"` (listed in `MODEL_NAMES`), and more
-    generally `"resnet-<depth>"` and `"wrn-<depth>-<width>"`.
+    Names (`MODEL_NAMES`): `"small-cnn"`, `"resnet-20"`, `"resnet-56"`,
+    `"wrn-16-4"`, `"wrn-16-8"`, `"wrn-28-10"`, `"preact-resnet-18"`,
+    `"shake-shake-26-2x96d"`, `"pyramidnet-272-200"` and
+    `"pyramidnet-272-200-shakedrop"` (the SAM paper's PyramidNet rows;
+    also `"pyramidnet"` and `"pyramidnet-shakedrop"`); more generally
+    `"resnet-<depth>"`, `"wrn-<depth>-<width>"`,
+    `"preact-resnet-<18|34>"`, `"shake-shake-<depth>-2x<width>d"` and
+    `"pyramidnet-<depth>-<alpha>[-shakedrop]"`.
 
     Args:
         name: the model's short name (case-insensitive).
-        **kwargs: passed to the builder (`small_cnn`, `resnet` or
-            `wide_resnet`), e.g. `input_shape`, `num_classes`,
-            `weight_decay`, `classifier_activation`, `dropout_rate`.
+        **kwargs: passed to the builder (`small_cnn`, `resnet`,
+            `wide_resnet`, `preact_resnet`, `shake_shake` or
+            `pyramidnet`), e.g. `input_shape`, `num_classes`,
+            `weight_decay`, `classifier_activation`, `dropout_rate`
+            (WRN), `seed` (Shake-Shake, PyramidNet), `final_drop_rate`
+            (ShakeDrop).
 
     Returns:
         A built functional `keras.Model`.
@@ -109,8 +157,13 @@ def _build(api, name, **kwargs):
 
 __all__ = [
     "MODEL_NAMES",
+    "ShakeDrop",
+    "ShakeShake",
     "get_model",
+    "preact_resnet",
+    "pyramidnet",
     "resnet",
+    "shake_shake",
     "small_cnn",
     "wide_resnet",
 ]

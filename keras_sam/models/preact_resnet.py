@@ -1,0 +1,118 @@
+"""Pre-activation ResNet-18 for CIFAR (He et al., 2016b)."""
+
+import keras
+
+from keras_sam.models import _common
+
+_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+
+
+def preact_resnet(
+    depth=18,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    weight_decay=0.0,
+    classifier_activation="softmax",
+    name=None,
+):
+    """Pre-activation ResNet-18 (or -34) for 32x32 images.
+
+    The ImageNet ResNet-18 layout adapted to CIFAR as is usual: a 3x3
+    convolution with 64 filters (no pooling), four stages of pre-activation
+    basic blocks (BatchNorm, ReLU, 3x3 convolution, BatchNorm, ReLU, 3x3
+    convolution) with 64, 128, 256 and 512 filters, the last three
+    starting with stride 2, then BatchNorm, ReLU, global average pooling
+    and a dense classifier. Where a block changes the shape, its shortcut
+    is a 1x1 convolution of the pre-activated input. PreAct ResNet-18 has
+    11.2M parameters.
+
+    Args:
+        depth: `18` (2 blocks per stage) or `34` (3, 4, 6, 3 blocks).
+            Defaults to `18`.
+        input_shape: shape of one input image `(height, width, channels)`.
+            Defaults to `(32, 32, 3)`.
+        num_classes: number of classes. Defaults to `10`.
+        weight_decay: coupled L2 coefficient of every convolution and
+            dense kernel (see `keras_sam.models.resnet`). Defaults to
+            `0.0`.
+        classifier_activation: activation of the output layer, computed in
+            float32; `None` returns logits. Defaults to `"softmax"`.
+        name: model name. Defaults to `"preact_resnet_<depth>"`.
+
+    Returns:
+        A built functional `keras.Model`.
+
+    Example:
+
+    >>> model = keras_sam.models.preact_resnet(18, num_classes=100)
+
+    References:
+        - [He et al., 2016. Identity Mappings in Deep Residual Networks](
+          https://arxiv.org/abs/1603.05027)
+    """
+    return _preact_resnet(
+        keras,
+        depth=depth,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        weight_decay=weight_decay,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
+
+
+_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def _preact_resnet(
+    api,
+    depth,
+    input_shape,
+    num_classes,
+    weight_decay,
+    classifier_activation,
+    name,
+):
+    if depth not in _BLOCKS:
+        raise ValueError(
+            f"`depth` must be one of {sorted(_BLOCKS)}, got {depth!r}."
+        )
+    input_shape = _common.check_input_shape(input_shape)
+    _common.check_positive_int("num_classes", num_classes)
+    weight_decay = _common.check_weight_decay(weight_decay)
+    layers = api.layers
+
+    inputs = api.Input(shape=input_shape, name="images")
+    x = _common.conv(api, 64, 3, 1, weight_decay, "stem_conv")(inputs)
+    in_filters = 64
+    for stage, ((filters, stage_strides), blocks) in enumerate(
+        zip(_STAGES, _BLOCKS[depth])
+    ):
+        for block in range(blocks):
+            prefix = f"stage{stage + 1}_block{block + 1}"
+            strides = stage_strides if block == 0 else 1
+            pre = _common.batch_norm(api, f"{prefix}_bn1")(x)
+            pre = layers.Activation("relu", name=f"{prefix}_relu1")(pre)
+            if strides != 1 or filters != in_filters:
+                shortcut = _common.conv(
+                    api, filters, 1, strides, weight_decay, f"{prefix}_shortcut"
+                )(pre)
+            else:
+                shortcut = x
+            y = _common.conv(
+                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
+            )(pre)
+            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+            y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
+            y = _common.conv(
+                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
+            )(y)
+            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+            in_filters = filters
+    x = _common.batch_norm(api, "final_bn")(x)
+    x = layers.Activation("relu", name="final_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = _common.classifier(
+        api, x, num_classes, weight_decay, classifier_activation
+    )
+    return api.Model(inputs, outputs, name=name or f"preact_resnet_{depth}")

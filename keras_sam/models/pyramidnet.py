@@ -1,0 +1,208 @@
+"""Bottleneck PyramidNets for CIFAR (Han et al., 2017), with ShakeDrop."""
+
+import keras
+
+from keras_sam.models import _common
+from keras_sam.models.stochastic import ShakeDrop
+
+
+def pyramidnet(
+    depth=272,
+    alpha=200,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    shakedrop=False,
+    final_drop_rate=0.5,
+    weight_decay=0.0,
+    classifier_activation="softmax",
+    seed=None,
+    name=None,
+):
+    """PyramidNet-`depth` (bottleneck, widening `alpha`), optionally with
+    ShakeDrop: the SAM paper's PyramidNet rows (272, alpha 200).
+
+    A 3x3 convolution with 16 filters and BatchNorm, then `3 n` bottleneck
+    blocks in three stages of `n` (the second and third starting with
+    stride 2): `depth = 9 n + 2`. The width grows by `alpha / (3 n)` per
+    block: block `k` (1-based) has `round(16 + alpha k / (3 n))` bottleneck
+    filters and four times as many outputs. Each block is BatchNorm, 1x1
+    convolution, BatchNorm, ReLU, 3x3 convolution, BatchNorm, ReLU, 1x1
+    convolution, BatchNorm (optionally `ShakeDrop`), added to a shortcut
+    that is 2x2 average pooling where the resolution halves and zero
+    channels appended where the width grows (no parameters). Then
+    BatchNorm, ReLU, global average pooling and a dense classifier.
+    PyramidNet-272 (alpha 200) has 26.2M trainable parameters, as Cubuk
+    et al. (2019) report for PyramidNet+ShakeDrop; Han et al. (2017)
+    report 26.0M, which is what rounding the widths down instead of to
+    the nearest integer gives.
+
+    Args:
+        depth: `9 n + 2` with `n >= 1` (110, 164, 200, 272, ...).
+            Defaults to `272`.
+        alpha: total widening over the network. Defaults to `200`.
+        input_shape: shape of one input image `(height, width, channels)`.
+            Defaults to `(32, 32, 3)`.
+        num_classes: number of classes. Defaults to `10`.
+        shakedrop: whether to add ShakeDrop to every block, with drop rate
+            `final_drop_rate * k / (3 n)` in block `k`. Defaults to
+            `False`.
+        final_drop_rate: ShakeDrop's drop rate in the last block.
+            Defaults to `0.5`.
+        weight_decay: coupled L2 coefficient of every convolution and
+            dense kernel (see `keras_sam.models.resnet`). Defaults to
+            `0.0`.
+        classifier_activation: activation of the output layer, computed in
+            float32; `None` returns logits. Defaults to `"softmax"`.
+        seed: seed of the `ShakeDrop` layers' draws (layer `k` gets
+            `seed + k`), or `None`. Defaults to `None`.
+        name: model name. Defaults to `"pyramidnet_<depth>_<alpha>"`, with
+            `"_shakedrop"` appended when used.
+
+    Returns:
+        A built functional `keras.Model`.
+
+    Example:
+
+    >>> model = keras_sam.models.pyramidnet(272, 200, shakedrop=True)
+    >>> import math
+    >>> trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    >>> round(trainable / 1e6, 1)
+    26.2
+
+    References:
+        - [Han et al., 2017. Deep Pyramidal Residual Networks](
+          https://arxiv.org/abs/1610.02915)
+        - [Yamada et al., 2018. ShakeDrop Regularization for Deep Residual
+          Learning](https://arxiv.org/abs/1802.02375)
+        - [Cubuk et al., 2019. AutoAugment: Learning Augmentation
+          Strategies from Data](https://arxiv.org/abs/1805.09501)
+    """
+    return _pyramidnet(
+        keras,
+        depth=depth,
+        alpha=alpha,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        shakedrop=shakedrop,
+        final_drop_rate=final_drop_rate,
+        weight_decay=weight_decay,
+        classifier_activation=classifier_activation,
+        seed=seed,
+        name=name,
+    )
+
+
+def _check_depth(depth):
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 11
+        or (depth - 2) % 9
+    ):
+        raise ValueError(
+            "`depth` must be 9 n + 2 for an integer n >= 1 (11, 110, 164, "
+            f"272, ...), got {depth!r}."
+        )
+    return (depth - 2) // 9
+
+
+def bottleneck_widths(depth, alpha):
+    """Bottleneck filters of every block of a PyramidNet, in order.
+
+    Args:
+        depth: `9 n + 2`.
+        alpha: total widening.
+
+    Returns:
+        A list of `3 n` integers; block outputs are four times these.
+    """
+    total = 3 * _check_depth(depth)
+    return [int(round(16 + alpha * k / total)) for k in range(1, total + 1)]
+
+
+def _pyramidnet(
+    api,
+    depth,
+    alpha,
+    input_shape,
+    num_classes,
+    shakedrop,
+    weight_decay,
+    classifier_activation,
+    seed,
+    name,
+    final_drop_rate=0.5,
+):
+    if api is not keras and shakedrop:
+        raise ValueError("ShakeDrop needs Keras 3 (`keras`), not tf_keras.")
+    blocks_per_stage = _check_depth(depth)
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or alpha < 0
+    ):
+        raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
+    input_shape = _common.check_input_shape(input_shape)
+    _common.check_positive_int("num_classes", num_classes)
+    weight_decay = _common.check_weight_decay(weight_decay)
+    layers = api.layers
+    widths = bottleneck_widths(depth, alpha)
+
+    inputs = api.Input(shape=input_shape, name="images")
+    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
+    x = _common.batch_norm(api, "stem_bn")(x)
+    in_channels = 16
+    for index, planes in enumerate(widths):
+        stage, block = divmod(index, blocks_per_stage)
+        prefix = f"stage{stage + 1}_block{block + 1}"
+        strides = 2 if stage > 0 and block == 0 else 1
+        y = _common.batch_norm(api, f"{prefix}_bn1")(x)
+        y = _common.conv(api, planes, 1, 1, weight_decay, f"{prefix}_conv1")(y)
+        y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+        y = layers.Activation("relu", name=f"{prefix}_relu1")(y)
+        y = _common.conv(
+            api, planes, 3, strides, weight_decay, f"{prefix}_conv2"
+        )(y)
+        y = _common.batch_norm(api, f"{prefix}_bn3")(y)
+        y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
+        y = _common.conv(
+            api, 4 * planes, 1, 1, weight_decay, f"{prefix}_conv3"
+        )(y)
+        y = _common.batch_norm(api, f"{prefix}_bn4")(y)
+        if shakedrop:
+            drop_rate = final_drop_rate * (index + 1) / len(widths)
+            layer_seed = None if seed is None else seed + index
+            y = ShakeDrop(drop_rate, seed=layer_seed, name=f"{prefix}_drop")(y)
+        shortcut = x
+        if strides != 1:
+            shortcut = layers.AveragePooling2D(
+                2, strides=2, padding="same", name=f"{prefix}_pool"
+            )(shortcut)
+        if 4 * planes != in_channels:
+            shortcut = _pad_channels(
+                api, shortcut, 4 * planes - in_channels, prefix
+            )
+        x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+        in_channels = 4 * planes
+    x = _common.batch_norm(api, "final_bn")(x)
+    x = layers.Activation("relu", name="final_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = _common.classifier(
+        api, x, num_classes, weight_decay, classifier_activation
+    )
+    default_name = f"pyramidnet_{depth}_{alpha:g}"
+    if shakedrop:
+        default_name += "_shakedrop"
+    return api.Model(inputs, outputs, name=name or default_name)
+
+
+def _pad_channels(api, x, extra_channels, prefix):
+    """Appends `extra_channels` zero channels (standard layers only)."""
+    layers = api.layers
+    x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
+    x = layers.ZeroPadding2D(
+        padding=((0, 0), (0, extra_channels)),
+        data_format="channels_last",
+        name=f"{prefix}_pad_channels",
+    )(x)
+    return layers.Permute((1, 3, 2), name=f"{prefix}_to_hwc")(x)
