@@ -2,6 +2,9 @@
 
 ```
 keras-sam demo [--quick] [--epochs N] [--output-dir DIR] [--backend NAME]
+keras-sam sweep [--quick] [--model NAME] [--rho LIST] [--batch-size LIST] ...
+keras-sam reproduce [--quick] [--dataset NAME] [--model NAME] [--augment NAME]
+                    [--epochs N] [--seeds N] [--rho X] ...
 ```
 
 Each subcommand is one `_add_<name>_command(subparsers, common)` function
@@ -12,6 +15,7 @@ applied, because Keras fixes its backend when first imported.
 """
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -127,7 +131,445 @@ def _run_demo(args):
     return 0
 
 
-_COMMANDS = (_add_demo_command,)
+# sweep and reproduce ------------------------------------------------------
+
+_DATASETS = ("cifar10", "cifar100")
+_SOURCES = ("auto", "npz", "folder", "tfds", "sample")
+_AUGMENTS = ("basic", "cutout", "randaugment", "autoaugment", "none")
+_TUNERS = ("grid", "random", "bayesian")
+_PAPER_RHO_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def _add_data_arguments(parser):
+    parser.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        default="cifar10",
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=(
+            "folder with train.npz/test.npz (JPEG npz), an image folder "
+            "tree {train,test}/<class>/, or a tfds data directory "
+            "(default: tfds' own; --quick: the shipped sample)"
+        ),
+    )
+    parser.add_argument(
+        "--source",
+        choices=_SOURCES,
+        default=None,
+        help="where to read the data from (default: auto, trying npz, "
+        "folder, then tfds)",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=_AUGMENTS,
+        default="basic",
+        help=(
+            "basic: 4-pixel pad, random crop, flip; cutout: basic + 16x16 "
+            "cutout; randaugment: basic + Keras RandAugment + cutout "
+            "(default: %(default)s; autoaugment is not in Keras 3)"
+        ),
+    )
+    parser.add_argument(
+        "--train-size",
+        type=_positive_int,
+        default=None,
+        help="class-balanced subset of the training images (default: all)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=_positive_int,
+        default=None,
+        help="class-balanced subset of the test images (default: all)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.1,
+        help="training images held out for the objective (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the subsets and of the held-out split (default: 0)",
+    )
+
+
+def _add_recipe_arguments(parser, many):
+    """Optimizer settings; `many`: lists to search (sweep)."""
+    kind = _float_list if many else _non_negative_float
+    parser.add_argument(
+        "--learning-rate",
+        type=kind,
+        default=None,
+        help="peak of the cosine schedule (default: 0.1)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=kind,
+        default=None,
+        help="coupled L2: gradient weight_decay * w (default: 5e-4)",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=_non_negative_float,
+        default=0.9,
+        help="SGD momentum (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-nesterov",
+        dest="nesterov",
+        action="store_false",
+        help="plain instead of Nesterov momentum",
+    )
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras fit verbosity; 1 shows progress bars (default: 1)",
+    )
+
+
+def _add_sweep_command(subparsers, common):
+    parser = subparsers.add_parser(
+        "sweep",
+        parents=[common],
+        help="KerasTuner sweep over rho and batch size on CIFAR",
+        description=(
+            "Train the model once per trial and seed with the SAM paper's "
+            "recipe, searching rho (0 = plain SGD) and batch size (and the "
+            "learning rate and weight decay if given several values) by "
+            "accuracy on the held-out split. Writes trials.csv (one row "
+            "per trial and seed), best.json and sweep.png (test error "
+            "against rho per batch size) into --output-dir; the raw tuner "
+            "state in its tuner/ folder lets the same command resume. With "
+            "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
+            "KERASTUNER_ORACLE_PORT set, runs as the chief or a worker of "
+            "a distributed search."
+        ),
+    )
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--model", default=None, help="default: resnet-20 (--quick: small-cnn)"
+    )
+    parser.add_argument(
+        "--rho",
+        type=_float_list,
+        default=None,
+        help="comma-separated values (default: 0 and the paper's grid "
+        "0.01,0.02,0.05,0.1,0.2,0.5)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_int_list,
+        default=None,
+        help="comma-separated values (default: 256)",
+    )
+    parser.add_argument(
+        "--epochs", type=_positive_int, default=None, help="default: 200"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_int_list,
+        default=None,
+        help="seeds of every trial, comma-separated (default: 0)",
+    )
+    parser.add_argument(
+        "--tuner",
+        choices=_TUNERS,
+        default="grid",
+        help="search algorithm (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-trials",
+        type=_positive_int,
+        default=None,
+        help="trial budget (required for random and bayesian)",
+    )
+    parser.add_argument(
+        "--no-test",
+        dest="evaluate_test",
+        action="store_false",
+        help="do not measure the test error of each trial",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="default: keras_sam_runs/sweep/<dataset>_<model>",
+    )
+    _add_recipe_arguments(parser, many=True)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small CNN on 512 images of the shipped sample, 1 epoch, "
+        "rho 0,0.05, batch 64,128 (runs the whole path in about a minute)",
+    )
+    parser.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args):
+    from keras_sam import data_pipeline
+
+    quick = args.quick
+    model = args.model or ("small-cnn" if quick else "resnet-20")
+    options = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "source": _source(args),
+        "model_name": model,
+        "augment": args.augment,
+        "epochs": args.epochs or (1 if quick else 200),
+        "rho_values": tuple(
+            args.rho or ((0.0, 0.05) if quick else (0.0, *_PAPER_RHO_GRID))
+        ),
+        "batch_sizes": tuple(
+            args.batch_size or ((64, 128) if quick else (256,))
+        ),
+        "learning_rates": tuple(args.learning_rate or (0.1,)),
+        "weight_decays": tuple(args.weight_decay or (5e-4,)),
+        "seeds": tuple(args.seeds or (0,)),
+        "tuner": args.tuner,
+        "max_trials": args.max_trials,
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
+        "validation_fraction": args.validation_fraction,
+        "train_size": args.train_size or (512 if quick else None),
+        "test_size": args.test_size or (256 if quick else None),
+        "split_seed": args.split_seed,
+        "evaluate_test": args.evaluate_test,
+        "verbose": args.verbose,
+        "command": _command_line(args.argv),
+    }
+    try:
+        data_pipeline.check_augment(args.augment)
+        if args.tuner != "grid" and args.max_trials is None:
+            raise ValueError(f"--tuner {args.tuner} needs --max-trials.")
+    except ValueError as error:
+        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
+        return 2
+    output_dir = args.output_dir or os.path.join(
+        "keras_sam_runs", "sweep", f"{args.dataset}_{model}"
+    )
+    from keras_sam import reproduce
+
+    result = reproduce.run_sweep(output_dir, **options)
+    if result["rows"] is None:
+        print("Worker finished; the chief writes the results.")
+        return 0
+    print()
+    print(f"Best: {json.dumps(result['best'])}")
+    for name, path in result["paths"].items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _add_reproduce_command(subparsers, common):
+    parser = subparsers.add_parser(
+        "reproduce",
+        parents=[common],
+        help="reproduce a row of the SAM paper's CIFAR table",
+        description=(
+            "The SAM paper's protocol for one row of Table 1 (defaults "
+            "are the paper's: WRN-28-10, basic augmentation, 200 epochs, "
+            "batch 256, SGD with Nesterov momentum 0.9, cosine schedule "
+            "from 0.1, coupled L2 5e-4, rho chosen from "
+            "0.01,0.02,0.05,0.1,0.2,0.5 on 10%% of the training set held "
+            "out, 5 seeds, the SGD baseline with twice the epochs). Writes "
+            "results.csv (one row per run), summary.json and table.md "
+            "(means and 95%% intervals next to the paper's row) into "
+            "--output-dir. Finished runs are kept and the running one is "
+            "backed up every epoch: the same command resumes."
+        ),
+    )
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="wrn-28-10, shake-shake-26-2x96d, pyramidnet-272-200, "
+        "pyramidnet-272-200-shakedrop, or any keras_sam.models name "
+        "(default: wrn-28-10; --quick: small-cnn)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="SAM's epochs (default: 200; --quick: 1)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        help="number of seeds of the final runs (default: 5; --quick: 2)",
+    )
+    parser.add_argument(
+        "--rho",
+        type=_non_negative_float,
+        default=None,
+        help="SAM radius; skips choosing it on the held-out split",
+    )
+    parser.add_argument(
+        "--rho-grid",
+        type=_float_list,
+        default=None,
+        help="candidates for rho (default: 0.01,0.02,0.05,0.1,0.2,0.5)",
+    )
+    parser.add_argument(
+        "--select-seeds",
+        type=_positive_int,
+        default=1,
+        help="seeds per rho candidate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--select-epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs of the rho-selection runs (default: --epochs)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="default: 256 (--quick: 128)",
+    )
+    parser.add_argument(
+        "--sgd-epoch-multiplier",
+        type=_positive_int,
+        default=2,
+        help="the SGD baseline trains this many times the epochs "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="default: keras_sam_runs/reproduce/<dataset>_<model>_<augment>",
+    )
+    _add_recipe_arguments(parser, many=False)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small CNN on 512 of the shipped sample's images, 1 epoch, "
+        "rho grid 0.05,0.1, 2 seeds (the whole path in about a minute)",
+    )
+    parser.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args):
+    from keras_sam import data_pipeline
+
+    quick = args.quick
+    model = args.model or ("small-cnn" if quick else "wrn-28-10")
+    try:
+        data_pipeline.check_augment(args.augment)
+    except ValueError as error:
+        print(f"keras-sam reproduce: error: {error}", file=sys.stderr)
+        return 2
+    options = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "source": _source(args),
+        "model_name": model,
+        "augment": args.augment,
+        "epochs": args.epochs or (1 if quick else 200),
+        "seeds": args.seeds or (2 if quick else 5),
+        "rho": args.rho,
+        "rho_grid": tuple(
+            args.rho_grid or ((0.05, 0.1) if quick else _PAPER_RHO_GRID)
+        ),
+        "select_seeds": args.select_seeds,
+        "select_epochs": args.select_epochs,
+        "batch_size": args.batch_size or (128 if quick else 256),
+        "learning_rate": 0.1
+        if args.learning_rate is None
+        else args.learning_rate,
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
+        "weight_decay": 5e-4
+        if args.weight_decay is None
+        else args.weight_decay,
+        "sgd_epoch_multiplier": args.sgd_epoch_multiplier,
+        "validation_fraction": args.validation_fraction,
+        "train_size": args.train_size or (512 if quick else None),
+        "test_size": args.test_size or (256 if quick else None),
+        "split_seed": args.split_seed,
+        "verbose": args.verbose,
+        "command": _command_line(args.argv),
+    }
+    if options["rho"] is None and not options["validation_fraction"]:
+        print(
+            "keras-sam reproduce: error: choosing rho needs "
+            "--validation-fraction > 0 (or give --rho).",
+            file=sys.stderr,
+        )
+        return 2
+    output_dir = args.output_dir or os.path.join(
+        "keras_sam_runs",
+        "reproduce",
+        f"{args.dataset}_{model}_{args.augment}",
+    )
+    from keras_sam import reproduce
+
+    try:
+        result = reproduce.run_reproduction(output_dir, **options)
+    except ValueError as error:
+        print(f"keras-sam reproduce: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(result["paths"]["table"].read_text())
+    for name, path in result["paths"].items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _source(args):
+    if args.source is not None:
+        return args.source
+    if args.quick and args.data_dir is None:
+        return "sample"
+    return "auto"
+
+
+def _float_list(text):
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values or any(not v >= 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected finite numbers >= 0, got {text!r}"
+        )
+    return values
+
+
+def _int_list(text):
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected integers >= 0, got {text!r}"
+        )
+    return values
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+_COMMANDS = (_add_demo_command, _add_sweep_command, _add_reproduce_command)
 
 
 def build_parser():

@@ -302,6 +302,10 @@ def train_dataset(
         )
 
     dataset = tf.data.Dataset.range(1).map(next_epoch).flat_map(one_epoch)
+    # flat_map hides the length; Keras needs it to count steps.
+    dataset = dataset.apply(
+        tf.data.experimental.assert_cardinality(num_batches)
+    )
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset, epoch
 

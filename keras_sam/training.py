@@ -1,0 +1,221 @@
+"""The SAM paper's CIFAR training recipe, shared by the sweep and the table.
+
+Foret et al. (2020) train their CIFAR models with SGD with Nesterov
+momentum 0.9, a cosine learning-rate schedule (peak 0.1, decayed to zero
+over the run, no warm-up), batch size 256, L2 weight decay 5e-4 added to
+the gradient (coupled, so momentum sees it), and choose `rho` from
+{0.01, 0.02, 0.05, 0.1, 0.2, 0.5} on 10% of the training set held out;
+the non-SAM baseline gets twice the epochs. `PAPER_DEFAULTS` holds these
+settings; every function here takes them as overridable arguments.
+"""
+
+import math
+import time
+
+import keras
+
+from keras_sam import models
+from keras_sam.sam_model import SAMModel
+
+PAPER_RHO_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+PAPER_DEFAULTS = {
+    "batch_size": 256,
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "rho_grid": PAPER_RHO_GRID,
+    "validation_fraction": 0.1,
+    "seeds": 5,
+    "sgd_epoch_multiplier": 2,
+}
+
+
+def build_model(
+    model_name,
+    rho,
+    num_classes=10,
+    weight_decay=PAPER_DEFAULTS["weight_decay"],
+    input_shape=(32, 32, 3),
+    adaptive=False,
+):
+    """The network `model_name`, wrapped in `SAMModel` unless `rho == 0`.
+
+    `rho = 0` returns the plain `keras.Model`: the baseline is ordinary
+    Keras training, not a SAM step with a zero radius. The network outputs
+    logits; weight decay is the coupled L2 of `keras_sam.models`.
+
+    Args:
+        model_name: a name known to `keras_sam.models.get_model`.
+        rho: SAM radius, `>= 0`.
+        num_classes: number of classes. Defaults to `10`.
+        weight_decay: coupled L2 coefficient (gradient `weight_decay * w`).
+            Defaults to `5e-4`.
+        input_shape: shape of one image. Defaults to `(32, 32, 3)`.
+        adaptive: whether to use ASAM. Defaults to `False`.
+
+    Returns:
+        A `keras.Model` (rho 0) or a `SAMModel`.
+    """
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or rho < 0:
+        raise ValueError(f"`rho` must be a number >= 0, got {rho!r}.")
+    inner = models.get_model(
+        model_name,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        weight_decay=weight_decay,
+        classifier_activation=None,
+    )
+    if rho == 0:
+        return inner
+    return SAMModel(inner, rho=float(rho), adaptive=adaptive)
+
+
+def compile_model(
+    model,
+    total_steps,
+    learning_rate=PAPER_DEFAULTS["learning_rate"],
+    momentum=PAPER_DEFAULTS["momentum"],
+    nesterov=PAPER_DEFAULTS["nesterov"],
+):
+    """Compiles `model` with the paper's optimizer and loss.
+
+    SGD with (Nesterov) momentum and a cosine decay from `learning_rate`
+    to 0 over `total_steps` optimizer steps; sparse categorical cross-
+    entropy on logits; `accuracy` as the metric.
+
+    Args:
+        model: the model from `build_model`.
+        total_steps: optimizer steps of the whole run (epochs times steps
+            per epoch).
+        learning_rate: peak learning rate. Defaults to `0.1`.
+        momentum: SGD momentum. Defaults to `0.9`.
+        nesterov: whether to use Nesterov momentum. Defaults to `True`.
+
+    Returns:
+        The compiled model.
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(int(total_steps), 1)
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            schedule, momentum=momentum, nesterov=nesterov
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def steps_per_epoch(num_examples, batch_size):
+    """Training batches in one epoch (the last one may be smaller)."""
+    return math.ceil(num_examples / batch_size)
+
+
+class DataEpoch(keras.callbacks.Callback):
+    """Keeps a pipeline's data epoch equal to the training epoch.
+
+    At the start of epoch `e` of `fit`, sets the training pipeline of a
+    `keras_sam.data_pipeline.CifarPipelines` to produce its epoch `e`, so
+    that a run resumed at epoch `e` (e.g. by `BackupAndRestore`) sees the
+    batches the uninterrupted run would have seen.
+
+    Args:
+        pipelines: the `CifarPipelines` whose `train` dataset is fitted.
+    """
+
+    def __init__(self, pipelines):
+        super().__init__()
+        self.pipelines = pipelines
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.pipelines.set_epoch(int(epoch))
+
+    def __deepcopy__(self, memo):
+        # KerasTuner deep-copies callbacks; the pipelines are shared.
+        return DataEpoch(self.pipelines)
+
+
+def train_and_evaluate(
+    pipelines,
+    model_name,
+    rho,
+    epochs,
+    learning_rate=PAPER_DEFAULTS["learning_rate"],
+    momentum=PAPER_DEFAULTS["momentum"],
+    nesterov=PAPER_DEFAULTS["nesterov"],
+    weight_decay=PAPER_DEFAULTS["weight_decay"],
+    seed=0,
+    backup_dir=None,
+    callbacks=None,
+    verbose=1,
+):
+    """Trains one model with the paper's recipe and measures test error.
+
+    Seeds Keras (`keras.utils.set_random_seed(seed)`) before building, so
+    the initial weights are a function of `seed`; the data order and
+    augmentation are those of `pipelines` (built with its own seed).
+
+    Args:
+        pipelines: a `keras_sam.data_pipeline.CifarPipelines`; its
+            `validation` split, if any, is evaluated after every epoch.
+        model_name: a name known to `keras_sam.models.get_model`.
+        rho: SAM radius; `0` trains the plain model (the SGD baseline).
+        epochs: training epochs.
+        learning_rate: peak of the cosine schedule. Defaults to `0.1`.
+        momentum: SGD momentum. Defaults to `0.9`.
+        nesterov: Nesterov momentum. Defaults to `True`.
+        weight_decay: coupled L2 coefficient. Defaults to `5e-4`.
+        seed: seed of the initial weights. Defaults to `0`.
+        backup_dir: folder for `keras.callbacks.BackupAndRestore`, so that
+            a killed run resumes at its last finished epoch; `None` for no
+            backup. Defaults to `None`.
+        callbacks: more Keras callbacks. Defaults to `None`.
+        verbose: `fit` verbosity (1: progress bars). Defaults to `1`.
+
+    Returns:
+        A dict of floats: `test_accuracy`, `test_error` (percent),
+        `test_loss`, the last epoch's `loss` and `accuracy` (and
+        `val_accuracy`, `val_loss` when there is a validation split),
+        `seconds` (wall time of `fit`) and `epochs`.
+    """
+    keras.utils.set_random_seed(seed)
+    splits = pipelines.splits
+    model = build_model(
+        model_name,
+        rho,
+        num_classes=splits.num_classes,
+        weight_decay=weight_decay,
+        input_shape=splits.x_train.shape[1:],
+    )
+    total_steps = epochs * pipelines.steps_per_epoch
+    compile_model(model, total_steps, learning_rate, momentum, nesterov)
+    all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
+    if backup_dir is not None:
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    start = time.perf_counter()
+    history = model.fit(
+        pipelines.train,
+        validation_data=pipelines.validation,
+        epochs=epochs,
+        callbacks=all_callbacks,
+        shuffle=False,  # the pipeline shuffles
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    test_loss, test_accuracy = model.evaluate(
+        pipelines.test, verbose=0, return_dict=False
+    )
+    result = {
+        "test_accuracy": float(test_accuracy),
+        "test_error": 100.0 * (1.0 - float(test_accuracy)),
+        "test_loss": float(test_loss),
+        "seconds": seconds,
+        "epochs": epochs,
+    }
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if history.history.get(key):
+            result[key] = float(history.history[key][-1])
+    return result
