@@ -294,12 +294,18 @@ def summarize(variants, batch_size):
         paired_ratios[name] = statistics.median(
             a / b for a, b in zip(times[numerator], times[denominator])
         )
+    differences = [
+        1e3 * (a - b) for a, b in zip(times["sam_global"], times["sam_replica"])
+    ]
+    quartiles = (
+        statistics.quantiles(differences, n=4)
+        if len(differences) > 1 else differences * 3
+    )
     overhead = {
         "global_minus_replica_ms": results["sam_global"]["median_ms"]
         - results["sam_replica"]["median_ms"],
-        "paired_global_minus_replica_ms": 1e3 * statistics.median(
-            a - b for a, b in zip(times["sam_global"], times["sam_replica"])
-        ),
+        "paired_global_minus_replica_ms": statistics.median(differences),
+        "paired_difference_quartiles_ms": [quartiles[0], quartiles[2]],
         "all_reduce_alone_ms": results["all_reduce"]["median_ms"],
     }
     return results, ratios, paired_ratios, overhead
@@ -338,6 +344,30 @@ multi-host cost was not measured.
 """
 
 
+def _conclusion(record):
+    """One sentence on whether the extra all-reduce shows in the step."""
+    overhead = record["overhead"]
+    paired = overhead["paired_global_minus_replica_ms"]
+    low, high = overhead["paired_difference_quartiles_ms"]
+    alone = overhead["all_reduce_alone_ms"]
+    share = 100 * alone / record["results"]["sam_global"]["median_ms"]
+    text = (
+        f"`{record['file']}`: one full-gradient all-reduce alone took "
+        f"{alone:.1f} ms, {share:.1f}% of the global-mode step; global "
+        f"minus replica was {paired:.1f} ms (median within repeats)"
+    )
+    if low <= 0 <= high:
+        return text + (
+            f", and zero lies between the quartiles of the within-repeat "
+            f"differences ({low:.0f} to {high:.0f} ms): on this machine the "
+            "extra all-reduce is below the noise of the step time."
+        )
+    return text + (
+        f", with quartiles {low:.0f} to {high:.0f} ms of the within-repeat "
+        "differences."
+    )
+
+
 def regenerate_readme(output_dir):
     """Rewrites this script's section of `README.md` from the JSON files."""
     output_dir = pathlib.Path(output_dir)
@@ -358,8 +388,10 @@ def regenerate_readme(output_dir):
             "medians, with the median of the within-repeat ratios in "
             "brackets; the overhead of global mode is global minus replica "
             "as a difference of medians, with the median within-repeat "
-            "difference in brackets, beside the time of one full-gradient "
-            "all-reduce measured alone. Regenerate this section with "
+            "difference and the quartiles of the within-repeat differences "
+            "in brackets (their spread is the machine's noise), beside the "
+            "time of one full-gradient all-reduce measured alone. "
+            "Regenerate this section with "
             "`python benchmarks/distribute_step_time.py "
             "--regenerate-readme`."
         ),
@@ -382,6 +414,7 @@ def regenerate_readme(output_dir):
 
     for record in records:
         config, overhead = record["config"], record["overhead"]
+        low, high = overhead["paired_difference_quartiles_ms"]
         batch = config["batch_size"]
         lines.append("| " + " | ".join([
             f"`{record['file']}`",
@@ -395,10 +428,14 @@ def regenerate_readme(output_dir):
             ratio(record, "sam_global_over_keras_sgd"),
             ratio(record, "sam_global_over_sam_replica"),
             f"{overhead['global_minus_replica_ms']:.1f} "
-            f"({overhead['paired_global_minus_replica_ms']:.1f})",
+            f"({overhead['paired_global_minus_replica_ms']:.1f}; "
+            f"{low:.0f} to {high:.0f})",
             f"{overhead['all_reduce_alone_ms']:.2f}",
         ]) + " |")
-    lines += ["", COMMUNICATION_TEXT, "Commands, commits and dates:", ""]
+    lines.append("")
+    for record in records:
+        lines += [_conclusion(record), ""]
+    lines += [COMMUNICATION_TEXT, "Commands, commits and dates:", ""]
     for record in records:
         config = record["config"]
         load = record.get("load_average")
