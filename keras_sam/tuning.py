@@ -42,6 +42,7 @@ RESULT_FIELDS = (
     "learning_rate",
     "weight_decay",
     "epochs",
+    "steps_per_epoch",
     "val_accuracy",
     "best_val_accuracy",
     "test_accuracy",
@@ -50,6 +51,7 @@ RESULT_FIELDS = (
     "accuracy",
     "seconds",
     "score",
+    "tuner_id",
 )
 
 
@@ -223,11 +225,13 @@ class SAMHyperModel(keras_tuner.HyperModel):
             "seed": seed,
             **values,
             "epochs": epochs,
+            "steps_per_epoch": pipelines.steps_per_epoch,
             "val_accuracy": logs[OBJECTIVE][-1],
             "best_val_accuracy": max(logs[OBJECTIVE]),
             "loss": logs["loss"][-1],
             "accuracy": logs["accuracy"][-1],
             "seconds": seconds,
+            "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
         }
         if self.evaluate_test:
             _, accuracy = model.evaluate(pipelines.test, verbose=0)
