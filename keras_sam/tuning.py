@@ -19,6 +19,7 @@ serves the oracle and worker processes run the trials.
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -317,25 +318,43 @@ class _SeededTrials:
         )
 
 
-class SeededGridSearch(_SeededTrials, keras_tuner.GridSearch):
-    """`keras_tuner.GridSearch` training every trial once per seed."""
+class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
+    """`GridSearchOracle` that can be reloaded in a new process.
+
+    KerasTuner 1.4.8 does not save the grid oracle's ordering of tried
+    combinations, so a grid search reloaded after its process died fails
+    with a `KeyError` as soon as a trial ends (keras-team/keras-tuner
+    issue 1055). After reloading, this oracle rebuilds that ordering from
+    the reloaded trials (sorted by their values, as the grid visits them)
+    and queues every ended trial to propose its successor; the search then
+    goes on with the untried combinations.
+    """
+
+    def set_state(self, state):
+        super().set_state(state)
+        order = sorted(
+            self.trials,
+            key=functools.cmp_to_key(
+                lambda a, b: self._compare(
+                    self.trials[a].hyperparameters.values,
+                    self.trials[b].hyperparameters.values,
+                )
+            ),
+        )
+        self._ordered_ids = type(self._ordered_ids)()
+        for trial_id in order:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(self.end_order)
 
 
-class SeededRandomSearch(_SeededTrials, keras_tuner.RandomSearch):
-    """`keras_tuner.RandomSearch` training every trial once per seed."""
+class SeededTuner(_SeededTrials, keras_tuner.Tuner):
+    """`keras_tuner.Tuner` training every trial once per seed."""
 
 
-class SeededBayesianOptimization(
-    _SeededTrials, keras_tuner.BayesianOptimization
-):
-    """`keras_tuner.BayesianOptimization` training every trial once per
-    seed."""
-
-
-_TUNER_CLASSES = {
-    "grid": SeededGridSearch,
-    "random": SeededRandomSearch,
-    "bayesian": SeededBayesianOptimization,
+_ORACLES = {
+    "grid": ResumableGridSearchOracle,
+    "random": keras_tuner.oracles.RandomSearchOracle,
+    "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
 }
 
 
@@ -374,27 +393,39 @@ def make_tuner(
             `0`.
 
     Returns:
-        The tuner; call `tuner.search(verbose=...)`.
+        A `SeededTuner` (a `keras_tuner.Tuner`) with a
+        `ResumableGridSearchOracle`, `RandomSearchOracle` or
+        `BayesianOptimizationOracle`; call `tuner.search(verbose=...)`.
     """
-    if tuner not in _TUNER_CLASSES:
+    if tuner not in _ORACLES:
         raise ValueError(
             f"Unknown tuner={tuner!r}; expected one of {list(TUNERS)}."
         )
     if tuner != "grid" and max_trials is None:
         raise ValueError(f"tuner={tuner!r} needs `max_trials`.")
+    if tuner == "bayesian":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                "tuner='bayesian' needs scikit-learn (pip install "
+                "scikit-learn)."
+            ) from error
     hypermodel.record_dir = pathlib.Path(directory) / project_name / "records"
-    options = {
+    oracle_options = {
         "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
-        "directory": str(directory),
-        "project_name": project_name,
-        "overwrite": overwrite,
-        "seeds": seeds,
+        "max_trials": max_trials,
     }
-    if max_trials is not None:
-        options["max_trials"] = max_trials
     if tuner != "grid":
-        options["seed"] = search_seed
-    return _TUNER_CLASSES[tuner](hypermodel, **options)
+        oracle_options["seed"] = search_seed
+    return SeededTuner(
+        _ORACLES[tuner](**oracle_options),
+        hypermodel=hypermodel,
+        directory=str(directory),
+        project_name=project_name,
+        overwrite=overwrite,
+        seeds=seeds,
+    )
 
 
 def is_chief_or_single():
