@@ -228,6 +228,12 @@ def _add_recipe_arguments(parser, many):
         help="plain instead of Nesterov momentum",
     )
     parser.add_argument(
+        "--mixed-precision",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="train under Keras' mixed_<dtype> policy (GPU; default: float32)",
+    )
+    parser.add_argument(
         "--verbose",
         type=int,
         choices=(0, 1, 2),
@@ -343,6 +349,7 @@ def _run_sweep(args):
         "test_size": args.test_size or (256 if quick else None),
         "split_seed": args.split_seed,
         "evaluate_test": args.evaluate_test,
+        "mixed_precision": args.mixed_precision,
         "verbose": args.verbose,
         "command": _command_line(args.argv),
     }
@@ -497,6 +504,7 @@ def _run_reproduce(args):
         "train_size": args.train_size or (512 if quick else None),
         "test_size": args.test_size or (256 if quick else None),
         "split_seed": args.split_seed,
+        "mixed_precision": args.mixed_precision,
         "verbose": args.verbose,
         "command": _command_line(args.argv),
     }

@@ -188,6 +188,7 @@ def run_reproduction(
     train_size=None,
     test_size=None,
     split_seed=0,
+    mixed_precision=None,
     verbose=1,
     command=None,
 ):
@@ -228,6 +229,9 @@ def run_reproduction(
             Defaults to `None`.
         split_seed: seed of the subsets and the held-out split. Defaults
             to `0`.
+        mixed_precision: `None`, `"bfloat16"` or `"float16"`: the Keras
+            dtype policy `mixed_<...>` to train under (GPU). Defaults to
+            `None` (float32).
         verbose: Keras `fit` verbosity (1: progress bars). Defaults to
             `1`.
         command: the command line to record. Defaults to `None`.
@@ -262,8 +266,10 @@ def run_reproduction(
         "train_size": train_size,
         "test_size": test_size,
         "split_seed": split_seed,
+        "mixed_precision": mixed_precision,
     }
     _check_same_settings(output_dir / "settings.json", settings)
+    _set_precision(mixed_precision)
     load_options = {
         "data_dir": data_dir,
         "source": source,
@@ -343,6 +349,20 @@ def run_reproduction(
             "summary": output_dir / "summary.json",
         },
     }
+
+
+def _set_precision(mixed_precision):
+    import keras
+
+    if mixed_precision not in (None, "bfloat16", "float16"):
+        raise ValueError(
+            "`mixed_precision` must be None, 'bfloat16' or 'float16', got "
+            f"{mixed_precision!r}."
+        )
+    policy = (
+        "float32" if mixed_precision is None else f"mixed_{mixed_precision}"
+    )
+    keras.config.set_dtype_policy(policy)
 
 
 def _final_run(splits, settings, rho, epochs, seed, backup_dir, verbose):
@@ -550,8 +570,9 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         f"{'Nesterov ' if settings['nesterov'] else ''}momentum "
         f"{settings['momentum']}, cosine from lr "
         f"{settings['learning_rate']}, {settings['weight_decay_kind']} "
-        f"{settings['weight_decay']}, augmentation {settings['augment']}; "
-        "final runs on the whole training set.",
+        f"{settings['weight_decay']}, augmentation {settings['augment']}, "
+        f"{_precision_label(settings)}; final runs on the whole training "
+        "set.",
         "- rho: "
         + (
             f"given ({settings['rho']:g})"
@@ -570,6 +591,12 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
     if "JPEG" in info["data"] or "sample" in info["data"]:
         lines += ["", _JPEG_CAVEAT]
     return lines
+
+
+def _precision_label(settings):
+    if settings.get("mixed_precision"):
+        return f"mixed {settings['mixed_precision']} precision"
+    return "float32"
 
 
 def _selection_lines(rows):
@@ -614,6 +641,7 @@ def run_sweep(
     test_size=None,
     split_seed=0,
     evaluate_test=True,
+    mixed_precision=None,
     verbose=1,
     command=None,
 ):
@@ -640,6 +668,8 @@ def run_sweep(
         momentum: SGD momentum. Defaults to `0.9`.
         nesterov: Nesterov momentum. Defaults to `True`.
         evaluate_test: whether to record test errors. Defaults to `True`.
+        mixed_precision: `None`, `"bfloat16"` or `"float16"` (see
+            `run_reproduction`). Defaults to `None`.
         verbose: Keras `fit` verbosity. Defaults to `1`.
         command: the command line to record. Defaults to `None`.
 
@@ -651,6 +681,7 @@ def run_sweep(
 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _set_precision(mixed_precision)
     splits = datasets.load_splits(
         dataset,
         data_dir=data_dir,
@@ -701,6 +732,7 @@ def run_sweep(
             "epochs": epochs,
             "tuner": tuner,
             "seeds": list(seeds),
+            "mixed_precision": mixed_precision,
             "train_images": len(splits.y_train),
             "validation_images": len(splits.y_validation),
             "test_images": len(splits.y_test),
