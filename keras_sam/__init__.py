@@ -1,7 +1,19 @@
 """keras-sam: Sharpness-Aware Minimization and stability measurement."""
 
-from keras_sam import accumulation, callbacks, datasets, hessian, models
+from keras_sam import (
+    accumulation,
+    callbacks,
+    data_pipeline,
+    datasets,
+    hessian,
+    models,
+    paper_results,
+    training,
+)
 from keras_sam.sam_model import SAMModel
+
+# `keras_sam.tuning` (KerasTuner) and `keras_sam.reproduce` are imported on
+# demand: `from keras_sam import tuning`.
 
 __version__ = "0.1.0"
 
@@ -9,7 +21,10 @@ __all__ = [
     "SAMModel",
     "accumulation",
     "callbacks",
+    "data_pipeline",
     "datasets",
     "hessian",
     "models",
+    "paper_results",
+    "training",
 ]
