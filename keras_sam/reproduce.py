@@ -270,6 +270,8 @@ def run_reproduction(
     }
     _check_same_settings(output_dir / "settings.json", settings)
     _set_precision(mixed_precision)
+    # The code that runs is the code at the start: record it now.
+    environment, started = _environment(), _now()
     load_options = {
         "data_dir": data_dir,
         "source": source,
@@ -334,8 +336,9 @@ def run_reproduction(
         "data": final_splits.source,
         "train_images": len(final_splits.y_train),
         "test_images": len(final_splits.y_test),
-        "environment": _environment(),
+        "environment": environment,
         "command": command or " ".join(sys.argv),
+        "started": started,
         "date": _now(),
     }
     _write_json(output_dir / "run_info.json", record)
@@ -585,7 +588,8 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         + ".",
         f"- Ran on: {environment['processor']}, Keras "
         f"{environment['keras']} ({environment['backend']} backend), "
-        f"commit {environment['commit']}, finished {info['date']}.",
+        f"commit {environment['commit']} (at the start), finished "
+        f"{info['date']}.",
         f"- Command: `{info['command']}`",
     ]
     if "JPEG" in info["data"] or "sample" in info["data"]:
@@ -682,6 +686,7 @@ def run_sweep(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _set_precision(mixed_precision)
+    environment, started = _environment(), _now()
     splits = datasets.load_splits(
         dataset,
         data_dir=data_dir,
@@ -736,8 +741,9 @@ def run_sweep(
             "train_images": len(splits.y_train),
             "validation_images": len(splits.y_validation),
             "test_images": len(splits.y_test),
-            "environment": _environment(),
+            "environment": environment,
             "command": command or " ".join(sys.argv),
+            "started": started,
             "date": _now(),
         },
     )
