@@ -16,6 +16,13 @@ built with the same arguments give the same batches, epoch after epoch,
 whatever TensorFlow's global seed. Augmentations are applied to whole
 batches (vectorized), so the pipeline costs little next to a training
 step even on two CPU cores.
+
+RandAugment is Keras' `keras.layers.RandAugment`, which differs from
+these in three ways: it chooses its operations once per batch (the
+magnitudes per image), it draws from its own seed generator (seeded with
+`seed`; reproducible because that map runs in order on one thread), and
+it computes every candidate operation, so it is about ten times slower
+than the basic augmentation on a CPU.
 """
 
 import math

@@ -197,6 +197,12 @@ class SAMHyperModel(keras_tuner.HyperModel):
             epoch (the model the run produces, not its best epoch): the
             objective. KerasTuner averages it over the seeds.
         """
+        if args:
+            raise ValueError(
+                "SAMHyperModel reads its data from `splits`: call "
+                "`tuner.search()` without data arguments, got "
+                f"{len(args)} positional argument(s)."
+            )
         values = {name: hp.get(name) for name in self.values}
         pipelines = data_pipeline.make_pipelines(
             self.splits,
@@ -213,7 +219,6 @@ class SAMHyperModel(keras_tuner.HyperModel):
         start = time.perf_counter()
         history = model.fit(
             pipelines.train,
-            *args,
             validation_data=pipelines.validation,
             epochs=epochs,
             callbacks=callbacks,
