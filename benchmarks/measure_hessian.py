@@ -542,7 +542,7 @@ def plot(output):
         )
         axes.axhline(1e-3, color="grey", lw=0.8)
         axes.set_xlabel("Hessian-vector products")
-        axes.set_ylabel("relative error of the top eigenvalue")
+        axes.set_ylabel("relative error, top eigenvalue (floor 1e-12)")
         axes.set_xlim(0, 80)
         axes.legend()
         figure.tight_layout()

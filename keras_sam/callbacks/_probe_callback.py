@@ -203,16 +203,15 @@ class ProbeCallback(keras.callbacks.Callback):
 
     def _estimate_cost(self, training):
         """The last measurement's cost; before the first, two training
-        steps per Hessian-vector product on a microbatch (measured ratio
-        1.1 to 1.7 for a small CNN and ResNet-20 on CPU, TensorFlow) and
-        a fifth of a step per single-sample product."""
+        steps per Hessian-vector product on 128 samples (measured ratio
+        1.1 to 1.7 for a small CNN and ResNet-20 at batch 128 on CPU,
+        TensorFlow) and a fifth of a step per single-sample product."""
         if self._last_cost is not None:
             return self._last_cost
         step_time = training / max(self._steps, 1)
         full, single = self.cost()
-        size = min(self.probe_batch_size, self.probe.num_samples)
-        microbatches = math.ceil(self.probe.num_samples / size)
-        return step_time * (2.0 * full * microbatches + 0.2 * single)
+        passes = full * self.probe.num_samples / 128
+        return step_time * (2.0 * passes + 0.2 * single)
 
     def _warn_skipped(self, estimate, training):
         if self._warned:
