@@ -205,13 +205,16 @@ class ProbeCallback(keras.callbacks.Callback):
         """The last measurement's cost; before the first, two training
         steps per Hessian-vector product on 128 samples (measured ratio
         1.1 to 1.7 for a small CNN and ResNet-20 at batch 128 on CPU,
-        TensorFlow) and a fifth of a step per single-sample product."""
+        TensorFlow), a fifth of a step per single-sample product, and ten
+        steps for compiling."""
         if self._last_cost is not None:
             return self._last_cost
         step_time = training / max(self._steps, 1)
         full, single = self.cost()
         passes = full * self.probe.num_samples / 128
-        return step_time * (2.0 * passes + 0.2 * single)
+        # Compiling the products (tf.function tracing) took 5 to 10 steps.
+        compile_time = 10.0 * step_time
+        return step_time * (2.0 * passes + 0.2 * single) + compile_time
 
     def _warn_skipped(self, estimate, training):
         if self._warned:
