@@ -311,6 +311,9 @@ def overhead_variants(probe):
         "Sharpness(32 probe images)": lambda: [
             callbacks.Sharpness(small_probe, seed=0)
         ],
+        "Sharpness(32 probe images, max_overhead=0.15)": lambda: [
+            callbacks.Sharpness(small_probe, max_overhead=0.15, seed=0)
+        ],
         "Sharpness(max_overhead=None)": lambda: [
             callbacks.Sharpness(probe, max_overhead=None, seed=0)
         ],
