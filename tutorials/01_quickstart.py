@@ -41,8 +41,8 @@ import keras_sam
 
 run = tutorial_utils.Run("01_quickstart", "SAMModel quick start.")
 EPOCHS = 1 if run.quick else 6
-TRAIN_SIZE = 512 if run.quick else 5000
-PROBE_SIZE = 64 if run.quick else 256
+TRAIN_SIZE = 256 if run.quick else 5000
+PROBE_SIZE = 32 if run.quick else 256
 keras.utils.set_random_seed(0)
 
 """

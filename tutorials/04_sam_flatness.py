@@ -62,7 +62,7 @@ run = tutorial_utils.Run(
 )
 
 if run.quick:
-    SEEDS, EPOCHS, TRAIN_SIZE, PROBE_SIZE = [0], 1, 512, 64
+    SEEDS, EPOCHS, TRAIN_SIZE, PROBE_SIZE = [0], 1, 256, 32
     LANCZOS_STEPS, TRACE_SAMPLES = 5, 4
 else:
     SEEDS, EPOCHS, TRAIN_SIZE, PROBE_SIZE = [0, 1, 2], 10, 5000, 512

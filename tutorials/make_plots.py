@@ -14,6 +14,7 @@ Needs only NumPy and Matplotlib: no Keras, no training.
 
 import argparse
 import csv
+import json
 import math
 import pathlib
 
@@ -352,33 +353,339 @@ def plot_sam_flatness(output_dir):
     _save(figure, output_dir / "sam_flatness.png")
 
 
+# 05 ------------------------------------------------------------------------
+
+
+def plot_full_batch(output_dir):
+    """`full_batch_vs_sgd.csv`: our ladder beside the paper's."""
+    output_dir = pathlib.Path(output_dir)
+    rows = read_csv(output_dir / "full_batch_vs_sgd.csv")
+    names = list(dict.fromkeys(r["run"] for r in rows))
+    first = {name: next(r for r in rows if r["run"] == name) for name in names}
+    labels = [
+        f"{first[n]['paper_row']}\n{n}, {int(first[n]['epochs'])} epochs"
+        for n in names
+    ]
+    positions = np.arange(len(names))[::-1]
+    figure, (left, right) = plt.subplots(
+        1, 2, figsize=(11, 0.55 * len(names) + 1.6), sharey=True
+    )
+    paper = [first[n]["paper_accuracy"] for n in names]
+    for position, value in zip(positions, paper):
+        if isinstance(value, float):
+            left.barh(position, value, color="0.6")
+            left.text(value + 0.5, position, f"{value:.2f}", va="center",
+                      fontsize=8)
+    left.set_xlim(50, 100)
+    left.set_yticks(positions, labels, fontsize=8)
+    left.set_xlabel("validation accuracy, %")
+    left.set_title("Geiping et al. 2021 (ResNet-18, 50k images)",
+                   fontsize=10)
+    for position, name in zip(positions, names):
+        values = 100 * np.array([r["test_accuracy"] for r in rows
+                                 if r["run"] == name])
+        right.barh(position, values.mean(),
+                   color="tab:red" if first[name]["full_batch"] == "True"
+                   else "tab:blue")
+        right.plot(values, [position] * len(values), "k.", markersize=5)
+        right.text(values.max() + 0.3, position, f"{values.mean():.1f}",
+                   va="center", fontsize=8)
+    seeds = len({r["seed"] for r in rows})
+    right.set_xlabel(f"test accuracy, % (bar: mean of {seeds} seeds; "
+                     "dots: seeds)")
+    right.set_title("here (small CNN, 1,000 images)", fontsize=10)
+    low = 100 * min(r["test_accuracy"] for r in rows)
+    right.set_xlim(max(0.0, low - 10), None)
+    _save(figure, output_dir / "full_batch_vs_sgd.png")
+
+
 PLOTTERS = {
     "01_quickstart": plot_quickstart,
     "02_gd_stability": plot_gd_stability,
     "03_sgd_escape": plot_sgd_escape,
     "04_sam_flatness": plot_sam_flatness,
+    "05_full_batch_vs_sgd": plot_full_batch,
 }
+
+
+# Headline numbers, from the CSVs --------------------------------------------
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    spread = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return values.mean(), spread
+
+
+def headline_quickstart(folder):
+    rows = read_csv(folder / "history.csv")
+    last = rows[-1]
+    return [
+        f"After {int(last['epoch'])} epochs of SAM (rho 0.05): test "
+        f"accuracy {100 * last['val_accuracy']:.1f}%, `sam_sharpness` "
+        f"{last['sam_sharpness']:.4f}, `sharpness` {last['sharpness']:.1f} "
+        f"(`gd_stability_ratio` {last['gd_stability_ratio']:.3f}); the "
+        "reloaded `.keras` file gave the same predictions.",
+    ]
+
+
+def headline_gd_stability(folder):
+    rows = read_csv(folder / "gd_stability.csv")
+    eos = [r for r in rows if r["experiment"] == "edge_of_stability"]
+    steps = max(r["step"] for r in eos)
+    lines = []
+    for rate in sorted({r["learning_rate"] for r in eos}):
+        part = [r for r in eos if r["learning_rate"] == rate]
+        ratios = [r["sharpness"] * rate / 2 for r in part]
+        late = [r["sharpness"] * rate / 2 for r in part
+                if r["step"] > steps / 2]
+        if max(ratios) < 0.9:
+            lines.append(
+                f"lr {rate:g} (2/lr = {2 / rate:.1f}): sharpness stays "
+                f"below 2/lr, ends at {part[-1]['sharpness']:.1f}."
+            )
+        else:
+            median = float(np.median(late))
+            lines.append(
+                f"lr {rate:g} (2/lr = {2 / rate:.1f}): sharpness / (2/lr) "
+                f"over the second half: median {median:.3f}, range "
+                f"{min(late):.3f} to {max(late):.3f} "
+                f"({'within' if abs(median - 1) <= 0.1 else 'outside'} "
+                f"the 10% target); final loss {part[-1]['loss']:.1e}."
+            )
+    restarts = {r["experiment"] for r in rows} - {"edge_of_stability"}
+    for name in sorted(restarts):
+        part = [r for r in rows if r["experiment"] == name]
+        measured = [r for r in part if not math.isnan(r["sharpness"])]
+        lines.append(
+            f"Restart at a minimum of sharpness {part[0]['sharpness']:.2f} "
+            f"with lr = {name.split('_')[3]}/a (2/lr = "
+            f"{part[0]['threshold']:.2f}): loss {part[0]['loss']:.1e} -> "
+            f"max {max(r['loss'] for r in part):.1e}, last measured "
+            f"sharpness {measured[-1]['sharpness']:.2f}."
+        )
+    return lines
+
+
+def headline_sgd_escape(folder):
+    runs = read_csv(folder / "escape_runs.csv")
+    scalar = read_csv(folder / "scalar_criteria.csv")
+    lines = []
+    toy = [r for r in runs if r["experiment"] == "toy"]
+    for method in ("gd", "sgd"):
+        part = [r for r in toy if r["method"] == method]
+        lines.append(
+            f"1-D example, {method.upper()}: left the sharp minimum in "
+            f"{sum(r['escaped'] == 'True' for r in part)}/{len(part)} "
+            f"seeds (ended at the flat one in "
+            f"{sum(r['at_flat_minimum'] == 'True' for r in part)})."
+        )
+    network = [r for r in runs if r["experiment"] == "network"]
+    for method in ("gd", "sgd"):
+        part = [r for r in network if r["method"] == method]
+        escaped = [r for r in part if r["escaped"] == "True"]
+        ratios = [r["gd_stability_ratio"] for r in part]
+        label = "GD" if method == "gd" else (
+            f"SGD, B = {int(part[0]['batch_size'])}"
+        )
+        lines.append(
+            f"Network, {label}, same lr 0.05, from the GD minimum: "
+            f"escaped {len(escaped)}/{len(part)} seeds; at the GD minima "
+            f"`gd_stability_ratio` {min(ratios):.2f} to {max(ratios):.2f}, "
+            f"`sgd_stable` false in "
+            f"{sum(r['sgd_stable'] == 0.0 for r in part)}/{len(part)}"
+            + (
+                f"; mean sharpness {_mean(escaped, 'sharpness'):.1f} -> "
+                f"{_mean(escaped, 'final_sharpness'):.1f}"
+                if escaped and method == "sgd" else ""
+            )
+            + "."
+        )
+    sweep = [r for r in runs if r["experiment"] == "batch_size_sweep"]
+    seeds = {r["seed"] for r in sweep}
+    main = [r for r in network if r["method"] == "sgd" and r["seed"] in seeds]
+    for size in sorted({r["batch_size"] for r in sweep + main}):
+        part = [r for r in sweep + main if r["batch_size"] == size]
+        lines.append(
+            f"Batch-size sweep ({len(part)} seeds), B = {int(size)}: "
+            f"`sgd_stable` false in "
+            f"{sum(r['sgd_stable'] == 0.0 for r in part)}, escaped in "
+            f"{sum(r['escaped'] == 'True' for r in part)}."
+        )
+    for row in scalar:
+        lines.append(
+            f"Curvatures {{{_compress(row['curvatures'])}}}, "
+            f"lr 1: exact {_stability(row['exact_stable'])} "
+            f"({row['mean_square_factor']:.2f}), lecture form "
+            f"{_stability(row['lecture_stable_s_std'])}"
+            f", Lyapunov {row['lyapunov_exponent']:+.3f}, simulated SGD "
+            f"escaped {100 * row['simulated_escape_fraction']:.0f}%."
+        )
+    return lines
+
+
+def _compress(curvatures):
+    """'0;0;0;4' -> '0 (x3), 4'."""
+    values = str(curvatures).split(";")
+    groups = []
+    for value in values:
+        if groups and groups[-1][0] == value:
+            groups[-1][1] += 1
+        else:
+            groups.append([value, 1])
+    return ", ".join(
+        value if count == 1 else f"{value} (x{count})"
+        for value, count in groups
+    )
+
+
+def _mean(rows, key):
+    return float(np.mean([r[key] for r in rows]))
+
+
+def _stability(flag):
+    return "stable" if flag == "True" else "unstable"
+
+
+def headline_sam_flatness(folder):
+    rows = read_csv(folder / "sam_flatness.csv")
+    seeds = sorted({r["seed"] for r in rows})
+    lines = []
+    for key, label, scale in (
+        ("test_accuracy", "test accuracy %", 100.0),
+        ("sharpness", "sharpness", 1.0),
+        ("hessian_trace", "Hessian trace", 1.0),
+        ("weight_norm", "weight norm", 1.0),
+    ):
+        parts = {}
+        for name in ("sgd", "sam"):
+            parts[name] = scale * np.array(
+                [r[key] for r in rows if r["optimizer"] == name]
+            )
+        difference = parts["sam"] - parts["sgd"]
+        (sgd_mean, sgd_std), (sam_mean, sam_std) = (
+            _mean_std(parts["sgd"]), _mean_std(parts["sam"])
+        )
+        lines.append(
+            f"{label}: SGD {sgd_mean:.2f} +- {sgd_std:.2f}, SAM "
+            f"{sam_mean:.2f} +- {sam_std:.2f} (mean +- std over "
+            f"{len(seeds)} seeds); SAM - SGD per seed "
+            f"{', '.join(f'{d:+.2f}' for d in difference)}."
+        )
+    return lines
+
+
+def headline_full_batch(folder):
+    rows = read_csv(folder / "full_batch_vs_sgd.csv")
+    lines = []
+    for name in dict.fromkeys(r["run"] for r in rows):
+        part = [r for r in rows if r["run"] == name]
+        mean, spread = _mean_std([100 * r["test_accuracy"] for r in part])
+        paper = part[0]["paper_accuracy"]
+        paper_text = (
+            f"paper {paper:.2f}%" if isinstance(paper, float)
+            else "not in the paper's table"
+        )
+        spread_text = "" if math.isnan(spread) else f" +- {spread:.1f}"
+        seeds = "1 seed" if len(part) == 1 else f"{len(part)} seeds"
+        lines.append(
+            f"{part[0]['paper_row']} (`{name}`, {int(part[0]['epochs'])} "
+            f"epochs, {int(part[0]['steps'])} steps): test accuracy "
+            f"{mean:.1f}{spread_text}% over {seeds}; {paper_text}."
+        )
+    return lines
+
+
+HEADLINES = {
+    "01_quickstart": headline_quickstart,
+    "02_gd_stability": headline_gd_stability,
+    "03_sgd_escape": headline_sgd_escape,
+    "04_sam_flatness": headline_sam_flatness,
+    "05_full_batch_vs_sgd": headline_full_batch,
+}
+README_BEGIN = "<!-- BEGIN make_plots.py section (generated, do not edit) -->"
+README_END = "<!-- END make_plots.py section -->"
+
+
+def readme_section(root):
+    """The generated part of the README: per tutorial, its files, how
+    they were made (from `run.json`) and the headline numbers (from the
+    CSVs)."""
+    root = pathlib.Path(root)
+    lines = [README_BEGIN]
+    for name, headline in HEADLINES.items():
+        folder = root / name
+        if not (folder / "run.json").exists():
+            continue
+        with open(folder / "run.json") as f:
+            record = json.load(f)
+        files = sorted(p.name for p in folder.iterdir()
+                       if p.suffix in (".csv", ".png"))
+        lines += [
+            "",
+            f"## `{name}`",
+            "",
+            f"- Files: {', '.join(f'`{n}`' for n in files)}",
+            f"- Command: `{record['command']}`",
+            f"- Commit: `{record['commit']}`"
+            + (
+                " with uncommitted changes in "
+                + ", ".join(f"`{p}`" for p in record["uncommitted"])
+                if record.get("uncommitted") else ""
+            )
+            + f"; Keras {record['keras']}, {record['backend']} backend",
+            f"- Hardware: {record['hardware']} (shared; load average "
+            f"{record['load_average_end']} at the end)",
+            f"- Date: {record['date']}; wall time "
+            f"{record['runtime_seconds']:.0f} s, CPU time "
+            f"{record['cpu_seconds']:.0f} s",
+            "",
+            "Headline numbers (computed from the CSVs):",
+            "",
+        ]
+        lines += [f"- {line}" for line in headline(folder)]
+    lines.append(README_END)
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(root, check=False):
+    """Rewrites the generated section of `root/README.md`; with `check`,
+    returns whether it is up to date instead."""
+    readme = pathlib.Path(root) / "README.md"
+    text = readme.read_text()
+    begin, end = text.index(README_BEGIN), text.index(README_END)
+    updated = (
+        text[:begin] + readme_section(root)
+        + text[end + len(README_END) + 1:]
+    )
+    if check:
+        return updated == text
+    readme.write_text(updated)
+    print(f"wrote {readme}")
+    return True
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default=str(RESULTS_ROOT))
+    parser.add_argument(
+        "--check-readme", action="store_true",
+        help="only check that the README section matches the CSVs",
+    )
     args = parser.parse_args()
     root = pathlib.Path(args.results_dir)
+    readme = root / "README.md"
+    if args.check_readme:
+        if not update_readme(root, check=True):
+            raise SystemExit(
+                f"{readme} is out of date: run python tutorials/make_plots.py"
+            )
+        return
     for name, plotter in PLOTTERS.items():
         if (root / name).is_dir():
             plotter(root / name)
-    readme = root / "README.md"
-    if readme.exists():
-        _update_readme(root, readme)
-
-
-README_BEGIN = "<!-- BEGIN make_plots.py section (generated, do not edit) -->"
-README_END = "<!-- END make_plots.py section -->"
-
-
-def _update_readme(root, readme):
-    del root, readme
+    if readme.exists() and README_BEGIN in readme.read_text():
+        update_readme(root)
 
 
 if __name__ == "__main__":

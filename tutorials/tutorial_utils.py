@@ -97,6 +97,7 @@ class Run:
             "quick": self.quick,
             "command": _command(),
             "commit": _commit(),
+            "uncommitted": _uncommitted(),
             "date": datetime.datetime.now(datetime.timezone.utc)
             .replace(microsecond=0)
             .isoformat()
@@ -143,16 +144,22 @@ def _command():
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
-def _commit():
-    def git(*args):
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-            check=False,
-        ).stdout.strip()
+def _git(*args):
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        check=False,
+    ).stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    tutorials = git("status", "--porcelain", "--", "tutorials", "keras_sam")
-    return commit + ("+dirty" if tutorials else "")
+
+def _commit():
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def _uncommitted():
+    """Changed or new files under `tutorials/` and `keras_sam/`: the code
+    this run used beyond the commit."""
+    status = _git("status", "--porcelain", "--", "tutorials", "keras_sam")
+    return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
 def _hardware():
