@@ -137,6 +137,15 @@ for epoch in range(EPOCHS):
     )
 
 """
+Do not be surprised by a `gd_stability_ratio` above 1 here. It says that
+*full-batch* GD with this learning rate and momentum could not stay at
+these weights, while this model is trained with minibatches, and the
+Hessian is measured in inference mode: BatchNorm uses its moving
+statistics, so the measured loss is not the one the training steps
+descend (those normalize with each batch's statistics). The tutorials
+`02_gd_stability.py` and `03_sgd_escape.py` use networks without
+BatchNorm, where the measured and the trained loss coincide.
+
 ## Save and load
 
 `SAMModel` is registered with Keras serialization: `model.save` writes an

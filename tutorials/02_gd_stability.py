@@ -296,14 +296,8 @@ starting value to `1e-2` (where the quadratic picture still holds),
 against the predicted `(1 - lr a)^2 = 1.44`:
 """
 
-climb = [
-    r["loss"]
-    for r in rows
-    if r["experiment"] == "sharp_start_lr_2.2_over_a"
-    and 100 * start_loss < r["loss"] < 1e-2
-]
-growth = (
-    float(np.exp(np.mean(np.diff(np.log(climb))))) if len(climb) > 2 else None
+growth = make_plots.loss_growth_rate(
+    [r for r in rows if r["experiment"] == "sharp_start_lr_2.2_over_a"]
 )
 print(f"loss growth per step: measured {growth}, predicted 1.44")
 

@@ -122,13 +122,18 @@ def plot_gd_stability(output_dir):
                    "o-", color=color, label=label)
         right.axhline(threshold, color=color, linestyle="--", linewidth=1)
     first = [r for r in starts if r["experiment"] == names[-1]]
-    loss0, rate = first[0]["loss"], first[0]["learning_rate"]
-    sharpness0 = first[0]["sharpness"]
-    steps = _column(first, "step")
-    predicted = loss0 * (1.0 - rate * sharpness0) ** (2 * steps)
-    keep = predicted < 10 * max(_column(first, "loss"))
-    left.semilogy(steps[keep], predicted[keep], "k:", linewidth=1,
-                  label="(1 - lr a)^(2k) x loss_0")
+    rate, sharpness0 = first[0]["learning_rate"], first[0]["sharpness"]
+    climb = _climb(first)
+    if climb:
+        anchor = climb[0]
+        steps = np.arange(anchor["step"], first[-1]["step"] + 1)
+        predicted = anchor["loss"] * (1.0 - rate * sharpness0) ** (
+            2 * (steps - anchor["step"])
+        )
+        keep = predicted < 10 * max(_column(first, "loss"))
+        left.semilogy(steps[keep], predicted[keep], "k:", linewidth=1,
+                      label=f"slope (1 - lr a)^2 = "
+                      f"{(1 - rate * sharpness0) ** 2:.2f} per step")
     left.set_xlabel("GD step from the minimum")
     left.set_ylabel("training loss")
     left.set_title(f"Start at a minimum of sharpness a = {sharpness0:.1f}")
@@ -138,6 +143,26 @@ def plot_gd_stability(output_dir):
     right.set_title("sharpness (dashed: 2/lr)")
     right.legend(fontsize=8)
     _save(figure, output_dir / "sharp_minimum_escape.png")
+
+
+def _climb(rows):
+    """The rows of a restart whose loss is on its way up, between 100
+    times the starting loss and 1e-2 (where the quadratic model holds)."""
+    losses = [r["loss"] for r in rows]
+    peak = int(np.argmax(losses))
+    return [r for r in rows[: peak + 1]
+            if 100 * rows[0]["loss"] < r["loss"] < 1e-2]
+
+
+def loss_growth_rate(rows):
+    """Mean factor per step by which the loss grows during the climb,
+    or None when the climb has fewer than three rows."""
+    climb = _climb(rows)
+    if len(climb) < 3:
+        return None
+    steps = np.array([r["step"] for r in climb], dtype=float)
+    logs = np.log([r["loss"] for r in climb])
+    return float(np.exp((logs[-1] - logs[0]) / (steps[-1] - steps[0])))
 
 
 # 03 ------------------------------------------------------------------------
@@ -457,12 +482,19 @@ def headline_gd_stability(folder):
     for name in sorted(restarts):
         part = [r for r in rows if r["experiment"] == name]
         measured = [r for r in part if not math.isnan(r["sharpness"])]
+        growth = loss_growth_rate(part)
+        predicted = (1 - part[0]["learning_rate"] * part[0]["sharpness"]) ** 2
         lines.append(
             f"Restart at a minimum of sharpness {part[0]['sharpness']:.2f} "
             f"with lr = {name.split('_')[3]}/a (2/lr = "
             f"{part[0]['threshold']:.2f}): loss {part[0]['loss']:.1e} -> "
             f"max {max(r['loss'] for r in part):.1e}, last measured "
-            f"sharpness {measured[-1]['sharpness']:.2f}."
+            f"sharpness {measured[-1]['sharpness']:.2f}"
+            + (
+                f"; loss grew {growth:.3f}x per step on the way up "
+                f"(linear theory: {predicted:.3f}x)" if growth else ""
+            )
+            + "."
         )
     return lines
 

@@ -71,6 +71,8 @@ class Run:
             self.output_dir = RESULTS_ROOT / name
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
+        # The code this run uses: recorded now, before anything can change.
+        self.commit, self.uncommitted = _commit(), _uncommitted()
         mode = "quick" if self.quick else "full"
         print(f"{name}: {mode} run, writing into {self.output_dir}")
 
@@ -96,8 +98,8 @@ class Run:
             "tutorial": self.name,
             "quick": self.quick,
             "command": _command(),
-            "commit": _commit(),
-            "uncommitted": _uncommitted(),
+            "commit": self.commit,
+            "uncommitted": self.uncommitted,
             "date": datetime.datetime.now(datetime.timezone.utc)
             .replace(microsecond=0)
             .isoformat()
