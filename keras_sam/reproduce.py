@@ -588,8 +588,13 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         + ".",
         f"- Ran on: {environment['processor']}, Keras "
         f"{environment['keras']} ({environment['backend']} backend), "
-        f"commit {environment['commit']} (at the start), finished "
-        f"{info['date']}.",
+        f"commit {environment['commit']} "
+        + (
+            f"(at the start, {info['started']}), "
+            if "started" in info
+            else "(read when the run ended), "
+        )
+        + f"finished {info['date']}.",
         f"- Command: `{info['command']}`",
     ]
     if "JPEG" in info["data"] or "sample" in info["data"]:
