@@ -179,7 +179,8 @@ def train_and_evaluate(
         A dict of floats: `test_accuracy`, `test_error` (percent),
         `test_loss`, the last epoch's `loss` and `accuracy` (and
         `val_accuracy`, `val_loss` when there is a validation split),
-        `seconds` (wall time of `fit`) and `epochs`.
+        `seconds` (wall time of `fit`), `epochs` and `epochs_run` (the
+        epochs trained by this call: fewer when a backup was resumed).
     """
     keras.utils.set_random_seed(seed)
     splits = pipelines.splits
@@ -214,6 +215,8 @@ def train_and_evaluate(
         "test_loss": float(test_loss),
         "seconds": seconds,
         "epochs": epochs,
+        # Fewer than `epochs` when BackupAndRestore resumed the run.
+        "epochs_run": len(history.history.get("loss", [])),
     }
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         if history.history.get(key):

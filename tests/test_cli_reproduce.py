@@ -7,8 +7,10 @@ import math
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -206,3 +208,73 @@ def test_reproduce_quick_on_jax_through_the_console_command(tmp_path):
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["environment"]["backend"] == "jax"
     assert len(_read_csv(tmp_path / "results.csv")) == 2
+
+
+@pytest.mark.slow
+def test_reproduce_killed_mid_run_resumes_to_the_uninterrupted_result(
+    tmp_path,
+):
+    def command(output):
+        return [
+            sys.executable,
+            "-m",
+            "keras_sam.cli",
+            "reproduce",
+            "--quick",
+            "--rho",
+            "0.05",
+            "--seeds",
+            "1",
+            "--epochs",
+            "3",
+            "--verbose",
+            "0",
+            "--output-dir",
+            str(output),
+        ]
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    reference = subprocess.run(
+        command(tmp_path / "whole"), env=env, capture_output=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    output = tmp_path / "killed"
+    backup = output / "runs" / "sam_seed0_backup"
+    process = subprocess.Popen(
+        command(output),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        # Kill once the first epoch of the SAM run is backed up.
+        while not any(backup.glob("**/*.json")):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert not (output / "runs" / "sam_seed0.json").exists()
+    resumed = subprocess.run(
+        command(output), env=env, capture_output=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The SAM run went on from its backup instead of starting again.
+    record = json.loads((output / "runs" / "sam_seed0.json").read_text())
+    assert 1 <= record["epochs_run"] < 3
+    whole = json.loads((tmp_path / "whole/runs/sam_seed0.json").read_text())
+    assert whole["epochs_run"] == 3
+    expected = _read_csv(tmp_path / "whole" / "results.csv")
+    rows = _read_csv(output / "results.csv")
+    for row, reference_row in zip(rows, expected, strict=True):
+        for key in ("test_error", "test_loss"):
+            assert float(row[key]) == pytest.approx(
+                float(reference_row[key]), abs=1e-4
+            )

@@ -246,7 +246,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
         "--rho",
         "0,0.05,0.1",
         "--epochs",
-        "3",
+        "2",
         "--output-dir",
         str(output),
     ]
@@ -288,7 +288,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
     assert [r["trial_id"] for r in rows] == ["0000", "0001", "0002"]
     assert sorted(float(r["rho"]) for r in rows) == [0.0, 0.05, 0.1]
     assert {r["status"] for r in rows} == {"COMPLETED"}
-    assert all(r["epochs"] == "3" for r in rows)
+    assert all(r["epochs"] == "2" for r in rows)
     assert (output / "sweep.png").read_bytes().startswith(b"\x89PNG")
     # Run again: nothing left to do, same rows.
     again = subprocess.run(
