@@ -143,7 +143,6 @@ def test_grid_search_rows_match_trials_and_seeds(tiny_splits, tmp_path):
     assert best["seeds"] == [3, 7]
 
 
-@pytest.mark.slow
 def test_same_seed_gives_the_same_trial(tiny_splits, tmp_path):
     results = []
     for attempt in range(2):
