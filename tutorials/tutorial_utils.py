@@ -150,17 +150,18 @@ def _git(*args):
     return subprocess.run(
         ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
         check=False,
-    ).stdout.strip()
+    ).stdout
 
 
 def _commit():
-    return _git("rev-parse", "--short", "HEAD") or "unknown"
+    return _git("rev-parse", "--short", "HEAD").strip() or "unknown"
 
 
 def _uncommitted():
     """Changed or new files under `tutorials/` and `keras_sam/`: the code
     this run used beyond the commit."""
     status = _git("status", "--porcelain", "--", "tutorials", "keras_sam")
+    # Porcelain lines are "XY path": two status letters, a space.
     return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
