@@ -458,17 +458,21 @@ def write_json(path, record):
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def record_run(args, part):
-    """Appends how and where `part` was made to `runs.json`."""
-    path = args.output / "runs.json"
-    runs = json.loads(path.read_text()) if path.exists() else {}
-    commit = subprocess.run(
+def current_commit():
+    return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         check=False,
     ).stdout.strip()
+
+
+def record_run(args, part, commit):
+    """Records how and where `part` was made in `runs.json`; `commit` is
+    the one checked out when the run started (the code that ran)."""
+    path = args.output / "runs.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
     runs[part] = {
         "command": "python benchmarks/measure_hessian.py "
         + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -554,7 +558,7 @@ def plot(output):
     overhead = read_csv(output / "overhead.csv")
     if overhead:
         names = list(dict.fromkeys(r["variant"] for r in overhead))
-        figure, axes = pyplot.subplots(figsize=(7, 4))
+        figure, axes = pyplot.subplots(figsize=(7, 5))
         for i, name in enumerate(names):
             chosen = [r for r in overhead if r["variant"] == name]
             own = [100 * float(r["accounted_overhead"]) for r in chosen]
@@ -574,8 +578,9 @@ def plot(output):
         axes.axhline(5, color="grey", lw=0.8)
         axes.set_xticks(range(len(names)))
         axes.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        axes.set_ylabel("overhead vs fit without callback (%)")
+        axes.set_ylabel("overhead vs no callback (%)")
         axes.set_yscale("symlog", linthresh=10)
+        axes.set_ylim(-30, 1000)
         axes.legend(fontsize=8)
         figure.tight_layout()
         figure.savefig(output / "overhead.png", dpi=120)
@@ -779,11 +784,12 @@ def main(argv=None):
         if args.part == "all"
         else ((args.part,) if args.part != "report" else ())
     )
+    commit = current_commit()
     for part in parts:
         {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost}[
             part
         ](args)
-        record_run(args, part)
+        record_run(args, part, commit)
     plot(args.output)
     write_readme(
         args.output,

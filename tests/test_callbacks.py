@@ -234,6 +234,7 @@ def test_step_frequency_and_epoch_frequency():
         max_overhead=None,
     )
     history = fit(model, x, y, [per_step], epochs=2, extra=[recorder])
+    assert not per_step.async_safe
     measured = ["sharpness" in logs for logs in recorder.batch_logs]
     # Steps counted across epochs: 3 and 6 of 8.
     assert measured == [False, False, True, False, False, True, False, False]
@@ -242,6 +243,7 @@ def test_step_frequency_and_epoch_frequency():
     every_other = callbacks.HessianTrace(
         (x, y), num_samples=2, freq=2, max_overhead=None
     )
+    assert every_other.async_safe  # batch ends may stay asynchronous
     history = fit(model, x, y, [every_other], epochs=4)
     finite = np.isfinite(history.history["hessian_trace"])
     np.testing.assert_array_equal(finite, [False, True, False, True])

@@ -75,6 +75,10 @@ class ProbeCallback(keras.callbacks.Callback):
             "probe_batch_size", probe_batch_size
         )
         self.seed = seed
+        # With epoch measurements the batch hook only counts steps, so
+        # Keras may keep dispatching batch ends asynchronously (no host
+        # sync per step); step measurements must run in the train loop.
+        self.async_safe = freq_unit == "epoch"
         self._rng = hessian._rng(seed)
         self._warned = False
         self._reset()
