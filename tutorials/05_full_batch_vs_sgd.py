@@ -89,7 +89,7 @@ if run.args.seeds:
     NUM_SEEDS = run.args.seeds
 MICROBATCH = 50
 WIDTH = 8
-SGD_LEARNING_RATE = 0.05
+SGD_LEARNING_RATE = 0.1
 FULL_BATCH_LEARNING_RATE = 0.8
 CLIP_NORM = 0.25
 PENALTY = SGD_LEARNING_RATE / 4  # see "The gradient-norm penalty"
@@ -150,8 +150,8 @@ modified loss
 where `L_k` is the loss of batch `k`. Full-batch GD adds only
 `lr / 4 ||grad L(w)||^2`. Geiping et al. add the penalty on minibatch
 gradients explicitly. Here, each microbatch of 50 contributes
-`PENALTY ||grad L_k||^2` with `PENALTY = 0.05 / 4`, the value that SGD at
-`lr = 0.05` with batches of 50 adds implicitly, and accumulation averages
+`PENALTY ||grad L_k||^2` with `PENALTY = 0.1 / 4`, the value that SGD at
+`lr = 0.1` with batches of 50 adds implicitly, and accumulation averages
 the microbatches. The gradient of the penalty, `2 PENALTY H_k grad L_k`,
 is computed exactly by differentiating through the gradient (double
 backpropagation), which costs about two extra backward passes per
@@ -197,7 +197,7 @@ class GradientNormPenalty(keras.Model):
 
 Every row starts from the same initial weights (per seed) and uses SGD
 with momentum 0.9 and a cosine learning-rate decay. SGD: learning rate
-0.05, batches of 50 (200 steps in 10 epochs). Full batch: learning rate
+0.1, batches of 50 (200 steps in 10 epochs). Full batch: learning rate
 0.8, reached by a linear warm-up over the first 10% of the steps (the
 paper warms up too), one step per epoch. Clipping rescales the full-batch
 gradient to a norm of at most 0.25 (the paper's value).

@@ -388,7 +388,8 @@ def plot_full_batch(output_dir):
     names = list(dict.fromkeys(r["run"] for r in rows))
     first = {name: next(r for r in rows if r["run"] == name) for name in names}
     labels = [
-        f"{first[n]['paper_row']}\n{n}, {int(first[n]['epochs'])} epochs"
+        f"{first[n]['paper_row']}\n(here: {n}, {int(first[n]['epochs'])} "
+        "epochs)"
         for n in names
     ]
     positions = np.arange(len(names))[::-1]
@@ -413,14 +414,15 @@ def plot_full_batch(output_dir):
                    color="tab:red" if first[name]["full_batch"] == "True"
                    else "tab:blue")
         right.plot(values, [position] * len(values), "k.", markersize=5)
-        right.text(values.max() + 0.3, position, f"{values.mean():.1f}",
+        right.text(values.max() + 0.8, position, f"{values.mean():.1f}",
                    va="center", fontsize=8)
     seeds = len({r["seed"] for r in rows})
     right.set_xlabel(f"test accuracy, % (bar: mean of {seeds} seeds; "
                      "dots: seeds)")
     right.set_title("here (small CNN, 1,000 images)", fontsize=10)
     low = 100 * min(r["test_accuracy"] for r in rows)
-    right.set_xlim(max(0.0, low - 10), None)
+    high = 100 * max(r["test_accuracy"] for r in rows)
+    right.set_xlim(max(0.0, low - 10), high + 5)
     _save(figure, output_dir / "full_batch_vs_sgd.png")
 
 
