@@ -118,3 +118,13 @@ def test_unchecked_strategy_gives_a_clear_error():
     )
     with pytest.raises(ValueError, match="CentralStorageStrategy"):
         fit_sam(strategy, params, x, y, 8, 1, rho=0.1)
+
+
+def test_one_device_strategy_equals_default():
+    x, y, params = make_problem(n=12, seed=25)
+    default, _ = fit_sam(tf.distribute.get_strategy(), params, x, y, 6, 2,
+                         rho=0.1)
+    one, _ = fit_sam(tf.distribute.OneDeviceStrategy("/cpu:0"), params, x,
+                     y, 6, 2, rho=0.1, perturbation="global")
+    for got, want in zip(one.get_weights(), default.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
