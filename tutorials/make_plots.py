@@ -447,12 +447,15 @@ def _mean_std(values):
 def headline_quickstart(folder):
     rows = read_csv(folder / "history.csv")
     last = rows[-1]
+    with open(folder / "run.json") as f:
+        same = json.load(f)["summary"].get("reload_same_predictions")
     return [
         f"After {int(last['epoch'])} epochs of SAM (rho 0.05): test "
         f"accuracy {100 * last['val_accuracy']:.1f}%, `sam_sharpness` "
         f"{last['sam_sharpness']:.4f}, `sharpness` {last['sharpness']:.1f} "
-        f"(`gd_stability_ratio` {last['gd_stability_ratio']:.3f}); the "
-        "reloaded `.keras` file gave the same predictions.",
+        f"(`gd_stability_ratio` {last['gd_stability_ratio']:.3f}); "
+        "predictions of the reloaded `.keras` file equal the original's: "
+        f"{same} (from `run.json`).",
     ]
 
 
@@ -674,7 +677,7 @@ def readme_section(root):
             f"{record['runtime_seconds']:.0f} s, CPU time "
             f"{record['cpu_seconds']:.0f} s",
             "",
-            "Headline numbers (computed from the CSVs):",
+            "Headline numbers (computed from the CSVs by `make_plots.py`):",
             "",
         ]
         lines += [f"- {line}" for line in headline(folder)]
