@@ -5,7 +5,7 @@ Date created: 2026/11/26
 Last modified: 2026/11/26
 Description: Wrap a Keras model in SAMModel, train it, read the sharpness it
 logs, measure curvature with a callback, save and load it.
-Time: about 2 minutes on 2 CPU cores (`--quick`: about 15 seconds).
+Time: about 2 minutes on 2 CPU cores (`--quick`: about 20 seconds).
 """
 
 """

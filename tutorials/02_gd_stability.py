@@ -5,7 +5,7 @@ Date created: 2026/11/26
 Last modified: 2026/11/26
 Description: Full-batch GD can only stay where the sharpness is at most
 2/lr; trained from a flat start, the sharpness rises to 2/lr and stays.
-Time: about 2 minutes on 2 CPU cores (`--quick`: about 15 seconds).
+Time: about 2 minutes on 2 CPU cores (`--quick`: about 20 seconds).
 """
 
 """

@@ -5,7 +5,7 @@ Date created: 2026/11/26
 Last modified: 2026/11/26
 Description: At the same learning rate, GD stays at a minimum that SGD's
 noise makes unstable; linear stability (Wu, Ma & E, 2018) predicts it.
-Time: about 5 minutes on 2 CPU cores (`--quick`: about 20 seconds).
+Time: about 4.5 minutes on 2 CPU cores (`--quick`: about 30 seconds).
 """
 
 """

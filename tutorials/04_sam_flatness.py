@@ -6,7 +6,8 @@ Last modified: 2026/11/26
 Description: SGD and SAM from the same initial weights, on the same
 batches, over several seeds: final sharpness, Hessian trace and test
 accuracy, with means and spreads.
-Time: about 6 minutes on 2 CPU cores (`--quick`: about 20 seconds).
+Time: about 6 minutes of CPU time on 2 cores, 8 minutes of wall time on
+a busy shared machine (`--quick`: about 30 seconds).
 """
 
 """
