@@ -204,7 +204,7 @@ for learning_rate, ratio in plateaus.items():
 """
 ## Part 2: GD leaves a minimum sharper than 2/lr
 
-The run with `lr = 0.1` ended at a minimum (loss about `1e-8`) whose
+The run with `lr = 0.1` ended at a minimum (loss below `1e-8`) whose
 sharpness `a` is just below `2 / 0.1`. From exactly these weights we
 restart GD with two
 learning rates on either side of `2 / a`: `lr = 1.8 / a` (the minimum is

@@ -198,8 +198,8 @@ class GradientNormPenalty(keras.Model):
 Every row starts from the same initial weights (per seed) and uses SGD
 with momentum 0.9 and a cosine learning-rate decay. SGD: learning rate
 0.1, batches of 50 (200 steps in 10 epochs). Full batch: learning rate
-0.8, reached by a linear warm-up over the first 10% of the steps (the
-paper warms up too), one step per epoch. Clipping rescales the full-batch
+0.8, reached by a linear warm-up over the first 10% of the steps, one
+step per epoch. Clipping rescales the full-batch
 gradient to a norm of at most 0.25 (the paper's value).
 """
 
