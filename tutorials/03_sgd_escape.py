@@ -15,12 +15,13 @@ GD with learning rate `lr` can stay at a minimum whose sharpness `a` (top
 Hessian eigenvalue) is at most `2 / lr` (see `02_gd_stability.py`). SGD
 sees a different Hessian at every step, the Hessian `H_B` of its batch's
 loss, and near a minimum its deviation evolves as `d <- (I - lr H_B) d`.
-Its second moment grows unless (Wu, Ma & E, 2018)
+Its second moment stays bounded if (Wu, Ma & E, 2018)
 
     lambda_max((I - lr H)^2 + lr^2 (N - B) / (B (N - 1)) Sigma) <= 1,
 
 with `Sigma = mean_i H_i^2 - H^2` the variance of the per-sample Hessians
-`H_i`, `N` the number of samples and `B` the batch size. The second term
+`H_i`, `N` the number of samples and `B` the batch size (a sufficient
+condition, and an exact one when the `H_i` commute). The second term
 is never negative, so SGD's condition is stricter than GD's: at the same
 learning rate SGD can only stay at minima that are flat *and* uniform
 (`s = sqrt(lambda_max(Sigma))`, the non-uniformity, small).
