@@ -8,7 +8,11 @@ one training step of
 - `tf_keras_sgd` and `tf_keras_sam`: the same architecture built in
   tf-keras (Keras 2), plain and wrapped in
   `tf_keras.models.experimental.SharpnessAwareMinimization`, when the
-  backend is TensorFlow and tf-keras is installed.
+  backend is TensorFlow and tf-keras is installed;
+- `minimal_jax_sam`: on the JAX backend, the shortest SAM step one can
+  write in Keras-JAX (`minimal_jax_sam` below: two `jax.value_and_grad`
+  of `stateless_call`, no m-sharpness, no metrics but the loss), the
+  floor SAMModel's generality is measured against.
 
 All variants start from the same weights and train on the same synthetic
 batches (N(0, 1) images, uniform labels). After one warm-up `fit` each
@@ -61,6 +65,7 @@ VARIANT_TITLES = {
     "sam_model": "keras_sam.SAMModel",
     "tf_keras_sgd": "tf-keras SGD",
     "tf_keras_sam": "tf-keras SAM",
+    "minimal_jax_sam": "minimal Keras-JAX SAM",
 }
 
 
@@ -116,6 +121,11 @@ def parse_args(argv=None):
         "--no-tf-keras",
         action="store_true",
         help="skip the tf-keras variants",
+    )
+    parser.add_argument(
+        "--no-minimal-jax-sam",
+        action="store_true",
+        help="skip the minimal Keras-JAX SAM reference (JAX backend only)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -192,6 +202,9 @@ def describe_device(backend):
 
 
 def _git_commit():
+    # A copy without .git (the GPU machine) is told its commit.
+    if os.environ.get("BENCHMARK_COMMIT"):
+        return os.environ["BENCHMARK_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -317,6 +330,14 @@ def build_variants(args, x, y):
             "sam_model": str(sam.jit_compile),
         },
     }
+    if args.backend == "jax" and not args.no_minimal_jax_sam:
+        reference = models.get_model(args.model, **options)
+        reference.set_weights(initial_weights)
+        minimal = compile_keras(minimal_jax_sam(reference, args.rho))
+        details["jit_compile"]["minimal_jax_sam"] = str(minimal.jit_compile)
+        variants.append(
+            Variant("minimal_jax_sam", minimal, callback, x, y, args.batch_size)
+        )
     if args.backend == "tensorflow" and not args.no_tf_keras:
         try:
             import tf_keras
@@ -327,6 +348,58 @@ def build_variants(args, x, y):
                 args, tf_keras, x, y, initial_weights, options, details
             )
     return variants, details
+
+
+def minimal_jax_sam(model, rho):
+    """The shortest Keras-JAX SAM step (Foret et al., 2021), a reference.
+
+    Returns a `keras.Model` wrapping `model` whose stateless `train_step`
+    takes `jax.value_and_grad` of `stateless_call` at `w`, perturbs by
+    `eps = rho g / ||g||` and applies the gradient at `w + eps`; BatchNorm
+    statistics come from the first pass. Nothing else: no loss scaling,
+    regularization losses, sample weights, m-sharpness or metrics (the
+    loss is logged per step, not averaged), so its time is the floor for
+    a SAM step of `model` on this backend.
+    """
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    class MinimalJaxSAM(keras.Model):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, inputs, training=False):
+            return self.inner(inputs, training=training)
+
+        def train_step(self, state, data):
+            trainable, non_trainable, optimizer_values, metrics = state
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+
+            def loss_fn(trainable, non_trainable):
+                y_pred, non_trainable = self.stateless_call(
+                    trainable, non_trainable, x, training=True
+                )
+                y_pred = keras.ops.cast(y_pred, "float32")
+                return self.loss(y, y_pred), non_trainable
+
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            (loss, updated), grads = grad_fn(trainable, non_trainable)
+            squares = [jnp.sum(jnp.square(g.astype("float32"))) for g in grads]
+            scale = rho / (jnp.sqrt(sum(squares)) + 1e-12)
+            perturbed = [
+                w + (scale * g).astype(w.dtype)
+                for w, g in zip(trainable, grads)
+            ]
+            _, grads = grad_fn(perturbed, non_trainable)
+            trainable, optimizer_values = self.optimizer.stateless_apply(
+                optimizer_values, grads, trainable
+            )
+            state = (trainable, updated, optimizer_values, metrics)
+            return {"loss": loss}, state
+
+    return MinimalJaxSAM(model)
 
 
 def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
@@ -399,6 +472,8 @@ def summarize(variants, batch_size):
         ("tf_keras_sam_over_tf_keras_sgd", "tf_keras_sam", "tf_keras_sgd"),
         ("sam_model_over_tf_keras_sam", "sam_model", "tf_keras_sam"),
         ("keras_sgd_over_tf_keras_sgd", "keras_sgd", "tf_keras_sgd"),
+        ("minimal_jax_sam_over_keras_sgd", "minimal_jax_sam", "keras_sgd"),
+        ("sam_model_over_minimal_jax_sam", "sam_model", "minimal_jax_sam"),
     ):
         if numerator in results and denominator in results:
             ratios[name] = (
@@ -431,8 +506,10 @@ def regenerate_readme(output_dir):
             "Ratios are SAM step time over the same library's plain SGD step "
             "time, as a ratio of medians and, in brackets, the median of the "
             "ratios within each repeat (steadier when the machine's load "
-            "drifts); `SAMModel / tf-keras SAM` below 1 means SAMModel is "
-            "faster. "
+            "drifts); `SAMModel / tf-keras SAM` and `SAMModel / minimal` "
+            "below 1 mean SAMModel is faster. On JAX, `minimal JAX SAM` is "
+            "the shortest Keras-JAX SAM step (the script's "
+            "`minimal_jax_sam`), timed beside SAMModel. "
             "Regenerate this section with "
             "`python benchmarks/step_time.py --regenerate-readme`."
         ),
@@ -441,9 +518,10 @@ def regenerate_readme(output_dir):
             "| file | device | backend | model | precision | batch | "
             "Keras SGD ms (img/s) | SAMModel ms (img/s) | SAM/SGD | "
             "tf-keras SGD ms | tf-keras SAM ms | tf-keras SAM/SGD | "
-            "SAMModel / tf-keras SAM |"
+            "SAMModel / tf-keras SAM | minimal JAX SAM ms (img/s) | "
+            "SAMModel / minimal |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(record, name, with_rate=False):
@@ -483,6 +561,8 @@ def regenerate_readme(output_dir):
                     cell(record, "tf_keras_sam"),
                     ratio_cell(record, "tf_keras_sam_over_tf_keras_sgd"),
                     ratio_cell(record, "sam_model_over_tf_keras_sam"),
+                    cell(record, "minimal_jax_sam", True),
+                    ratio_cell(record, "sam_model_over_minimal_jax_sam"),
                 ]
             )
             + " |"

@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
+
+import keras_sam
 
 SCRIPT = (
     pathlib.Path(__file__).resolve().parent.parent
@@ -73,6 +76,48 @@ def test_tiny_run_writes_json_and_readme_section(tmp_path):
     assert path.name in text and record["command"] in text
 
 
+@pytest.mark.multi_backend
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="a Keras-JAX train step"
+)
+def test_minimal_jax_sam_is_sam():
+    # The reference the GPU figures are compared with must be the same
+    # algorithm: equal weights (and BatchNorm statistics) to SAMModel.
+    step_time = _load_script()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+
+    def build():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential(
+            [
+                keras.Input((5,)),
+                keras.layers.Dense(8),
+                keras.layers.BatchNormalization(),
+                keras.layers.Activation("relu"),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    trained = []
+    for wrap in (step_time.minimal_jax_sam, keras_sam.SAMModel):
+        inner = build()
+        model = wrap(inner, rho=0.3)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        trained.append(inner.get_weights())
+    start = build().get_weights()
+    # All but the first Dense bias (cancelled by BatchNorm) have moved.
+    moved = [not np.allclose(w, w0) for w, w0 in zip(trained[1], start)]
+    assert moved == [True, False] + [True] * 6
+    for minimal, sam in zip(*trained):
+        np.testing.assert_allclose(minimal, sam, rtol=1e-5, atol=1e-6)
+
+
 def _has(module):
     return importlib.util.find_spec(module) is not None
 
@@ -109,5 +154,10 @@ def test_jax_backend_runs_without_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("step_time_jax_*bfloat16*.json")
     record = json.loads(path.read_text())
-    assert set(record["results"]) == {"keras_sgd", "sam_model"}
+    assert set(record["results"]) == {
+        "keras_sgd",
+        "sam_model",
+        "minimal_jax_sam",
+    }
+    assert "sam_model_over_minimal_jax_sam" in record["ratios"]
     assert "tensorflow" not in record["versions"]
