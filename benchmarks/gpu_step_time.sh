@@ -8,7 +8,7 @@
 # Python) unless SKIP_WHEELS=1, then times SGD vs SAMModel (vs the minimal
 # Keras-JAX SAM) on synthetic CIFAR-sized batches, bf16 mixed precision,
 # batch 128: WRN-28-10 and WRN-16-8 on JAX, then WRN-16-8 on torch if less
-# than DEADLINE_S (default 330) seconds have passed. Each run has its own
+# than DEADLINE_S (default 300) seconds have passed. Each run has its own
 # time limit; the JSON of each and a log land in the output folder.
 # MODELS and BENCH_ARGS override the JAX models and add arguments (tiny
 # runs for a check on a CPU).
@@ -39,9 +39,9 @@ run() {  # run SECONDS BACKEND MODEL
 }
 
 for model in ${MODELS:-wrn-28-10 wrn-16-8}; do
-    run 240 jax "$model"
+    run "${JAX_LIMIT_S:-220}" jax "$model"
 done
-if [ $(($(date +%s) - start)) -lt "${DEADLINE_S:-330}" ]; then
+if [ $(($(date +%s) - start)) -lt "${DEADLINE_S:-300}" ]; then
     run 150 torch "${TORCH_MODEL:-wrn-16-8}"
 fi
 echo "total $(($(date +%s) - start)) s" | tee -a "$log"
