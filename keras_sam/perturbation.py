@@ -27,7 +27,9 @@ def global_norm(tensors):
     return ops.sqrt(ops.sum(ops.stack(squared)))
 
 
-def sam_perturbation(gradients, weights, rho, adaptive=False, eta=0.01):
+def sam_perturbation(
+    gradients, weights, rho, adaptive=False, eta=0.01, gradient_norm=None
+):
     """Computes the SAM (or ASAM) ascent step `eps` from a gradient.
 
     SAM: `eps = rho * g / ||g||`, with the norm taken over all trainable
@@ -49,6 +51,8 @@ def sam_perturbation(gradients, weights, rho, adaptive=False, eta=0.01):
         adaptive: Boolean, whether to use ASAM. Defaults to `False`.
         eta: Non-negative float, ASAM's offset in `T = |w| + eta`.
             Defaults to `0.01`.
+        gradient_norm: Optional `global_norm(gradients)`, if already
+            computed (SAM only; ASAM normalizes `T g`).
 
     Returns:
         A list of `eps` tensors, each of its weight's dtype.
@@ -62,10 +66,26 @@ def sam_perturbation(gradients, weights, rho, adaptive=False, eta=0.01):
         normalizer = global_norm(scaled)
     else:
         directions = [ops.cast(g, "float32") for g in gradients]
-        normalizer = global_norm(gradients)
+        normalizer = (
+            global_norm(gradients) if gradient_norm is None else gradient_norm
+        )
     usable = ops.logical_and(ops.isfinite(normalizer), normalizer > 0.0)
     factor = ops.where(usable, rho / normalizer, 0.0)
     return [
         ops.cast(ops.where(usable, d * factor, 0.0), w.dtype)
         for d, w in zip(directions, weights)
     ]
+
+
+def perturbed_weights(
+    gradients, weights, rho, adaptive=False, eta=0.01, gradient_norm=None
+):
+    """Returns `w + eps`, the point where SAM takes its descent gradient.
+
+    Arguments as in `sam_perturbation`.
+    """
+    eps = sam_perturbation(
+        gradients, weights, rho, adaptive=adaptive, eta=eta,
+        gradient_norm=gradient_norm,
+    )
+    return [w + e for w, e in zip(weights, eps)]

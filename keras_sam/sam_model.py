@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from keras_sam import backend as sam_backend
-from keras_sam.perturbation import global_norm, sam_perturbation
+from keras_sam import perturbation as keras_ops_ascent
 
 PERTURBATIONS = ("replica", "global")
 
@@ -185,6 +185,7 @@ class SAMModel(keras.Model):
         reduce_gradients=None,
         num_replicas=1,
         global_rng=None,
+        ascent=keras_ops_ascent,
     ):
         """Runs both SAM passes on a batch, statelessly.
 
@@ -195,7 +196,9 @@ class SAMModel(keras.Model):
         (global perturbation); `global_rng`, where a backend draws dropout
         masks from a global generator (unseeded layers on torch), has
         `get_state()` and `set_state(state)`, so that the perturbed pass
-        replays the clean pass's draws.
+        replays the clean pass's draws; `ascent` supplies `global_norm`
+        and `perturbed_weights` (default: `keras_sam.perturbation`, in
+        `keras.ops`; a backend may pass faster equivalents).
 
         Returns:
             A dict with `gradients` (to apply), `non_trainable` and
@@ -207,7 +210,7 @@ class SAMModel(keras.Model):
         """
         one_pass = _SAMPass(
             self, value_and_grad, trainable_values, scale_loss,
-            reduce_gradients, global_rng,
+            reduce_gradients, global_rng, ascent,
         )
         num_splits = self.num_batch_splits or 1
         if num_splits == 1:
@@ -376,13 +379,14 @@ class _SAMPass:
     scalars as computed from the (possibly scaled) per-replica loss."""
 
     def __init__(self, model, value_and_grad, trainable_values, scale_loss,
-                 reduce_gradients, global_rng):
+                 reduce_gradients, global_rng, ascent):
         self.model = model
         self.loss_and_grads = value_and_grad(model._loss_and_updates)
         self.trainable_values = trainable_values
         self.scale_loss = scale_loss
         self.reduce_gradients = reduce_gradients
         self.global_rng = global_rng
+        self.ascent = ascent
         # The loss scale of a LossScaleOptimizer (1 otherwise).
         self.unit = ops.cast(scale_loss(ops.ones((), "float32")), "float32")
 
@@ -395,14 +399,14 @@ class _SAMPass:
         loss, y_pred, new_state, new_metrics = aux
         if self.reduce_gradients is not None:
             gradients = self.reduce_gradients(gradients)
-        grad_norm = global_norm(gradients) / self.unit
+        norm = self.ascent.global_norm(gradients)
+        grad_norm = norm / self.unit
         sharpness = ops.zeros(())
         if model.rho > 0.0:
-            eps = sam_perturbation(
+            perturbed = self.ascent.perturbed_weights(
                 gradients, self.trainable_values, model.rho,
-                adaptive=model.adaptive, eta=model.eta,
+                adaptive=model.adaptive, eta=model.eta, gradient_norm=norm,
             )
-            perturbed = [w + e for w, e in zip(self.trainable_values, eps)]
             if rng is not None:
                 rng_after = rng.get_state()
                 rng.set_state(rng_before)

@@ -29,6 +29,51 @@ def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
+class ForeachAscent:
+    """`keras_sam.perturbation`'s `global_norm` and `perturbed_weights` on
+    torch's multi-tensor (`torch._foreach_*`) kernels.
+
+    Keras's torch backend runs eagerly, where each `keras.ops` call costs
+    tens of microseconds of Python: per-variable ascent maths added about
+    8 ms to a host-bound WRN-16-8 step on an H100. Same maths and float32
+    accumulation as the `keras.ops` version (tested against it).
+    """
+
+    @staticmethod
+    def global_norm(tensors):
+        norms = torch._foreach_norm(_as_float32(tensors))
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    @staticmethod
+    def perturbed_weights(
+        gradients, weights, rho, adaptive=False, eta=0.01, gradient_norm=None
+    ):
+        gradients = _as_float32(gradients)
+        if adaptive:
+            scales = torch._foreach_abs(_as_float32(weights))
+            torch._foreach_add_(scales, eta)
+            scaled = torch._foreach_mul(gradients, scales)
+            directions = torch._foreach_mul(scaled, scales)
+            normalizer = ForeachAscent.global_norm(scaled)
+        else:
+            directions = gradients
+            normalizer = gradient_norm
+            if normalizer is None:
+                normalizer = ForeachAscent.global_norm(gradients)
+        usable = torch.isfinite(normalizer) & (normalizer > 0)
+        factor = torch.where(usable, rho / normalizer, 0.0)
+        eps = torch._foreach_mul(directions, factor)
+        # A non-finite gradient entry times a zero factor is NaN: zero it.
+        zero = torch.zeros((), dtype=torch.float32, device=factor.device)
+        eps = [torch.where(usable, e, zero).to(w.dtype)
+               for e, w in zip(eps, weights)]
+        return torch._foreach_add(list(weights), eps)
+
+
+def _as_float32(tensors):
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
+
+
 class _TorchGlobalRNG:
     """Torch's global generators, which unseeded Keras dropout uses."""
 
@@ -58,6 +103,7 @@ def train_step(model, data):
         sample_weight,
         scale_loss=model.optimizer.scale_loss,
         global_rng=_TorchGlobalRNG,
+        ascent=ForeachAscent,
     )
     with torch.no_grad():
         model.optimizer.apply(result["gradients"], model.trainable_variables)
