@@ -38,7 +38,7 @@ run() {  # run SECONDS BACKEND MODEL
         | grep -v "^I0000\|^WARNING: All log" | tee -a "$log"
 }
 
-for model in ${MODELS:-wrn-28-10 wrn-16-8}; do
+for model in ${MODELS-wrn-28-10 wrn-16-8}; do
     run "${JAX_LIMIT_S:-220}" jax "$model"
 done
 for model in ${TORCH_MODELS-wrn-16-8}; do
