@@ -93,11 +93,15 @@ class _TorchGlobalRNG:
 
 def train_step(model, data):
     x, y, sample_weight = common.unpack(model, data)
+    # Listing variables walks the layer tree: once per eager step.
+    trainable = model.trainable_variables
+    non_trainable = model.non_trainable_variables
+    metrics = model.metrics_variables
     result = model.sam_gradients(
         value_and_grad,
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in model.metrics_variables],
+        [v.value for v in trainable],
+        [v.value for v in non_trainable],
+        [v.value for v in metrics],
         x,
         y,
         sample_weight,
@@ -106,9 +110,9 @@ def train_step(model, data):
         ascent=ForeachAscent,
     )
     with torch.no_grad():
-        model.optimizer.apply(result["gradients"], model.trainable_variables)
-        common.assign(model.non_trainable_variables, result["non_trainable"])
-        common.assign(model.metrics_variables, result["metrics"])
+        model.optimizer.apply(result["gradients"], trainable)
+        common.assign(non_trainable, result["non_trainable"])
+        common.assign(metrics, result["metrics"])
         return model.update_sam_metrics(x, y, sample_weight, result)
 
 
