@@ -67,8 +67,11 @@ class SAMModel(keras.Model):
             with its own gradient, as the paper's 8-accelerator runs did;
             `"global"` all-reduces the first gradients before the norm (one
             extra all-reduce per step), which equals single-device SAM on
-            the whole batch. Identical on one device. Defaults to
-            `"replica"`.
+            the whole batch. Identical on one device. On JAX under
+            `keras.distribution.DataParallel` the gradients are global
+            (one SPMD program), so `"global"` applies whatever is set;
+            `num_batch_splits=` the number of devices gives one
+            perturbation per device's share. Defaults to `"replica"`.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
