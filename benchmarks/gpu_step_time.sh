@@ -26,7 +26,7 @@ log="$out/gpu_step_time_log.txt"
 {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 -c "import jax, keras; print('jax', jax.__version__, \
+    KERAS_BACKEND=jax python3 -c "import jax, keras; print('jax', jax.__version__, \
 jax.devices(), 'keras', keras.__version__)"
 } 2>&1 | tee -a "$log"
 
