@@ -126,8 +126,7 @@ def _run_demo(args):
     print()
     print(demo.format_table(result["summary"]))
     print()
-    for name, path in result["paths"].items():
-        print(f"{name}: {path}")
+    _print_paths(result["paths"])
     return 0
 
 
@@ -242,10 +241,27 @@ def _add_recipe_arguments(parser, many):
     )
 
 
+def _add_training_parser(subparsers, common, name, model_help, **kwargs):
+    """A sweep or reproduce subparser with the data options and `--model`."""
+    parser = subparsers.add_parser(name, parents=[common], **kwargs)
+    _add_data_arguments(parser)
+    parser.add_argument("--model", default=None, help=model_help)
+    return parser
+
+
+def _add_run_arguments(parser, many, output_dir_help, quick_help):
+    """`--output-dir`, the recipe options and `--quick`, in this order."""
+    parser.add_argument("--output-dir", default=None, help=output_dir_help)
+    _add_recipe_arguments(parser, many=many)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
 def _add_sweep_command(subparsers, common):
-    parser = subparsers.add_parser(
+    parser = _add_training_parser(
+        subparsers,
+        common,
         "sweep",
-        parents=[common],
+        model_help="default: resnet-20 (--quick: small-cnn)",
         help="KerasTuner sweep over rho and batch size on CIFAR",
         description=(
             "Train the model once per trial and seed with the SAM paper's "
@@ -259,10 +275,6 @@ def _add_sweep_command(subparsers, common):
             "KERASTUNER_ORACLE_PORT set, runs as the chief or a worker of "
             "a distributed search."
         ),
-    )
-    _add_data_arguments(parser)
-    parser.add_argument(
-        "--model", default=None, help="default: resnet-20 (--quick: small-cnn)"
     )
     parser.add_argument(
         "--rho",
@@ -304,16 +316,11 @@ def _add_sweep_command(subparsers, common):
         action="store_false",
         help="do not measure the test error of each trial",
     )
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="default: keras_sam_runs/sweep/<dataset>_<model>",
-    )
-    _add_recipe_arguments(parser, many=True)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="small CNN on 512 images of the shipped sample, 1 epoch, "
+    _add_run_arguments(
+        parser,
+        many=True,
+        output_dir_help="default: keras_sam_runs/sweep/<dataset>_<model>",
+        quick_help="small CNN on 512 images of the shipped sample, 1 epoch, "
         "rho 0,0.05, batch 64,128 (runs the whole path in about a minute)",
     )
     parser.set_defaults(handler=_run_sweep)
@@ -323,14 +330,9 @@ def _run_sweep(args):
     from keras_sam import data_pipeline
 
     quick = args.quick
-    model = args.model or ("small-cnn" if quick else "resnet-20")
+    model = _model_name(args, default="resnet-20")
     options = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "source": _source(args),
-        "model_name": model,
-        "augment": args.augment,
-        "epochs": args.epochs or (1 if quick else 200),
+        **_training_options(args, model),
         "rho_values": tuple(
             args.rho or ((0.0, 0.05) if quick else (0.0, *_PAPER_RHO_GRID))
         ),
@@ -342,27 +344,15 @@ def _run_sweep(args):
         "seeds": tuple(args.seeds or (0,)),
         "tuner": args.tuner,
         "max_trials": args.max_trials,
-        "momentum": args.momentum,
-        "nesterov": args.nesterov,
-        "validation_fraction": args.validation_fraction,
-        "train_size": args.train_size or (512 if quick else None),
-        "test_size": args.test_size or (256 if quick else None),
-        "split_seed": args.split_seed,
         "evaluate_test": args.evaluate_test,
-        "mixed_precision": args.mixed_precision,
-        "verbose": args.verbose,
-        "command": _command_line(args.argv),
     }
     try:
         data_pipeline.check_augment(args.augment)
         if args.tuner != "grid" and args.max_trials is None:
             raise ValueError(f"--tuner {args.tuner} needs --max-trials.")
     except ValueError as error:
-        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
-        return 2
-    output_dir = args.output_dir or os.path.join(
-        "keras_sam_runs", "sweep", f"{args.dataset}_{model}"
-    )
+        return _error("sweep", error)
+    output_dir = _output_dir(args, "sweep", f"{args.dataset}_{model}")
     from keras_sam import reproduce
 
     result = reproduce.run_sweep(output_dir, **options)
@@ -371,15 +361,18 @@ def _run_sweep(args):
         return 0
     print()
     print(f"Best: {json.dumps(result['best'])}")
-    for name, path in result["paths"].items():
-        print(f"{name}: {path}")
+    _print_paths(result["paths"])
     return 0
 
 
 def _add_reproduce_command(subparsers, common):
-    parser = subparsers.add_parser(
+    parser = _add_training_parser(
+        subparsers,
+        common,
         "reproduce",
-        parents=[common],
+        model_help="wrn-28-10, shake-shake-26-2x96d, pyramidnet-272-200, "
+        "pyramidnet-272-200-shakedrop, or any keras_sam.models name "
+        "(default: wrn-28-10; --quick: small-cnn)",
         help="reproduce a row of the SAM paper's CIFAR table",
         description=(
             "The SAM paper's protocol for one row of Table 1 (defaults "
@@ -393,14 +386,6 @@ def _add_reproduce_command(subparsers, common):
             "--output-dir. Finished runs are kept and the running one is "
             "backed up every epoch: the same command resumes."
         ),
-    )
-    _add_data_arguments(parser)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="wrn-28-10, shake-shake-26-2x96d, pyramidnet-272-200, "
-        "pyramidnet-272-200-shakedrop, or any keras_sam.models name "
-        "(default: wrn-28-10; --quick: small-cnn)",
     )
     parser.add_argument(
         "--epochs",
@@ -451,16 +436,12 @@ def _add_reproduce_command(subparsers, common):
         help="the SGD baseline trains this many times the epochs "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="default: keras_sam_runs/reproduce/<dataset>_<model>_<augment>",
-    )
-    _add_recipe_arguments(parser, many=False)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="small CNN on 512 of the shipped sample's images, 1 epoch, "
+    _add_run_arguments(
+        parser,
+        many=False,
+        output_dir_help="default: "
+        "keras_sam_runs/reproduce/<dataset>_<model>_<augment>",
+        quick_help="small CNN on 512 of the shipped sample's images, 1 epoch, "
         "rho grid 0.05,0.1, 2 seeds (the whole path in about a minute)",
     )
     parser.set_defaults(handler=_run_reproduce)
@@ -470,19 +451,13 @@ def _run_reproduce(args):
     from keras_sam import data_pipeline
 
     quick = args.quick
-    model = args.model or ("small-cnn" if quick else "wrn-28-10")
+    model = _model_name(args, default="wrn-28-10")
     try:
         data_pipeline.check_augment(args.augment)
     except ValueError as error:
-        print(f"keras-sam reproduce: error: {error}", file=sys.stderr)
-        return 2
+        return _error("reproduce", error)
     options = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "source": _source(args),
-        "model_name": model,
-        "augment": args.augment,
-        "epochs": args.epochs or (1 if quick else 200),
+        **_training_options(args, model),
         "seeds": args.seeds or (2 if quick else 5),
         "rho": args.rho,
         "rho_grid": tuple(
@@ -494,12 +469,48 @@ def _run_reproduce(args):
         "learning_rate": 0.1
         if args.learning_rate is None
         else args.learning_rate,
-        "momentum": args.momentum,
-        "nesterov": args.nesterov,
         "weight_decay": 5e-4
         if args.weight_decay is None
         else args.weight_decay,
         "sgd_epoch_multiplier": args.sgd_epoch_multiplier,
+    }
+    if options["rho"] is None and not options["validation_fraction"]:
+        return _error(
+            "reproduce",
+            "choosing rho needs --validation-fraction > 0 (or give --rho).",
+        )
+    output_dir = _output_dir(
+        args, "reproduce", f"{args.dataset}_{model}_{args.augment}"
+    )
+    from keras_sam import reproduce
+
+    try:
+        result = reproduce.run_reproduction(output_dir, **options)
+    except ValueError as error:
+        return _error("reproduce", error)
+    print()
+    print(result["paths"]["table"].read_text())
+    _print_paths(result["paths"])
+    return 0
+
+
+def _model_name(args, default):
+    """`--model`, else the small CNN under `--quick`, else `default`."""
+    return args.model or ("small-cnn" if args.quick else default)
+
+
+def _training_options(args, model):
+    """The keyword arguments that sweep and reproduce share."""
+    quick = args.quick
+    return {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "source": _source(args),
+        "model_name": model,
+        "augment": args.augment,
+        "epochs": args.epochs or (1 if quick else 200),
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
         "validation_fraction": args.validation_fraction,
         "train_size": args.train_size or (512 if quick else None),
         "test_size": args.test_size or (256 if quick else None),
@@ -508,30 +519,23 @@ def _run_reproduce(args):
         "verbose": args.verbose,
         "command": _command_line(args.argv),
     }
-    if options["rho"] is None and not options["validation_fraction"]:
-        print(
-            "keras-sam reproduce: error: choosing rho needs "
-            "--validation-fraction > 0 (or give --rho).",
-            file=sys.stderr,
-        )
-        return 2
-    output_dir = args.output_dir or os.path.join(
-        "keras_sam_runs",
-        "reproduce",
-        f"{args.dataset}_{model}_{args.augment}",
-    )
-    from keras_sam import reproduce
 
-    try:
-        result = reproduce.run_reproduction(output_dir, **options)
-    except ValueError as error:
-        print(f"keras-sam reproduce: error: {error}", file=sys.stderr)
-        return 2
-    print()
-    print(result["paths"]["table"].read_text())
-    for name, path in result["paths"].items():
+
+def _output_dir(args, command, name):
+    """`--output-dir`, else `keras_sam_runs/<command>/<name>`."""
+    return args.output_dir or os.path.join("keras_sam_runs", command, name)
+
+
+def _error(command, message):
+    """Prints `message` as an error of `command`; returns exit status 2."""
+    print(f"keras-sam {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_paths(paths):
+    """Prints one `name: path` line per written file."""
+    for name, path in paths.items():
         print(f"{name}: {path}")
-    return 0
 
 
 def _source(args):
