@@ -8,11 +8,17 @@ that exist in both.
 
 import math
 
+# Argument checks.
+
+
+def is_number(value):
+    """Whether `value` is an int or a float (booleans are not)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
 
 def check_weight_decay(weight_decay):
     if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, (int, float))
+        not is_number(weight_decay)
         or not math.isfinite(weight_decay)
         or weight_decay < 0
     ):
@@ -37,6 +43,38 @@ def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return value
+
+
+def check_model_args(input_shape, num_classes, weight_decay):
+    """Checks the arguments that every builder takes.
+
+    Returns:
+        `(input_shape, weight_decay)` as a tuple and a float.
+    """
+    input_shape = check_input_shape(input_shape)
+    check_positive_int("num_classes", num_classes)
+    return input_shape, check_weight_decay(weight_decay)
+
+
+def check_depth(depth, multiple, offset, examples):
+    """Checks `depth = multiple * n + offset` with `n >= 1`; returns `n`.
+
+    `examples` lists some valid depths for the error message.
+    """
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < multiple + offset
+        or (depth - offset) % multiple
+    ):
+        raise ValueError(
+            f"`depth` must be {multiple} n + {offset} for an integer n >= 1 "
+            f"({examples}, ...), got {depth!r}."
+        )
+    return (depth - offset) // multiple
+
+
+# Layers.
 
 
 def kernel_regularizer(api, weight_decay):
@@ -69,12 +107,97 @@ def batch_norm(api, name):
     return api.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
+def bn_relu(api, x, bn_name, relu_name):
+    """BatchNorm, then ReLU."""
+    x = batch_norm(api, bn_name)(x)
+    return api.layers.Activation("relu", name=relu_name)(x)
+
+
+def pad_channels(api, x, before, after, prefix):
+    """Adds `before` and `after` zero channels on either side of `x`'s.
+
+    Built from standard layers only (no Lambda, no custom layer) so that
+    it serializes and builds in Keras 3 and Keras 2 alike.
+    """
+    layers = api.layers
+    # Swap width and channels, zero-pad the (new) width axis, swap back.
+    x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
+    x = layers.ZeroPadding2D(
+        padding=((0, 0), (before, after)),
+        data_format="channels_last",
+        name=f"{prefix}_pad_channels",
+    )(x)
+    return layers.Permute((1, 3, 2), name=f"{prefix}_to_hwc")(x)
+
+
+# Network parts.
+
+
+def stem(api, input_shape, filters, weight_decay):
+    """The `"images"` input and its 3x3 `"stem_conv"` convolution.
+
+    Returns:
+        `(inputs, x)`: the input tensor and the convolution's output.
+    """
+    inputs = api.Input(shape=input_shape, name="images")
+    x = conv(api, filters, 3, 1, weight_decay, "stem_conv")(inputs)
+    return inputs, x
+
+
+def residual_blocks(blocks, strides=(1, 2, 2), group="stage"):
+    """Yields `(stage, prefix, strides)` for every residual block, in order.
+
+    Args:
+        blocks: number of blocks of each stage.
+        strides: strides of the first block of each stage; the others have
+            stride 1.
+        group: what the layer names call a stage: block `b` of stage `s`
+            (both 1-based) has the prefix `f"{group}{s}_block{b}"`.
+    """
+    for stage, (count, first_strides) in enumerate(zip(blocks, strides)):
+        for block in range(count):
+            prefix = f"{group}{stage + 1}_block{block + 1}"
+            yield stage, prefix, first_strides if block == 0 else 1
+
+
+def changes_shape(x, filters, strides):
+    """Whether a block with `filters` outputs and `strides` changes the
+    shape of its input `x`, so that the shortcut cannot be an identity."""
+    return strides != 1 or x.shape[-1] != filters
+
+
+def preact_block(
+    api, x, filters, strides, weight_decay, prefix, dropout_rate=0.0
+):
+    """Pre-activation basic block (WRN, PreAct ResNet).
+
+    BatchNorm, ReLU, 3x3 convolution, BatchNorm, ReLU, optional dropout,
+    3x3 convolution, added to the input, or where the shape changes to a
+    1x1 convolution of the pre-activated input.
+    """
+    layers = api.layers
+    pre = bn_relu(api, x, f"{prefix}_bn1", f"{prefix}_relu1")
+    shortcut = x
+    if changes_shape(x, filters, strides):
+        shortcut = conv(
+            api, filters, 1, strides, weight_decay, f"{prefix}_shortcut"
+        )(pre)
+    y = conv(api, filters, 3, strides, weight_decay, f"{prefix}_conv1")(pre)
+    y = bn_relu(api, y, f"{prefix}_bn2", f"{prefix}_relu2")
+    if dropout_rate:
+        y = layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
+    y = conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
+    return layers.Add(name=f"{prefix}_add")([shortcut, y])
+
+
 def classifier(api, x, num_classes, weight_decay, classifier_activation):
-    """Dense logits, then the activation computed in float32.
+    """Global average pooling, dense logits, then the activation computed
+    in float32.
 
     The final activation layer has dtype float32 so that outputs are
     float32 under a mixed precision policy.
     """
+    x = api.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = api.layers.Dense(
         num_classes,
         kernel_regularizer=kernel_regularizer(api, weight_decay),

@@ -4,8 +4,6 @@ import keras
 
 from keras_sam.models import _common
 
-_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
-
 
 def preact_resnet(
     depth=18,
@@ -77,41 +75,17 @@ def _preact_resnet(
         raise ValueError(
             f"`depth` must be one of {sorted(_BLOCKS)}, got {depth!r}."
         )
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
-    weight_decay = _common.check_weight_decay(weight_decay)
-    layers = api.layers
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
 
-    inputs = api.Input(shape=input_shape, name="images")
-    x = _common.conv(api, 64, 3, 1, weight_decay, "stem_conv")(inputs)
-    in_filters = 64
-    for stage, ((filters, stage_strides), blocks) in enumerate(
-        zip(_STAGES, _BLOCKS[depth])
+    inputs, x = _common.stem(api, input_shape, 64, weight_decay)
+    for stage, prefix, strides in _common.residual_blocks(
+        _BLOCKS[depth], strides=(1, 2, 2, 2)
     ):
-        for block in range(blocks):
-            prefix = f"stage{stage + 1}_block{block + 1}"
-            strides = stage_strides if block == 0 else 1
-            pre = _common.batch_norm(api, f"{prefix}_bn1")(x)
-            pre = layers.Activation("relu", name=f"{prefix}_relu1")(pre)
-            if strides != 1 or filters != in_filters:
-                shortcut = _common.conv(
-                    api, filters, 1, strides, weight_decay, f"{prefix}_shortcut"
-                )(pre)
-            else:
-                shortcut = x
-            y = _common.conv(
-                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
-            )(pre)
-            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
-            y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
-            y = _common.conv(
-                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
-            )(y)
-            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
-            in_filters = filters
-    x = _common.batch_norm(api, "final_bn")(x)
-    x = layers.Activation("relu", name="final_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        filters = 64 * 2**stage
+        x = _common.preact_block(api, x, filters, strides, weight_decay, prefix)
+    x = _common.bn_relu(api, x, "final_bn", "final_relu")
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )

@@ -93,17 +93,7 @@ def pyramidnet(
 
 
 def _check_depth(depth):
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < 11
-        or (depth - 2) % 9
-    ):
-        raise ValueError(
-            "`depth` must be 9 n + 2 for an integer n >= 1 (11, 110, 164, "
-            f"272, ...), got {depth!r}."
-        )
-    return (depth - 2) // 9
+    return _common.check_depth(depth, 9, 2, "11, 110, 164, 272")
 
 
 def bottleneck_widths(depth, alpha):
@@ -136,35 +126,27 @@ def _pyramidnet(
     if api is not keras and shakedrop:
         raise ValueError("ShakeDrop needs Keras 3 (`keras`), not tf_keras.")
     blocks_per_stage = _check_depth(depth)
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, (int, float))
-        or alpha < 0
-    ):
+    if not _common.is_number(alpha) or alpha < 0:
         raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
-    weight_decay = _common.check_weight_decay(weight_decay)
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
     layers = api.layers
     widths = bottleneck_widths(depth, alpha)
 
-    inputs = api.Input(shape=input_shape, name="images")
-    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
+    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
     x = _common.batch_norm(api, "stem_bn")(x)
-    in_channels = 16
-    for index, planes in enumerate(widths):
-        stage, block = divmod(index, blocks_per_stage)
-        prefix = f"stage{stage + 1}_block{block + 1}"
-        strides = 2 if stage > 0 and block == 0 else 1
+    for index, (_, prefix, strides) in enumerate(
+        _common.residual_blocks(3 * (blocks_per_stage,))
+    ):
+        planes = widths[index]
         y = _common.batch_norm(api, f"{prefix}_bn1")(x)
         y = _common.conv(api, planes, 1, 1, weight_decay, f"{prefix}_conv1")(y)
-        y = _common.batch_norm(api, f"{prefix}_bn2")(y)
-        y = layers.Activation("relu", name=f"{prefix}_relu1")(y)
+        y = _common.bn_relu(api, y, f"{prefix}_bn2", f"{prefix}_relu1")
         y = _common.conv(
             api, planes, 3, strides, weight_decay, f"{prefix}_conv2"
         )(y)
-        y = _common.batch_norm(api, f"{prefix}_bn3")(y)
-        y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
+        y = _common.bn_relu(api, y, f"{prefix}_bn3", f"{prefix}_relu2")
         y = _common.conv(
             api, 4 * planes, 1, 1, weight_decay, f"{prefix}_conv3"
         )(y)
@@ -178,15 +160,12 @@ def _pyramidnet(
             shortcut = layers.AveragePooling2D(
                 2, strides=2, padding="same", name=f"{prefix}_pool"
             )(shortcut)
-        if 4 * planes != in_channels:
-            shortcut = _pad_channels(
-                api, shortcut, 4 * planes - in_channels, prefix
+        if 4 * planes != x.shape[-1]:
+            shortcut = _common.pad_channels(
+                api, shortcut, 0, 4 * planes - x.shape[-1], prefix
             )
         x = layers.Add(name=f"{prefix}_add")([shortcut, y])
-        in_channels = 4 * planes
-    x = _common.batch_norm(api, "final_bn")(x)
-    x = layers.Activation("relu", name="final_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = _common.bn_relu(api, x, "final_bn", "final_relu")
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )
@@ -194,15 +173,3 @@ def _pyramidnet(
     if shakedrop:
         default_name += "_shakedrop"
     return api.Model(inputs, outputs, name=name or default_name)
-
-
-def _pad_channels(api, x, extra_channels, prefix):
-    """Appends `extra_channels` zero channels (standard layers only)."""
-    layers = api.layers
-    x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
-    x = layers.ZeroPadding2D(
-        padding=((0, 0), (0, extra_channels)),
-        data_format="channels_last",
-        name=f"{prefix}_pad_channels",
-    )(x)
-    return layers.Permute((1, 3, 2), name=f"{prefix}_to_hwc")(x)

@@ -63,20 +63,6 @@ def resnet(
     )
 
 
-def _check_depth(depth):
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < 8
-        or (depth - 2) % 6
-    ):
-        raise ValueError(
-            "`depth` must be 6 n + 2 for an integer n >= 1 (20, 32, 44, 56, "
-            f"110, ...), got {depth!r}."
-        )
-    return (depth - 2) // 6
-
-
 def _resnet(
     api,
     depth,
@@ -86,39 +72,31 @@ def _resnet(
     classifier_activation,
     name,
 ):
-    blocks_per_stage = _check_depth(depth)
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
-    weight_decay = _common.check_weight_decay(weight_decay)
+    blocks_per_stage = _common.check_depth(depth, 6, 2, "20, 32, 44, 56, 110")
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
     layers = api.layers
 
-    inputs = api.Input(shape=input_shape, name="images")
-    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
-    x = _common.batch_norm(api, "stem_bn")(x)
-    x = layers.Activation("relu", name="stem_relu")(x)
-    in_filters = 16
-    for stage, filters in enumerate((16, 32, 64)):
-        for block in range(blocks_per_stage):
-            prefix = f"stage{stage + 1}_block{block + 1}"
-            strides = 2 if stage > 0 and block == 0 else 1
-            shortcut = x
-            if strides != 1 or filters != in_filters:
-                shortcut = _zero_pad_shortcut(
-                    api, x, strides, filters - in_filters, prefix
-                )
-            y = _common.conv(
-                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
-            )(x)
-            y = _common.batch_norm(api, f"{prefix}_bn1")(y)
-            y = layers.Activation("relu", name=f"{prefix}_relu1")(y)
-            y = _common.conv(
-                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
-            )(y)
-            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
-            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
-            x = layers.Activation("relu", name=f"{prefix}_out")(x)
-            in_filters = filters
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
+    x = _common.bn_relu(api, x, "stem_bn", "stem_relu")
+    for stage, prefix, strides in _common.residual_blocks(
+        3 * (blocks_per_stage,)
+    ):
+        filters = 16 * 2**stage
+        shortcut = x
+        if _common.changes_shape(x, filters, strides):
+            shortcut = _zero_pad_shortcut(
+                api, x, strides, filters - x.shape[-1], prefix
+            )
+        y = _common.conv(
+            api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
+        )(x)
+        y = _common.bn_relu(api, y, f"{prefix}_bn1", f"{prefix}_relu1")
+        y = _common.conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
+        y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+        x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+        x = layers.Activation("relu", name=f"{prefix}_out")(x)
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )
@@ -129,21 +107,14 @@ def _zero_pad_shortcut(api, x, strides, extra_channels, prefix):
     """Option A shortcut: `x[:, ::s, ::s, :]` with zero channels on both
     sides, built from standard layers only (no Lambda, no custom layer) so
     that it serializes and builds in Keras 3 and Keras 2 alike."""
-    layers = api.layers
     if strides != 1:
         # A 1x1 pooling window with stride s keeps x[:, ::s, ::s, :].
-        x = layers.MaxPooling2D(
+        x = api.layers.MaxPooling2D(
             pool_size=1, strides=strides, name=f"{prefix}_subsample"
         )(x)
     if extra_channels:
         before = extra_channels // 2
-        after = extra_channels - before
-        # Swap width and channels, zero-pad the (new) width axis, swap back.
-        x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
-        x = layers.ZeroPadding2D(
-            padding=((0, 0), (before, after)),
-            data_format="channels_last",
-            name=f"{prefix}_pad_channels",
-        )(x)
-        x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hwc")(x)
+        x = _common.pad_channels(
+            api, x, before, extra_channels - before, prefix
+        )
     return x

@@ -72,20 +72,6 @@ def shake_shake(
     )
 
 
-def _check_depth(depth):
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < 8
-        or (depth - 2) % 6
-    ):
-        raise ValueError(
-            "`depth` must be 6 n + 2 for an integer n >= 1 (8, 14, 20, 26, "
-            f"...), got {depth!r}."
-        )
-    return (depth - 2) // 6
-
-
 def _shake_shake(
     api,
     depth,
@@ -99,43 +85,33 @@ def _shake_shake(
 ):
     if api is not keras:
         raise ValueError("Shake-Shake needs Keras 3 (`keras`), not tf_keras.")
-    blocks_per_stage = _check_depth(depth)
+    blocks_per_stage = _common.check_depth(depth, 6, 2, "8, 14, 20, 26")
     _common.check_positive_int("width", width)
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
-    weight_decay = _common.check_weight_decay(weight_decay)
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
     layers = api.layers
 
-    inputs = api.Input(shape=input_shape, name="images")
-    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
+    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
     x = _common.batch_norm(api, "stem_bn")(x)
-    in_filters = 16
-    shake_index = 0
-    for stage in range(3):
+    for index, (stage, prefix, strides) in enumerate(
+        _common.residual_blocks(3 * (blocks_per_stage,))
+    ):
         filters = width * 2**stage
-        for block in range(blocks_per_stage):
-            prefix = f"stage{stage + 1}_block{block + 1}"
-            strides = 2 if stage > 0 and block == 0 else 1
-            relu = layers.Activation("relu", name=f"{prefix}_relu")(x)
-            branches = [
-                _branch(api, relu, filters, strides, weight_decay, prefix, b)
-                for b in (1, 2)
-            ]
-            layer_seed = None if seed is None else seed + shake_index
-            shaken = ShakeShake(seed=layer_seed, name=f"{prefix}_shake")(
-                branches
+        relu = layers.Activation("relu", name=f"{prefix}_relu")(x)
+        branches = [
+            _branch(api, relu, filters, strides, weight_decay, prefix, b)
+            for b in (1, 2)
+        ]
+        layer_seed = None if seed is None else seed + index
+        shaken = ShakeShake(seed=layer_seed, name=f"{prefix}_shake")(branches)
+        shortcut = x
+        if _common.changes_shape(x, filters, strides):
+            shortcut = _shortcut(
+                api, relu, filters, strides, weight_decay, prefix
             )
-            shake_index += 1
-            if strides != 1 or filters != in_filters:
-                shortcut = _shortcut(
-                    api, relu, filters, strides, weight_decay, prefix
-                )
-            else:
-                shortcut = x
-            x = layers.Add(name=f"{prefix}_add")([shortcut, shaken])
-            in_filters = filters
+        x = layers.Add(name=f"{prefix}_add")([shortcut, shaken])
     x = layers.Activation("relu", name="final_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )
@@ -148,8 +124,7 @@ def _branch(api, x, filters, strides, weight_decay, prefix, index):
     y = _common.conv(api, filters, 3, strides, weight_decay, f"{prefix}_conv1")(
         x
     )
-    y = _common.batch_norm(api, f"{prefix}_bn1")(y)
-    y = api.layers.Activation("relu", name=f"{prefix}_relu")(y)
+    y = _common.bn_relu(api, y, f"{prefix}_bn1", f"{prefix}_relu")
     y = _common.conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
     return _common.batch_norm(api, f"{prefix}_bn2")(y)
 

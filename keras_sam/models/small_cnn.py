@@ -65,21 +65,19 @@ def _small_cnn(
     classifier_activation,
     name,
 ):
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
     _common.check_positive_int("width", width)
-    weight_decay = _common.check_weight_decay(weight_decay)
     inputs = api.Input(shape=input_shape, name="images")
     x = inputs
     for stage, filters in enumerate((width, 2 * width, 4 * width)):
         for index in range(2):
             prefix = f"stage{stage + 1}_conv{index + 1}"
             x = _common.conv(api, filters, 3, 1, weight_decay, prefix)(x)
-            x = _common.batch_norm(api, f"{prefix}_bn")(x)
-            x = api.layers.Activation("relu", name=f"{prefix}_relu")(x)
+            x = _common.bn_relu(api, x, f"{prefix}_bn", f"{prefix}_relu")
         if stage < 2:
             x = api.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
-    x = api.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )

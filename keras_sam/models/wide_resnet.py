@@ -74,20 +74,6 @@ def wide_resnet(
     )
 
 
-def _check_depth(depth):
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < 10
-        or (depth - 4) % 6
-    ):
-        raise ValueError(
-            "`depth` must be 6 n + 4 for an integer n >= 1 (10, 16, 22, 28, "
-            f"40, ...), got {depth!r}."
-        )
-    return (depth - 4) // 6
-
-
 def _wide_resnet(
     api,
     depth,
@@ -99,57 +85,25 @@ def _wide_resnet(
     classifier_activation,
     name,
 ):
-    blocks_per_group = _check_depth(depth)
+    blocks_per_group = _common.check_depth(depth, 6, 4, "10, 16, 22, 28, 40")
     _common.check_positive_int("width", width)
-    input_shape = _common.check_input_shape(input_shape)
-    _common.check_positive_int("num_classes", num_classes)
-    weight_decay = _common.check_weight_decay(weight_decay)
-    if (
-        isinstance(dropout_rate, bool)
-        or not isinstance(dropout_rate, (int, float))
-        or not 0 <= dropout_rate < 1
-    ):
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
+    )
+    if not _common.is_number(dropout_rate) or not 0 <= dropout_rate < 1:
         raise ValueError(
             f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}."
         )
-    layers = api.layers
 
-    inputs = api.Input(shape=input_shape, name="images")
-    x = _common.conv(api, 16, 3, 1, weight_decay, "stem_conv")(inputs)
-    in_filters = 16
-    for group, base in enumerate((16, 32, 64)):
-        filters = base * width
-        for block in range(blocks_per_group):
-            prefix = f"group{group + 1}_block{block + 1}"
-            strides = 2 if group > 0 and block == 0 else 1
-            pre = _common.batch_norm(api, f"{prefix}_bn1")(x)
-            pre = layers.Activation("relu", name=f"{prefix}_relu1")(pre)
-            if strides != 1 or filters != in_filters:
-                shortcut = _common.conv(
-                    api,
-                    filters,
-                    1,
-                    strides,
-                    weight_decay,
-                    f"{prefix}_shortcut",
-                )(pre)
-            else:
-                shortcut = x
-            y = _common.conv(
-                api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
-            )(pre)
-            y = _common.batch_norm(api, f"{prefix}_bn2")(y)
-            y = layers.Activation("relu", name=f"{prefix}_relu2")(y)
-            if dropout_rate:
-                y = layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
-            y = _common.conv(
-                api, filters, 3, 1, weight_decay, f"{prefix}_conv2"
-            )(y)
-            x = layers.Add(name=f"{prefix}_add")([shortcut, y])
-            in_filters = filters
-    x = _common.batch_norm(api, "final_bn")(x)
-    x = layers.Activation("relu", name="final_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
+    for group, prefix, strides in _common.residual_blocks(
+        3 * (blocks_per_group,), group="group"
+    ):
+        filters = 16 * 2**group * width
+        x = _common.preact_block(
+            api, x, filters, strides, weight_decay, prefix, dropout_rate
+        )
+    x = _common.bn_relu(api, x, "final_bn", "final_relu")
     outputs = _common.classifier(
         api, x, num_classes, weight_decay, classifier_activation
     )
