@@ -120,6 +120,8 @@ def test_registry_names_and_overrides():
     wrn = models.get_model("WRN-10-1", classifier_activation=None)
     assert _trainable_count(wrn) == _wrn_formula(10, 1)
     assert wrn.get_layer("predictions").get_config()["activation"] == "linear"
+    # The architecture's name is positional, so the model's can be given.
+    assert models.get_model("resnet-8", name="mine").name == "mine"
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads_channels():

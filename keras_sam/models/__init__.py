@@ -100,7 +100,7 @@ def _parse_name(name):
     )
 
 
-def get_model(name, **kwargs):
+def get_model(name, /, **kwargs):
     """Builds an architecture by its short name.
 
     Names (`MODEL_NAMES`): `"small-cnn"`, `"resnet-20"`, `"resnet-56"`,
@@ -113,13 +113,14 @@ def get_model(name, **kwargs):
     `"pyramidnet-<depth>-<alpha>[-shakedrop]"`.
 
     Args:
-        name: the model's short name (case-insensitive).
+        name: the architecture's short name (case-insensitive),
+            positional only.
         **kwargs: passed to the builder (`small_cnn`, `resnet`,
             `wide_resnet`, `preact_resnet`, `shake_shake` or
-            `pyramidnet`), e.g. `input_shape`, `num_classes`,
-            `weight_decay`, `classifier_activation`, `dropout_rate`
-            (WRN), `seed` (Shake-Shake, PyramidNet), `final_drop_rate`
-            (ShakeDrop).
+            `pyramidnet`), e.g. `name` (the model's), `input_shape`,
+            `num_classes`, `weight_decay`, `classifier_activation`,
+            `dropout_rate` (WRN), `seed` (Shake-Shake, PyramidNet),
+            `final_drop_rate` (ShakeDrop).
 
     Returns:
         A built functional `keras.Model`.
@@ -132,7 +133,7 @@ def get_model(name, **kwargs):
     return _build(keras, name, **kwargs)
 
 
-def _build(api, name, **kwargs):
+def _build(api, name, /, **kwargs):
     """Builds `name` with the layers of `api` (`keras`, or `tf_keras` for
     the benchmark against tf-keras's SAM only)."""
     builder, fixed, overridable, default_name = _parse_name(name)
