@@ -190,6 +190,7 @@ class SAMModel(keras.Model):
         num_replicas=1,
         global_rng=None,
         ascent=keras_ops_ascent,
+        variables=None,
     ):
         """Runs both SAM passes on a batch, statelessly.
 
@@ -202,7 +203,8 @@ class SAMModel(keras.Model):
         `get_state()` and `set_state(state)`, so that the perturbed pass
         replays the clean pass's draws; `ascent` supplies `global_norm`
         and `perturbed_weights` (default: `keras_sam.perturbation`, in
-        `keras.ops`; a backend may pass faster equivalents).
+        `keras.ops`; a backend may pass faster equivalents); `variables`
+        is `variable_lists()` if the caller has listed them already.
 
         Returns:
             A dict with `gradients` (to apply), `non_trainable` and
@@ -215,6 +217,7 @@ class SAMModel(keras.Model):
         one_pass = _SAMPass(
             self, value_and_grad, trainable_values, scale_loss,
             reduce_gradients, global_rng, ascent,
+            variables or self.variable_lists(),
         )
         num_splits = self.num_batch_splits or 1
         if num_splits == 1:
@@ -244,7 +247,7 @@ class SAMModel(keras.Model):
         to chunk, so that chunks draw different dropout masks; metrics run
         on too.
         """
-        is_float = [_is_float(v) for v in self.non_trainable_variables]
+        is_float = [_is_float(v) for v in one_pass.variables[1]]
         batch_size = ops.shape(_first_leaf(batch[0]))[0]
         counters, metrics = list(non_trainable_values), metrics_values
         weights, parts = [], []
@@ -294,6 +297,16 @@ class SAMModel(keras.Model):
             },
         }
 
+    def variable_lists(self):
+        """`(trainable, non_trainable, metrics)` variables. Each listing
+        walks the layer tree, which eager torch pays on every call: list
+        once per step."""
+        return (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.metrics_variables,
+        )
+
     def _loss_and_updates(
         self,
         trainable_values,
@@ -307,9 +320,7 @@ class SAMModel(keras.Model):
     ):
         """The training loss at the given values, with no side effects.
 
-        `variables` is `(trainable, non_trainable, metrics)` variables,
-        listed once per step (each listing walks the layer tree, which
-        eager torch pays on every call). Returns `(scaled_loss, (loss,
+        `variables` is `variable_lists()`. Returns `(scaled_loss, (loss,
         y_pred, non_trainable, metrics))`, the last two being the values
         the variables would take.
         """
@@ -388,13 +399,9 @@ class _SAMPass:
     scalars as computed from the (possibly scaled) per-replica loss."""
 
     def __init__(self, model, value_and_grad, trainable_values, scale_loss,
-                 reduce_gradients, global_rng, ascent):
+                 reduce_gradients, global_rng, ascent, variables):
         self.model = model
-        variables = (
-            model.trainable_variables,
-            model.non_trainable_variables,
-            model.metrics_variables,
-        )
+        self.variables = variables
         self.loss_and_grads = value_and_grad(
             functools.partial(model._loss_and_updates, variables=variables)
         )

@@ -4,6 +4,7 @@ against NumPy float64."""
 import keras
 import numpy as np
 import pytest
+import sam_reference as ref
 
 from keras_sam import perturbation
 
@@ -23,12 +24,8 @@ def _tensors(rng, shapes=((3, 4), (4,), (2, 2, 3))):
 def _numpy_perturbed(gradients, weights, rho, adaptive, eta):
     g = [x.astype("float64") for x in gradients]
     w = [x.astype("float64") for x in weights]
-    if adaptive:
-        t = [np.abs(x) + eta for x in w]
-        norm = np.sqrt(sum(np.sum((gi * ti) ** 2) for gi, ti in zip(g, t)))
-        return [wi + rho * ti**2 * gi / norm for wi, gi, ti in zip(w, g, t)]
-    norm = np.sqrt(sum(np.sum(gi**2) for gi in g))
-    return [wi + rho * gi / norm for wi, gi in zip(w, g)]
+    eps = ref.epsilon(w, g, rho, adaptive=adaptive, eta=eta)
+    return [wi + e for wi, e in zip(w, eps)]
 
 
 def _run(ascent, gradients, weights, **kwargs):

@@ -64,10 +64,9 @@ class ForeachAscent:
         factor = torch.where(usable, rho / normalizer, 0.0)
         eps = torch._foreach_mul(directions, factor)
         # A non-finite gradient entry times a zero factor is NaN: zero it.
-        zero = torch.zeros((), dtype=torch.float32, device=factor.device)
-        eps = [torch.where(usable, e, zero).to(w.dtype)
+        eps = [torch.where(usable, e, 0.0).to(w.dtype)
                for e, w in zip(eps, weights)]
-        return torch._foreach_add(list(weights), eps)
+        return torch._foreach_add(weights, eps)
 
 
 def _as_float32(tensors):
@@ -93,10 +92,8 @@ class _TorchGlobalRNG:
 
 def train_step(model, data):
     x, y, sample_weight = common.unpack(model, data)
-    # Listing variables walks the layer tree: once per eager step.
-    trainable = model.trainable_variables
-    non_trainable = model.non_trainable_variables
-    metrics = model.metrics_variables
+    variables = model.variable_lists()
+    trainable, non_trainable, metrics = variables
     result = model.sam_gradients(
         value_and_grad,
         [v.value for v in trainable],
@@ -108,6 +105,7 @@ def train_step(model, data):
         scale_loss=model.optimizer.scale_loss,
         global_rng=_TorchGlobalRNG,
         ascent=ForeachAscent,
+        variables=variables,
     )
     with torch.no_grad():
         model.optimizer.apply(result["gradients"], trainable)
