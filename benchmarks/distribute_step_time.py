@@ -255,18 +255,6 @@ def build_variants(args, strategy, x, y):
     return variants, details
 
 
-def measure(variants, steps, repeats):
-    for variant in variants:
-        print(f"warm-up {variant.name}", flush=True)
-        variant.run(2)
-    for repeat in range(repeats):
-        shift = repeat % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.times.append(variant.run(steps))
-        line = ", ".join(f"{v.name} {1e3 * v.times[-1]:.1f}" for v in variants)
-        print(f"repeat {repeat + 1}/{repeats} ms/step: {line}", flush=True)
-
-
 # Results -----------------------------------------------------------------
 
 
@@ -500,7 +488,8 @@ def main(argv=None):
     x = rng.standard_normal((samples, 32, 32, 3), dtype=np.float32)
     y = rng.integers(0, 10, size=samples).astype(np.int32)
     variants, details = build_variants(args, strategy, x, y)
-    measure(variants, args.steps, args.repeats)
+    # Timed from the end of each run's first step: 2 steps warm up.
+    step_time.measure(variants, args.steps, 2, args.repeats)
     results, ratios, paired_ratios, overhead = summarize(
         variants, args.batch_size
     )
