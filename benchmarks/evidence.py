@@ -1,0 +1,643 @@
+"""SAM against SGD on CIFAR-10, clean and with label noise: the evidence grid.
+
+Runs the pre-registered protocol `saved_results/evidence/PROTOCOL.md`
+(settings in `PROTOCOL` below; the file and this dictionary must agree):
+a small CNN trained on a class-balanced CIFAR-10 subset with SGD and with
+SAM from the same initial weights and the same batches per seed, with
+clean labels and with 40% symmetric label noise, tested on the full clean
+test set; SGD also at twice the epochs (the paper's protocol). After every
+run: test error, the fit of the training labels, and the top Hessian
+eigenvalue and trace on a fixed probe set (`keras_sam.hessian`).
+
+One row per finished run goes to `runs.csv`; per-epoch logs to
+`curves/<run>.csv`; a killed run resumes at its last finished epoch
+(`keras.callbacks.BackupAndRestore`) and finished runs are never repeated.
+`--report` only regenerates `table.md`, the figures and `README.md` from
+the CSVs.
+
+    python benchmarks/evidence.py                       # the grid
+    python benchmarks/evidence.py --report              # tables and plots
+
+References:
+    - Foret et al., 2020. Sharpness-Aware Minimization for Efficiently
+      Improving Generalization. https://arxiv.org/abs/2010.01412
+      (Table 4: label noise, ResNet-32 on CIFAR-10.)
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+PROTOCOL = {
+    "protocol": "PROTOCOL.md",
+    "model": "small_cnn",
+    "width": 16,
+    "train_size": 5000,
+    "subset_seed": 0,
+    "noise_seed": 0,
+    "settings": {"clean": 0.0, "noise40": 0.4},
+    "epochs": 30,
+    "sgd_epoch_multiplier": 2,
+    "batch_size": 128,
+    "learning_rate": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "rho": 0.1,
+    "seeds": [0, 1, 2],
+    "probe_size": 256,
+    "lanczos_iterations": 15,
+    "trace_samples": 10,
+    "measure_seed": 0,
+}
+
+# Foret et al. (2020), Table 4: clean CIFAR-10 test accuracy (%) of
+# ResNet-32 trained with symmetric label noise.
+PAPER_TABLE4 = {
+    "noise_rates": [20, 40, 60, 80],
+    "SGD": [84.8, 68.8, 48.2, 26.2],
+    "SAM": [95.1, 93.4, 90.5, 77.9],
+}
+
+RUN_FIELDS = (
+    "setting", "noise_fraction", "arm", "rho", "seed", "epochs",
+    "test_error", "test_loss", "train_loss", "train_error_given_labels",
+    "train_error_true_labels", "noisy_labels_fitted", "top_eigenvalue",
+    "trace", "trace_stderr", "wall_seconds", "resumed", "init_digest",
+    "commit",
+)
+CURVE_FIELDS = (
+    "epoch", "loss", "accuracy", "sam_sharpness", "grad_norm",
+    "learning_rate", "epoch_seconds",
+)
+
+
+# Data -------------------------------------------------------------------
+
+
+def symmetric_label_noise(labels, fraction, num_classes, seed):
+    """Replaces exactly `round(fraction * N)` labels by a different class.
+
+    The rows are a seeded random choice; each new label is uniform over
+    the `num_classes - 1` wrong classes, so exactly that fraction of the
+    returned labels is wrong.
+
+    Returns:
+        `(noisy_labels, is_noisy)`, int64 and bool arrays of shape `(N,)`.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(
+            "Argument `fraction` must be in [0, 1). "
+            f"Received: fraction={fraction!r}."
+        )
+    rng = np.random.default_rng(seed)
+    count = int(round(fraction * len(labels)))
+    rows = rng.permutation(len(labels))[:count]
+    noisy = labels.copy()
+    noisy[rows] = (labels[rows] + rng.integers(1, num_classes, count)) % (
+        num_classes
+    )
+    is_noisy = np.zeros(len(labels), dtype=bool)
+    is_noisy[rows] = True
+    return noisy, is_noisy
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Seeded batches with 4-pixel pad-and-crop and horizontal flips.
+
+    Order, crops and flips depend only on `(seed, epoch, batch index)`, so
+    two arms with the same seed see exactly the same batches; `epoch` is
+    set by `SetEpoch` at the start of every epoch, also after a resume.
+    """
+
+    padding = 4
+
+    def __init__(self, x, y, batch_size, seed):
+        super().__init__()
+        p = self.padding
+        self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        self.y = y
+        self.size, self.height, self.width = x.shape[:3]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(self.size)
+
+    def __len__(self):
+        return math.ceil(self.size / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        top = rng.integers(0, 2 * self.padding + 1, len(rows))
+        left = rng.integers(0, 2 * self.padding + 1, len(rows))
+        flip = rng.random(len(rows)) < 0.5
+        i = top[:, None] + np.arange(self.height)[None, :]
+        j = left[:, None] + np.arange(self.width)[None, :]
+        j = np.where(flip[:, None], j[:, ::-1], j)
+        crops = self.x[rows[:, None, None], i[:, :, None], j[:, None, :]]
+        return crops, self.y[rows]
+
+    def on_epoch_end(self):
+        pass  # `SetEpoch` chooses the epoch
+
+
+def load_data(data_dir, settings):
+    """The standardized training subset, its label versions, and the test set."""
+    from keras_sam import datasets
+
+    data_dir = pathlib.Path(data_dir)
+    for name in ("train.npz", "test.npz"):
+        if not (data_dir / name).is_file():
+            raise ValueError(
+                f"Argument `--data-dir` must hold train.npz and test.npz "
+                f"(the CIFAR-10 JPEG copy). Received: --data-dir={data_dir} "
+                f"(no {name})."
+            )
+    x_train, y_train = datasets.load_jpeg_npz(data_dir / "train.npz")
+    x_test, y_test = datasets.load_jpeg_npz(data_dir / "test.npz")
+    rows = np.sort(
+        datasets.balanced_order(y_train, settings["subset_seed"])[
+            : settings["train_size"]
+        ]
+    )
+    x_train, y_train = x_train[rows], y_train[rows]
+    if settings.get("test_size"):
+        keep = np.sort(datasets.balanced_order(y_test, 0)[: settings["test_size"]])
+        x_test, y_test = x_test[keep], y_test[keep]
+    scaled = x_train.astype("float32") / 255.0
+    mean = scaled.mean(axis=(0, 1, 2))
+    std = scaled.std(axis=(0, 1, 2))
+
+    def standardize(images):
+        return ((images.astype("float32") / 255.0 - mean) / std).astype(
+            "float32"
+        )
+
+    labels = {}
+    for setting, fraction in settings["settings"].items():
+        labels[setting] = symmetric_label_noise(
+            y_train, fraction, 10, settings["noise_seed"]
+        )
+    return {
+        "x_train": standardize(x_train),
+        "y_true": y_train.astype("int64"),
+        "labels": labels,
+        "x_test": standardize(x_test),
+        "y_test": y_test.astype("int64"),
+    }
+
+
+# One run ----------------------------------------------------------------
+
+
+def run_plan(settings):
+    """Every run of the grid, in the order they are made.
+
+    SGD and SAM at equal epochs first (label noise before clean labels,
+    seed by seed), then SGD at twice the epochs, so a cut-short grid has
+    the equal-epoch pairs.
+    """
+    epochs = settings["epochs"]
+    longer = epochs * settings["sgd_epoch_multiplier"]
+    plan = []
+    for seed in settings["seeds"]:
+        for setting in reversed(list(settings["settings"])):
+            plan.append((setting, "sgd", seed, epochs))
+            plan.append((setting, "sam", seed, epochs))
+    for seed in settings["seeds"]:
+        for setting in reversed(list(settings["settings"])):
+            plan.append((setting, f"sgd_{longer}ep", seed, longer))
+    return plan
+
+
+def run_name(setting, arm, seed):
+    return f"{setting}_{arm}_seed{seed}"
+
+
+def weights_digest(model):
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _callbacks(batches, curve_path, backup_dir):
+    class SetEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            batches.set_epoch(epoch)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            optimizer = self.model.optimizer
+            row = {
+                "epoch": epoch + 1,
+                "loss": logs.get("loss"),
+                "accuracy": logs.get("accuracy"),
+                "sam_sharpness": logs.get("sam_sharpness", ""),
+                "grad_norm": logs.get("grad_norm", ""),
+                "learning_rate": float(
+                    keras.ops.convert_to_numpy(optimizer.learning_rate)
+                ),
+                "epoch_seconds": time.perf_counter() - self.start,
+            }
+            _append_csv(curve_path, CURVE_FIELDS, row)
+
+    return [SetEpoch(), keras.callbacks.BackupAndRestore(str(backup_dir))]
+
+
+def train_one(data, settings, setting, arm, seed, epochs, output_dir,
+              commit, verbose):
+    """Trains one arm, measures it and returns its `runs.csv` row."""
+    from keras_sam import hessian, models
+    from keras_sam.sam_model import SAMModel
+
+    name = run_name(setting, arm, seed)
+    noisy_labels, is_noisy = data["labels"][setting]
+    rho = settings["rho"] if arm == "sam" else 0.0
+    keras.utils.set_random_seed(seed)
+    inner = models.small_cnn(
+        width=settings["width"],
+        weight_decay=settings["weight_decay"],
+        classifier_activation=None,
+    )
+    init_digest = weights_digest(inner)
+    model = SAMModel(inner, rho=rho) if rho > 0 else inner
+    batches = AugmentedBatches(
+        data["x_train"], noisy_labels, settings["batch_size"], seed
+    )
+    schedule = keras.optimizers.schedules.CosineDecay(
+        settings["learning_rate"], decay_steps=epochs * len(batches)
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            schedule,
+            momentum=settings["momentum"],
+            nesterov=settings["nesterov"],
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    curve_path = output_dir / "curves" / f"{name}.csv"
+    backup_dir = output_dir / "backup" / name
+    resumed = backup_dir.exists()
+    model.fit(
+        batches,
+        epochs=epochs,
+        callbacks=_callbacks(batches, curve_path, backup_dir),
+        verbose=verbose,
+    )
+    curve = _dedupe_epochs(_read_csv(curve_path))
+    _write_csv(curve_path, CURVE_FIELDS, curve)
+    test_loss, test_accuracy = model.evaluate(
+        data["x_test"], data["y_test"], batch_size=1000, verbose=0
+    )
+    logits = inner.predict(data["x_train"], batch_size=1000, verbose=0)
+    predicted = logits.argmax(axis=1)
+    fitted_noisy = (
+        float(np.mean(predicted[is_noisy] == noisy_labels[is_noisy]))
+        if is_noisy.any() else ""
+    )
+    probe = slice(0, settings["probe_size"])
+    probe_data = (data["x_train"][probe], noisy_labels[probe])
+    top = hessian.top_eigenvalues(
+        model, probe_data, k=1,
+        num_iterations=settings["lanczos_iterations"],
+        seed=settings["measure_seed"],
+    )
+    trace = hessian.hessian_trace(
+        model, probe_data, num_samples=settings["trace_samples"],
+        seed=settings["measure_seed"],
+    )
+    row = {
+        "setting": setting,
+        "noise_fraction": settings["settings"][setting],
+        "arm": arm,
+        "rho": rho,
+        "seed": seed,
+        "epochs": epochs,
+        "test_error": 100.0 * (1.0 - float(test_accuracy)),
+        "test_loss": float(test_loss),
+        "train_loss": float(curve[-1]["loss"]),
+        "train_error_given_labels": 100.0 * float(
+            np.mean(predicted != noisy_labels)
+        ),
+        "train_error_true_labels": 100.0 * float(
+            np.mean(predicted != data["y_true"])
+        ),
+        "noisy_labels_fitted": fitted_noisy,
+        "top_eigenvalue": float(top[0]),
+        "trace": trace["trace"],
+        "trace_stderr": trace["trace_stderr"],
+        "wall_seconds": sum(float(r["epoch_seconds"]) for r in curve),
+        "resumed": resumed,
+        "init_digest": init_digest,
+        "commit": commit,
+    }
+    return row
+
+
+# CSV helpers --------------------------------------------------------------
+
+
+def _read_csv(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path, fields, rows):
+    path = pathlib.Path(path)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(path)
+
+
+def _append_csv(path, fields, row):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _dedupe_epochs(rows):
+    """Keeps the last row of every epoch (a resumed run repeats at most
+    the epoch that was running when it was killed)."""
+    by_epoch = {int(r["epoch"]): r for r in rows}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+# The grid -----------------------------------------------------------------
+
+
+def check_settings(output_dir, settings):
+    """Refuses to mix runs made under other settings in one folder."""
+    path = output_dir / "settings.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = sorted(
+                k for k in set(saved) | set(settings)
+                if saved.get(k) != settings.get(k)
+            )
+            raise ValueError(
+                f"{output_dir} holds runs made with other settings "
+                f"(differing: {', '.join(changed)}). Use another "
+                "--output-dir."
+            )
+
+
+def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
+    from keras_sam import reproduce
+
+    output_dir = pathlib.Path(output_dir)
+    check_settings(output_dir, settings)
+    data = load_data(data_dir, settings)  # fails before anything is written
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings_path = output_dir / "settings.json"
+    if not settings_path.exists():
+        reproduce._write_json(settings_path, settings)
+    runs_path = output_dir / "runs.csv"
+    done = {
+        (r["setting"], r["arm"], int(r["seed"])) for r in _read_csv(runs_path)
+    }
+    commit = os.environ.get("BENCHMARK_COMMIT") or reproduce._git_commit()
+    plan = run_plan(settings)
+    made = 0
+    for index, (setting, arm, seed, epochs) in enumerate(plan):
+        if (setting, arm, seed) in done:
+            continue
+        if max_runs is not None and made >= max_runs:
+            break
+        print(
+            f"[{index + 1}/{len(plan)}] {run_name(setting, arm, seed)}: "
+            f"{epochs} epochs",
+            flush=True,
+        )
+        row = train_one(
+            data, settings, setting, arm, seed, epochs, output_dir, commit,
+            verbose,
+        )
+        _append_csv(runs_path, RUN_FIELDS, row)
+        shutil.rmtree(output_dir / "backup" / run_name(setting, arm, seed),
+                      ignore_errors=True)
+        made += 1
+        print(
+            f"    test error {row['test_error']:.2f}%, train loss "
+            f"{row['train_loss']:.3f}, top eigenvalue "
+            f"{row['top_eigenvalue']:.2f}, {row['wall_seconds']:.0f} s",
+            flush=True,
+        )
+    write_report(output_dir)
+    return made
+
+
+# Report -------------------------------------------------------------------
+
+
+def paired_differences(rows, setting, arm, baseline):
+    """Per-seed `arm - baseline` test error, for seeds that have both."""
+    by = {(r["arm"], int(r["seed"])): float(r["test_error"])
+          for r in rows if r["setting"] == setting}
+    seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
+    return seeds, [by[(arm, s)] - by[(baseline, s)] for s in seeds]
+
+
+def summarize(rows, settings):
+    """Mean and 95% t interval of every arm and of the paired differences."""
+    from keras_sam.reproduce import mean_and_interval
+
+    longer = f"sgd_{settings['epochs'] * settings['sgd_epoch_multiplier']}ep"
+    summary = []
+    for setting in settings["settings"]:
+        for arm in ("sgd", "sam", longer):
+            values = [float(r["test_error"]) for r in rows
+                      if r["setting"] == setting and r["arm"] == arm]
+            for field in ("test_error",):
+                mean, half = mean_and_interval(values)
+                summary.append({
+                    "setting": setting, "quantity": f"{arm} {field}",
+                    "n": len(values), "mean": mean, "half_width": half,
+                })
+        for baseline in ("sgd", longer):
+            seeds, diffs = paired_differences(rows, setting, "sam", baseline)
+            mean, half = mean_and_interval(diffs)
+            verdict = "n/a"
+            if half is not None:
+                if mean + half < 0:
+                    verdict = "SAM better"
+                elif mean - half > 0:
+                    verdict = "SAM worse"
+                else:
+                    verdict = "no difference shown"
+            summary.append({
+                "setting": setting, "quantity": f"sam - {baseline}",
+                "n": len(diffs), "mean": mean, "half_width": half,
+                "verdict": verdict,
+            })
+    return summary
+
+
+def _fmt(mean, half, digits=2):
+    if mean is None:
+        return "n/a"
+    if half is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def table_lines(rows, settings):
+    summary = summarize(rows, settings)
+    lines = [
+        "| setting | quantity (test error, %) | n | mean ± 95% t half-width | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['setting']} | {s['quantity']} | {s['n']} | "
+            f"{_fmt(s['mean'], s['half_width'])} | {s.get('verdict', '')} |"
+        )
+    lines += [
+        "",
+        "| setting | arm | seed | epochs | test error % | train loss | "
+        "noisy labels fitted | top eigenvalue | trace | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fitted = r["noisy_labels_fitted"]
+        fitted = f"{float(fitted):.3f}" if fitted not in ("", None) else "-"
+        lines.append(
+            f"| {r['setting']} | {r['arm']} | {r['seed']} | {r['epochs']} | "
+            f"{float(r['test_error']):.2f} | {float(r['train_loss']):.3f} | "
+            f"{fitted} | {float(r['top_eigenvalue']):.2f} | "
+            f"{float(r['trace']):.1f} ± {float(r['trace_stderr']):.1f} | "
+            f"{float(r['wall_seconds']):.0f} |"
+        )
+    return lines
+
+
+def plot_curves(output_dir, rows, settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(settings["settings"])
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6),
+                                squeeze=False)
+    colors = {"sgd": "tab:blue", "sam": "tab:red"}
+    for axis, setting in zip(axes[0], names):
+        for path in sorted((output_dir / "curves").glob(f"{setting}_*.csv")):
+            curve = _read_csv(path)
+            arm = path.stem[len(setting) + 1:].rsplit("_seed", 1)[0]
+            axis.plot(
+                [int(r["epoch"]) for r in curve],
+                [float(r["loss"]) for r in curve],
+                color=colors.get(arm, "tab:gray"), alpha=0.7, lw=1,
+                label=arm,
+            )
+        handles, labels = axis.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        axis.legend(unique.values(), unique.keys())
+        axis.set(title=f"{setting}: training loss (given labels)",
+                 xlabel="epoch", ylabel="loss", yscale="log")
+    figure.tight_layout()
+    figure.savefig(output_dir / "curves.png", dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    markers = {name: m for name, m in zip(names, "os^")}
+    for r in rows:
+        axis.scatter(
+            float(r["top_eigenvalue"]), float(r["test_error"]),
+            color=colors.get(r["arm"], "tab:gray"),
+            marker=markers.get(r["setting"], "x"),
+            label=f"{r['setting']} {r['arm']}",
+        )
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axis.legend(unique.values(), unique.keys(), fontsize=8)
+    axis.set(xlabel="top Hessian eigenvalue (probe set)",
+             ylabel="test error (%)", xscale="log",
+             title="test error against sharpness, every run")
+    figure.tight_layout()
+    figure.savefig(output_dir / "error_vs_sharpness.png", dpi=120)
+    plt.close(figure)
+
+
+def write_report(output_dir):
+    """`table.md`, `curves.png`, `error_vs_sharpness.png` from the CSVs."""
+    output_dir = pathlib.Path(output_dir)
+    settings = json.loads((output_dir / "settings.json").read_text())
+    rows = _read_csv(output_dir / "runs.csv")
+    lines = table_lines(rows, settings)
+    (output_dir / "table.md").write_text("\n".join(lines) + "\n")
+    if rows:
+        plot_curves(output_dir, rows, settings)
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="SAM vs SGD, clean and noisy labels (PROTOCOL.md)."
+    )
+    parser.add_argument("--output-dir", default=str(
+        ROOT / "saved_results" / "evidence"))
+    parser.add_argument("--data-dir", default=str(
+        ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--report", action="store_true",
+                        help="only regenerate the table and figures")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="stop after this many new runs")
+    parser.add_argument("--override", default=None,
+                        help="JSON object of settings to change (tests only; "
+                        "such runs are not runs of the protocol)")
+    args = parser.parse_args(argv)
+    settings = dict(PROTOCOL)
+    if args.override:
+        settings.update(json.loads(args.override))
+    if args.report:
+        for line in write_report(args.output_dir):
+            print(line)
+        return 0
+    try:
+        run_grid(args.output_dir, args.data_dir, settings, args.max_runs)
+    except ValueError as error:
+        print(f"evidence.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
