@@ -181,7 +181,7 @@ class AugmentedBatches(keras.utils.PyDataset):
 
 
 def load_data(data_dir, settings):
-    """The standardized training subset, its label versions, and the test set."""
+    """The standardized training subset, its labels, and the test set."""
     from keras_sam import datasets
 
     data_dir = pathlib.Path(data_dir)
@@ -201,7 +201,9 @@ def load_data(data_dir, settings):
     )
     x_train, y_train = x_train[rows], y_train[rows]
     if settings.get("test_size"):
-        keep = np.sort(datasets.balanced_order(y_test, 0)[: settings["test_size"]])
+        keep = np.sort(
+            datasets.balanced_order(y_test, 0)[: settings["test_size"]]
+        )
         x_test, y_test = x_test[keep], y_test[keep]
     scaled = x_train.astype("float32") / 255.0
     mean = scaled.mean(axis=(0, 1, 2))
@@ -544,7 +546,8 @@ def _fmt(mean, half, digits=2):
 def table_lines(rows, settings):
     summary = summarize(rows, settings)
     lines = [
-        "| setting | quantity (test error, %) | n | mean ± 95% t half-width | verdict |",
+        "| setting | quantity (test error, %) | n "
+        "| mean ± 95% t half-width | verdict |",
         "|---|---|---|---|---|",
     ]
     for s in summary:
@@ -601,7 +604,7 @@ def plot_curves(output_dir, rows, settings):
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    markers = {name: m for name, m in zip(names, "os^")}
+    markers = dict(zip(names, "os^"))
     for r in rows:
         axis.scatter(
             float(r["top_eigenvalue"]), float(r["test_error"]),

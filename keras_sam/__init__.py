@@ -2,12 +2,14 @@
 
 from keras_sam import (
     accumulation,
+    ascent,
     callbacks,
     data_pipeline,
     datasets,
     hessian,
     models,
     paper_results,
+    stateless,
     training,
 )
 from keras_sam.sam_model import SAMModel
@@ -20,11 +22,13 @@ __version__ = "0.1.0"
 __all__ = [
     "SAMModel",
     "accumulation",
+    "ascent",
     "callbacks",
     "data_pipeline",
     "datasets",
     "hessian",
     "models",
     "paper_results",
+    "stateless",
     "training",
 ]

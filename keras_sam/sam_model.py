@@ -1,20 +1,15 @@
 """`SAMModel`: sharpness-aware training for any Keras model."""
 
-import functools
-import math
-import numbers
-
 import keras
-from keras import ops
 
-from keras_sam import backend as sam_backend
-from keras_sam import perturbation as keras_ops_ascent
+from keras_sam import _validation
+from keras_sam.backend import SAMTrainer
 
 PERTURBATIONS = ("replica", "global")
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAMModel(keras.Model):
+class SAMModel(SAMTrainer, keras.Model):
     """Wraps a Keras model and trains it with Sharpness-Aware Minimization.
 
     Each training step makes two passes over the batch (Foret et al., 2020):
@@ -108,37 +103,19 @@ class SAMModel(keras.Model):
         perturbation="replica",
         **kwargs,
     ):
-        rho = _check_non_negative_float("rho", rho)
-        eta = _check_non_negative_float("eta", eta)
+        rho = _validation.check_non_negative_float("rho", rho)
+        eta = _validation.check_non_negative_float("eta", eta)
         if not isinstance(model, keras.Model):
             raise ValueError(
                 "Argument `model` must be a `keras.Model`. Received: "
-                f"model={model!r} of type {type(model).__name__}."
+                f"model={_validation.short_repr(model)} of type "
+                f"{type(model).__name__}."
             )
-        if not isinstance(adaptive, bool):
-            raise ValueError(
-                "Argument `adaptive` must be a boolean. Received: "
-                f"adaptive={adaptive!r}."
-            )
-        if num_batch_splits is not None:
-            if isinstance(num_batch_splits, bool) or not isinstance(
-                num_batch_splits, numbers.Integral
-            ):
-                raise ValueError(
-                    "Argument `num_batch_splits` must be None or a positive "
-                    f"integer. Received: num_batch_splits={num_batch_splits!r}."
-                )
-            if num_batch_splits < 1:
-                raise ValueError(
-                    "Argument `num_batch_splits` must be None or a positive "
-                    f"integer. Received: num_batch_splits={num_batch_splits}."
-                )
-            num_batch_splits = int(num_batch_splits)
-        if perturbation not in PERTURBATIONS:
-            raise ValueError(
-                f"Argument `perturbation` must be one of {PERTURBATIONS}. "
-                f"Received: perturbation={perturbation!r}."
-            )
+        _validation.check_bool("adaptive", adaptive)
+        num_batch_splits = _validation.check_optional_int(
+            "num_batch_splits", num_batch_splits
+        )
+        _validation.check_choice("perturbation", perturbation, PERTURBATIONS)
         super().__init__(**kwargs)
         self.model = model
         self.rho = rho
@@ -153,221 +130,6 @@ class SAMModel(keras.Model):
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
-
-    # Training -------------------------------------------------------------
-
-    def train_step(self, *args):
-        """One SAM step; `(data)` on TensorFlow and torch, `(state, data)`
-        on JAX, as the backend's trainer calls it."""
-        return sam_backend.train_step(self, *args)
-
-    def test_step(self, *args):
-        return sam_backend.test_step(self, *args)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Called by Keras's TensorFlow trainer only; works around its
-        # failure under MultiWorkerMirroredStrategy (see the backend).
-        from keras_sam.backend import tensorflow as tf_backend
-
-        local_batch = tf_backend.first_local_batch(self, iterator)
-        if local_batch is not None:
-            iterator, data_batch = None, local_batch
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
-
-    def sam_gradients(
-        self,
-        value_and_grad,
-        trainable_values,
-        non_trainable_values,
-        metrics_values,
-        x,
-        y,
-        sample_weight,
-        scale_loss,
-        reduce_gradients=None,
-        num_replicas=1,
-        global_rng=None,
-        ascent=keras_ops_ascent,
-        variables=None,
-    ):
-        """Runs both SAM passes on a batch, statelessly.
-
-        Backend-neutral: autodiff comes in as `value_and_grad(fn)`, which
-        returns a function `(trainable_values, *args) -> ((value, aux),
-        gradients)` like `jax.value_and_grad(fn, has_aux=True)`;
-        `reduce_gradients`, if given, all-reduces the clean gradients
-        (global perturbation); `global_rng`, where a backend draws dropout
-        masks from a global generator (unseeded layers on torch), has
-        `get_state()` and `set_state(state)`, so that the perturbed pass
-        replays the clean pass's draws; `ascent` supplies `global_norm`
-        and `perturbed_weights` (default: `keras_sam.perturbation`, in
-        `keras.ops`; a backend may pass faster equivalents); `variables`
-        is `variable_lists()` if the caller has listed them already.
-
-        Returns:
-            A dict with `gradients` (to apply), `non_trainable` and
-            `metrics` (the new values of the model's non-trainable and
-            metrics variables, from the clean pass), `y_pred` (clean
-            predictions), and the true scalars `loss`, `sam_sharpness` and
-            `grad_norm` (undoing loss scaling and the `1 / num_replicas`
-            factor of distributed losses).
-        """
-        one_pass = _SAMPass(
-            self, value_and_grad, trainable_values, scale_loss,
-            reduce_gradients, global_rng, ascent,
-            variables or self.variable_lists(),
-        )
-        num_splits = self.num_batch_splits or 1
-        if num_splits == 1:
-            result = one_pass(
-                non_trainable_values, metrics_values, (x, y, sample_weight)
-            )
-        else:
-            result = self._split_passes(
-                one_pass, num_splits, non_trainable_values, metrics_values,
-                (x, y, sample_weight),
-            )
-        replicas = float(num_replicas)
-        # In global mode the all-reduced gradient is already the mean.
-        norm_factor = 1.0 if self.perturbation == "global" else replicas
-        result["loss"] = result["loss"] * replicas
-        result["sam_sharpness"] = result["sam_sharpness"] * replicas
-        result["grad_norm"] = result["grad_norm"] * norm_factor
-        return result
-
-    def _split_passes(self, one_pass, num_splits, non_trainable_values,
-                      metrics_values, batch):
-        """m-sharpness: one SAM pass per chunk, combined by chunk size.
-
-        Every chunk starts from the pre-step float state (BatchNorm
-        statistics), whose new value is the size-weighted mean of the
-        chunks' updates; integer state (seed counters) runs on from chunk
-        to chunk, so that chunks draw different dropout masks; metrics run
-        on too.
-        """
-        is_float = [_is_float(v) for v in one_pass.variables[1]]
-        batch_size = ops.shape(_first_leaf(batch[0]))[0]
-        counters, metrics = list(non_trainable_values), metrics_values
-        weights, parts = [], []
-        for index in range(num_splits):
-            start = (index * batch_size) // num_splits
-            stop = ((index + 1) * batch_size) // num_splits
-            state = [
-                snapshot if float_ else counter
-                for snapshot, counter, float_ in zip(
-                    non_trainable_values, counters, is_float
-                )
-            ]
-            part = one_pass(state, metrics, _slice_batch(batch, start, stop))
-            counters, metrics = part["non_trainable"], part["metrics"]
-            weights.append(
-                ops.cast(stop - start, "float32")
-                / ops.cast(batch_size, "float32")
-            )
-            parts.append(part)
-
-        def weighted_mean(values, like):
-            total = sum(w * ops.cast(v, "float32")
-                        for w, v in zip(weights, values))
-            return ops.cast(total, like.dtype)
-
-        last = parts[-1]
-        return {
-            "gradients": [
-                weighted_mean([p["gradients"][i] for p in parts], g)
-                for i, g in enumerate(last["gradients"])
-            ],
-            "non_trainable": [
-                weighted_mean([p["non_trainable"][i] for p in parts], v)
-                if float_ else v
-                for i, (v, float_) in enumerate(
-                    zip(last["non_trainable"], is_float)
-                )
-            ],
-            "metrics": metrics,
-            "y_pred": keras.tree.map_structure(
-                lambda *chunks: ops.concatenate(chunks, axis=0),
-                *[p["y_pred"] for p in parts],
-            ),
-            **{
-                name: sum(w * p[name] for w, p in zip(weights, parts))
-                for name in ("loss", "sam_sharpness", "grad_norm")
-            },
-        }
-
-    def variable_lists(self):
-        """`(trainable, non_trainable, metrics)` variables. Each listing
-        walks the layer tree, which eager torch pays on every call: list
-        once per step."""
-        return (
-            self.trainable_variables,
-            self.non_trainable_variables,
-            self.metrics_variables,
-        )
-
-    def _loss_and_updates(
-        self,
-        trainable_values,
-        non_trainable_values,
-        metrics_values,
-        x,
-        y,
-        sample_weight,
-        scale_loss,
-        variables,
-    ):
-        """The training loss at the given values, with no side effects.
-
-        `variables` is `variable_lists()`. Returns `(scaled_loss, (loss,
-        y_pred, non_trainable, metrics))`, the last two being the values
-        the variables would take.
-        """
-        trainable_variables, non_trainable_variables, metrics_variables = (
-            variables
-        )
-        mapping = list(zip(trainable_variables, trainable_values))
-        mapping += zip(non_trainable_variables, non_trainable_values)
-        mapping += zip(metrics_variables, metrics_values)
-        with _stateless_scope(mapping) as scope:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                training=True,
-            )
-        non_trainable = [
-            scope.get_current_value(v) for v in non_trainable_variables
-        ]
-        metrics = [scope.get_current_value(v) for v in metrics_variables]
-        return scale_loss(loss), (loss, y_pred, non_trainable, metrics)
-
-    def update_sam_metrics(self, x, y, sample_weight, result):
-        """Updates `loss`, the compiled metrics and the SAM logs; returns
-        the logs. Called by the backend step, statefully or inside a
-        `StatelessScope`."""
-        batch_size = ops.shape(_first_leaf(x))[0]
-        if self._loss_tracker is not None:
-            self._loss_tracker.update_state(
-                result["loss"], sample_weight=batch_size
-            )
-        self.sharpness_tracker.update_state(
-            result["sam_sharpness"], sample_weight=batch_size
-        )
-        self.grad_norm_tracker.update_state(
-            result["grad_norm"], sample_weight=batch_size
-        )
-        return self.compute_metrics(
-            x, y, result["y_pred"], sample_weight=sample_weight
-        )
-
-    def check_trainable(self):
-        if not self.trainable_variables:
-            raise ValueError(
-                "SAMModel needs trainable weights to perturb, but the "
-                f"wrapped model={self.model.name!r} has none (it has "
-                f"{len(self.model.weights)} weights, all non-trainable)."
-            )
 
     # Serialization --------------------------------------------------------
 
@@ -391,107 +153,3 @@ class SAMModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
-
-
-class _SAMPass:
-    """The two SAM passes on one (chunk of a) batch, as a function of the
-    state they start from. Returns a dict like `sam_gradients`', with the
-    scalars as computed from the (possibly scaled) per-replica loss."""
-
-    def __init__(self, model, value_and_grad, trainable_values, scale_loss,
-                 reduce_gradients, global_rng, ascent, variables):
-        self.model = model
-        self.variables = variables
-        self.loss_and_grads = value_and_grad(
-            functools.partial(model._loss_and_updates, variables=variables)
-        )
-        self.trainable_values = trainable_values
-        self.scale_loss = scale_loss
-        self.reduce_gradients = reduce_gradients
-        self.global_rng = global_rng
-        self.ascent = ascent
-        # The loss scale of a LossScaleOptimizer (1 otherwise).
-        self.unit = ops.cast(scale_loss(ops.ones((), "float32")), "float32")
-
-    def __call__(self, non_trainable_values, metrics_values, batch):
-        model, rng = self.model, self.global_rng
-        args = (non_trainable_values, metrics_values, *batch, self.scale_loss)
-        if rng is not None:
-            rng_before = rng.get_state()
-        (_, aux), gradients = self.loss_and_grads(self.trainable_values, *args)
-        loss, y_pred, new_state, new_metrics = aux
-        if self.reduce_gradients is not None:
-            gradients = self.reduce_gradients(gradients)
-        norm = self.ascent.global_norm(gradients)
-        grad_norm = norm / self.unit
-        sharpness = ops.zeros(())
-        if model.rho > 0.0:
-            perturbed = self.ascent.perturbed_weights(
-                gradients, self.trainable_values, model.rho,
-                adaptive=model.adaptive, eta=model.eta, gradient_norm=norm,
-            )
-            if rng is not None:
-                rng_after = rng.get_state()
-                rng.set_state(rng_before)
-            (_, perturbed_aux), gradients = self.loss_and_grads(
-                perturbed, *args
-            )
-            if rng is not None:
-                rng.set_state(rng_after)
-            sharpness = perturbed_aux[0] - loss
-        return {
-            "gradients": gradients,
-            "non_trainable": new_state,
-            "metrics": new_metrics,
-            "y_pred": y_pred,
-            "loss": loss,
-            "sam_sharpness": sharpness,
-            "grad_norm": grad_norm,
-        }
-
-
-def _check_non_negative_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"Argument `{name}` must be a non-negative finite number. "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"Argument `{name}` must be a non-negative finite number. "
-            f"Received: {name}={value}."
-        )
-    return value
-
-
-def _stateless_scope(mapping):
-    """`keras.StatelessScope(state_mapping=mapping, collect_losses=True)`.
-
-    On torch, which runs eagerly, the mapping is filled directly: the
-    constructor's per-value `convert_to_tensor` and shape check cost about
-    1 ms per pass on a WRN (two passes: ~4% of a host-bound step), and the
-    values here are the variables' own tensors or same-shaped results of
-    them. Traced backends (TensorFlow, JAX) pay the constructor once.
-    """
-    if keras.backend.backend() != "torch":
-        return keras.StatelessScope(state_mapping=mapping, collect_losses=True)
-    scope = keras.StatelessScope(collect_losses=True)
-    scope.state_mapping.update((id(k), v) for k, v in mapping)
-    return scope
-
-
-def _is_float(variable):
-    return "float" in str(variable.dtype)
-
-
-def _first_leaf(structure):
-    return next(
-        leaf for leaf in keras.tree.flatten(structure) if leaf is not None
-    )
-
-
-def _slice_batch(structure, start, stop):
-    return keras.tree.map_structure(
-        lambda t: None if t is None else t[start:stop], structure
-    )

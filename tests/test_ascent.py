@@ -1,4 +1,4 @@
-"""The ascent step (`keras_sam.perturbation`, and torch's `_foreach` copy)
+"""The ascent step (`keras_sam.ascent`, and torch's `_foreach` copy)
 against NumPy float64."""
 
 import keras
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sam_reference as ref
 
-from keras_sam import perturbation
+from keras_sam import ascent as perturbation
 
 pytestmark = pytest.mark.multi_backend
 

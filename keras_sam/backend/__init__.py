@@ -1,9 +1,12 @@
-"""One short SAM `train_step` per Keras backend.
+"""The SAM step, one `SAMTrainer` per Keras backend, chosen at import.
 
-The maths of the step lives in `SAMModel.sam_gradients` (backend-neutral);
-each backend module only supplies autodiff and applies the result: the
-stateful TensorFlow and torch trainers assign variables, the stateless
-JAX trainer returns the new state.
+As `keras/src/models/model.py` picks its backend `Trainer`: each of
+`tensorflow.py`, `jax.py` and `torch.py` holds a `SAMTrainer` whose
+`train_step` reads top to bottom as Foret et al.'s algorithm (clean pass,
+ascent, perturbed pass, descent), and the backend's autodiff
+(`value_and_grad`, `grad`, `hessian_vector_product`, `compile_function`),
+shared with `keras_sam.hessian`. Backend-neutral pieces live in
+`common.py`; the ascent maths in `keras_sam.ascent`.
 """
 
 import keras
@@ -11,23 +14,19 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
-    from keras_sam.backend.tensorflow import (
-        test_step,  # noqa: F401
-        train_step,  # noqa: F401
-    )
+    from keras_sam.backend import tensorflow as current
 elif _BACKEND == "jax":
-    from keras_sam.backend.jax import (
-        test_step,  # noqa: F401
-        train_step,  # noqa: F401
-    )
+    from keras_sam.backend import jax as current
 elif _BACKEND == "torch":
-    from keras_sam.backend.torch import (
-        test_step,  # noqa: F401
-        train_step,  # noqa: F401
-    )
+    from keras_sam.backend import torch as current
 else:
     raise ImportError(
         "keras_sam supports the tensorflow, jax and torch backends of Keras "
         f"3. Received: KERAS_BACKEND={_BACKEND!r}."
     )
 
+SAMTrainer = current.SAMTrainer
+value_and_grad = current.value_and_grad
+grad = current.grad
+hessian_vector_product = current.hessian_vector_product
+compile_function = current.compile_function

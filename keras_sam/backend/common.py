@@ -1,6 +1,11 @@
-"""Pieces of the SAM step shared by the backend modules."""
+"""Backend-neutral pieces of the SAM step, called by each backend's
+`SAMTrainer.train_step` (`keras_sam/backend/{tensorflow,jax,torch}.py`).
+"""
 
 import keras
+from keras import ops
+
+from keras_sam import _keras_compat, stateless
 
 # Logged by `fit` only; `evaluate` has no ascent step.
 SAM_LOG_NAMES = ("sam_sharpness", "grad_norm")
@@ -14,18 +19,144 @@ def unpack(model, data):
     the first trace, from the batch's shapes.
     """
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if not _fully_built(model):
-        # Keras builds lazily on the first forward pass; the stateless
-        # passes cannot create variables, so build from the batch's specs.
-        model._symbolic_build(data_batch=data)
-    model.check_trainable()
+    if not _keras_compat.fully_built(model):
+        _keras_compat.symbolic_build(model, data_batch=data)
+    if not model.trainable_variables:
+        raise ValueError(
+            "SAMModel needs trainable weights to perturb, but the "
+            f"wrapped model={model.model.name!r} has none (it has "
+            f"{len(model.model.weights)} weights, all non-trainable)."
+        )
     return x, y, sample_weight
 
 
-def _fully_built(model):
-    unbuilt = [layer for layer in model._flatten_layers() if not layer.built]
-    compiled = [model._compile_metrics, model._compile_loss]
-    return not unbuilt and all(c is None or c.built for c in compiled)
+def scaled_loss(model, scale_loss, variables):
+    """The function both SAM passes differentiate.
+
+    `(trainable, non_trainable, metrics, x, y, sample_weight) ->
+    (scale_loss(loss), (loss, y_pred, non_trainable, metrics))`, with
+    `keras_sam.stateless.stateless_loss` in training mode.
+    """
+
+    def fn(trainable, non_trainable, metrics, x, y, sample_weight):
+        loss, (y_pred, new_state, new_metrics) = stateless.stateless_loss(
+            model, trainable, non_trainable, metrics, x, y, sample_weight,
+            training=True, variables=variables,
+        )
+        return scale_loss(loss), (loss, y_pred, new_state, new_metrics)
+
+    return fn
+
+
+def loss_scale(scale_loss):
+    """The loss scale of a `LossScaleOptimizer` (1 otherwise), float32."""
+    return ops.cast(scale_loss(ops.ones((), "float32")), "float32")
+
+
+def pass_result(gradients, clean_aux, sharpness, grad_norm):
+    """The outcome of the two passes over one chunk of a batch."""
+    loss, y_pred, non_trainable, metrics = clean_aux
+    return {
+        "gradients": gradients,
+        "non_trainable": non_trainable,
+        "metrics": metrics,
+        "y_pred": y_pred,
+        "loss": loss,
+        "sam_sharpness": sharpness,
+        "grad_norm": grad_norm,
+    }
+
+
+def over_chunks(sam_pass, num_splits, non_trainable_variables,
+                non_trainable_values, metrics_values, batch):
+    """Runs `sam_pass(non_trainable, metrics, batch)` on the whole batch,
+    or, with `num_splits > 1`, once per chunk (m-sharpness).
+
+    Every chunk starts from the pre-step float state (BatchNorm
+    statistics), whose new value is the size-weighted mean of the chunks'
+    updates; integer state (seed counters) runs on from chunk to chunk, so
+    that chunks draw different dropout masks; metrics run on too. The
+    descent gradients and the logged scalars are size-weighted means.
+    """
+    if num_splits == 1:
+        return sam_pass(non_trainable_values, metrics_values, batch)
+    is_float = [_is_float(v) for v in non_trainable_variables]
+    batch_size = ops.shape(first_leaf(batch[0]))[0]
+    counters, metrics = list(non_trainable_values), metrics_values
+    weights, parts = [], []
+    for index in range(num_splits):
+        start = (index * batch_size) // num_splits
+        stop = ((index + 1) * batch_size) // num_splits
+        state = [
+            snapshot if float_ else counter
+            for snapshot, counter, float_ in zip(
+                non_trainable_values, counters, is_float
+            )
+        ]
+        part = sam_pass(state, metrics, _slice_batch(batch, start, stop))
+        counters, metrics = part["non_trainable"], part["metrics"]
+        weights.append(
+            ops.cast(stop - start, "float32") / ops.cast(batch_size, "float32")
+        )
+        parts.append(part)
+
+    def weighted_mean(values, like):
+        total = sum(w * ops.cast(v, "float32") for w, v in zip(weights, values))
+        return ops.cast(total, like.dtype)
+
+    last = parts[-1]
+    return {
+        "gradients": [
+            weighted_mean([p["gradients"][i] for p in parts], g)
+            for i, g in enumerate(last["gradients"])
+        ],
+        "non_trainable": [
+            weighted_mean([p["non_trainable"][i] for p in parts], v)
+            if float_ else v
+            for i, (v, float_) in enumerate(
+                zip(last["non_trainable"], is_float)
+            )
+        ],
+        "metrics": metrics,
+        "y_pred": keras.tree.map_structure(
+            lambda *chunks: ops.concatenate(chunks, axis=0),
+            *[p["y_pred"] for p in parts],
+        ),
+        **{
+            name: sum(w * p[name] for w, p in zip(weights, parts))
+            for name in ("loss", "sam_sharpness", "grad_norm")
+        },
+    }
+
+
+def per_batch_scalars(result, num_replicas=1, global_gradients=False):
+    """Undoes the `1 / num_replicas` factor of distributed losses in the
+    logged scalars (in global mode the all-reduced gradient is already
+    the mean, so its norm needs no factor)."""
+    replicas = float(num_replicas)
+    norm_factor = 1.0 if global_gradients else replicas
+    result["loss"] = result["loss"] * replicas
+    result["sam_sharpness"] = result["sam_sharpness"] * replicas
+    result["grad_norm"] = result["grad_norm"] * norm_factor
+    return result
+
+
+def update_metrics(model, x, y, sample_weight, result):
+    """Updates `loss`, the compiled metrics and the SAM logs; returns the
+    logs. Runs statefully or inside a `StatelessScope` (JAX)."""
+    batch_size = ops.shape(first_leaf(x))[0]
+    tracker = _keras_compat.loss_tracker(model)
+    if tracker is not None:
+        tracker.update_state(result["loss"], sample_weight=batch_size)
+    model.sharpness_tracker.update_state(
+        result["sam_sharpness"], sample_weight=batch_size
+    )
+    model.grad_norm_tracker.update_state(
+        result["grad_norm"], sample_weight=batch_size
+    )
+    return model.compute_metrics(
+        x, y, result["y_pred"], sample_weight=sample_weight
+    )
 
 
 def assign(variables, values):
@@ -36,3 +167,19 @@ def assign(variables, values):
 def without_sam_logs(logs):
     """Drops the training-only SAM entries from `evaluate`'s logs."""
     return {k: v for k, v in logs.items() if k not in SAM_LOG_NAMES}
+
+
+def first_leaf(structure):
+    return next(
+        leaf for leaf in keras.tree.flatten(structure) if leaf is not None
+    )
+
+
+def _is_float(variable):
+    return "float" in str(variable.dtype)
+
+
+def _slice_batch(structure, start, stop):
+    return keras.tree.map_structure(
+        lambda t: None if t is None else t[start:stop], structure
+    )

@@ -7,55 +7,105 @@ batch's gradient whatever `perturbation` says (`"global"` semantics).
 
 import jax
 import keras
+from keras import ops
 
+from keras_sam import ascent, stateless
 from keras_sam.backend import common
 
 
 def value_and_grad(fn):
+    """`jax.value_and_grad(fn, has_aux=True)`: `(trainable, *args) ->
+    ((value, aux), gradients)`."""
     return jax.value_and_grad(fn, has_aux=True)
 
 
-def train_step(model, state, data):
-    trainable, non_trainable, optimizer_values, metrics = state
-    x, y, sample_weight = common.unpack(model, data)
-    optimizer = model.optimizer
-
-    def scale_loss(loss):
-        mapping = list(zip(optimizer.variables, optimizer_values))
-        with keras.StatelessScope(state_mapping=mapping):
-            return optimizer.scale_loss(loss)
-
-    result = model.sam_gradients(
-        value_and_grad,
-        trainable,
-        non_trainable,
-        metrics,
-        x,
-        y,
-        sample_weight,
-        scale_loss=scale_loss,
-    )
-    trainable, optimizer_values = optimizer.stateless_apply(
-        optimizer_values, result["gradients"], trainable
-    )
-    logs, metrics = _update_metrics(
-        model, result["metrics"], x, y, sample_weight, result
-    )
-    state = (trainable, result["non_trainable"], optimizer_values, metrics)
-    return logs, state
+def grad(fn):
+    """`(trainable, *args) -> gradients` of the scalar `fn`."""
+    return jax.grad(fn)
 
 
-def _update_metrics(model, metrics, x, y, sample_weight, result):
-    mapping = list(zip(model.metrics_variables, metrics))
-    with keras.StatelessScope(state_mapping=mapping) as scope:
-        logs = model.update_sam_metrics(x, y, sample_weight, result)
-    new_metrics = []
-    for variable in model.metrics_variables:
-        value = scope.get_current_value(variable)
-        new_metrics.append(variable.value if value is None else value)
-    return logs, new_metrics
+def hessian_vector_product(fn):
+    """`(trainable, vector, *args) -> H v` of the scalar `fn`
+    (forward-over-reverse)."""
+    gradient = jax.grad(fn)
+
+    def hvp(trainable, vector, *args):
+        return jax.jvp(lambda t: gradient(t, *args), (trainable,), (vector,))[1]
+
+    return hvp
 
 
-def test_step(model, state, data):
-    logs, state = keras.Model.test_step(model, state, data)
-    return common.without_sam_logs(logs), state
+def compile_function(fn):
+    return jax.jit(fn)
+
+
+class SAMTrainer:
+    """The SAM `train_step` on JAX: takes and returns the whole state."""
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_values, metrics = state
+        x, y, sample_weight = common.unpack(self, data)
+        optimizer = self.optimizer
+        variables = stateless.variable_lists(self)
+
+        def scale_loss(loss):
+            mapping = list(zip(optimizer.variables, optimizer_values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return optimizer.scale_loss(loss)
+
+        unit = common.loss_scale(scale_loss)
+        loss_and_grads = value_and_grad(
+            common.scaled_loss(self, scale_loss, variables)
+        )
+
+        def sam_pass(non_trainable, metrics, batch):
+            # 1. Clean pass at w: L(w) and g; its state updates are kept.
+            (_, clean), gradients = loss_and_grads(
+                trainable, non_trainable, metrics, *batch
+            )
+            norm = ascent.global_norm(gradients)
+            sharpness = ops.zeros(())
+            if self.rho > 0.0:
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
+                perturbed = ascent.perturbed_weights(
+                    gradients, trainable, self.rho, adaptive=self.adaptive,
+                    eta=self.eta, gradient_norm=norm,
+                )
+                # 3. Perturbed pass at w + eps, from the pre-step state;
+                # its state updates are discarded.
+                (_, at_perturbed), gradients = loss_and_grads(
+                    perturbed, non_trainable, metrics, *batch
+                )
+                sharpness = at_perturbed[0] - clean[0]
+            return common.pass_result(gradients, clean, sharpness, norm / unit)
+
+        result = common.over_chunks(
+            sam_pass, self.num_batch_splits or 1, variables[1],
+            non_trainable, metrics, (x, y, sample_weight),
+        )
+        result = common.per_batch_scalars(
+            result, 1, self.perturbation == "global"
+        )
+        # 4. Descent: the optimizer applies the perturbed gradient at w.
+        trainable, optimizer_values = optimizer.stateless_apply(
+            optimizer_values, result["gradients"], trainable
+        )
+        logs, metrics = self._stateless_update_metrics(
+            result["metrics"], x, y, sample_weight, result
+        )
+        state = (trainable, result["non_trainable"], optimizer_values, metrics)
+        return logs, state
+
+    def _stateless_update_metrics(self, metrics, x, y, sample_weight, result):
+        mapping = list(zip(self.metrics_variables, metrics))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = common.update_metrics(self, x, y, sample_weight, result)
+        new_metrics = []
+        for variable in self.metrics_variables:
+            value = scope.get_current_value(variable)
+            new_metrics.append(variable.value if value is None else value)
+        return logs, new_metrics
+
+    def test_step(self, state, data):
+        logs, state = keras.Model.test_step(self, state, data)
+        return common.without_sam_logs(logs), state

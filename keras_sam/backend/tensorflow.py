@@ -2,8 +2,12 @@
 
 import keras
 import tensorflow as tf
+from keras import ops
 
+from keras_sam import ascent, stateless
 from keras_sam.backend import common
+
+_ZERO = tf.UnconnectedGradients.ZERO
 
 _SUPPORTED_STRATEGIES = (
     "_DefaultDistributionStrategy",
@@ -16,20 +20,56 @@ _SUPPORTED_STRATEGIES = (
 
 
 def value_and_grad(fn):
-    """`jax.value_and_grad(fn, has_aux=True)` with a `GradientTape`."""
+    """`jax.value_and_grad(fn, has_aux=True)` with a `GradientTape`:
+    `(trainable, *args) -> ((value, aux), gradients)`."""
 
     def wrapped(trainable_values, *args):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(trainable_values)
             value, aux = fn(trainable_values, *args)
         gradients = tape.gradient(
-            value,
-            trainable_values,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            value, trainable_values, unconnected_gradients=_ZERO
         )
         return (value, aux), gradients
 
     return wrapped
+
+
+def grad(fn):
+    """`(trainable, *args) -> gradients` of the scalar `fn`."""
+
+    def wrapped(trainable, *args):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(trainable)
+            value = fn(trainable, *args)
+        return tape.gradient(value, trainable, unconnected_gradients=_ZERO)
+
+    return wrapped
+
+
+def hessian_vector_product(fn):
+    """`(trainable, vector, *args) -> H v` of the scalar `fn` (double
+    backpropagation)."""
+
+    def hvp(trainable, vector, *args):
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(trainable)
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(trainable)
+                value = fn(trainable, *args)
+            grads = inner.gradient(
+                value, trainable, unconnected_gradients=_ZERO
+            )
+            dot = tf.add_n(
+                [tf.reduce_sum(g * v) for g, v in zip(grads, vector)]
+            )
+        return outer.gradient(dot, trainable, unconnected_gradients=_ZERO)
+
+    return hvp
+
+
+def compile_function(fn):
+    return tf.function(fn, reduce_retracing=True)
 
 
 def _all_reduce(reduce_op, values):
@@ -135,36 +175,80 @@ def first_local_batch(model, iterator):
     )
 
 
-def train_step(model, data):
-    x, y, sample_weight = common.unpack(model, data)
-    strategy = tf.distribute.get_strategy()
-    _check_strategy(strategy)
-    num_replicas = strategy.num_replicas_in_sync
-    reduce_gradients = None
-    if model.perturbation == "global" and num_replicas > 1:
-        reduce_gradients = _all_reduce_sum
-    result = model.sam_gradients(
-        value_and_grad,
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in model.metrics_variables],
-        x,
-        y,
-        sample_weight,
-        scale_loss=model.optimizer.scale_loss,
-        reduce_gradients=reduce_gradients,
-        num_replicas=num_replicas,
-    )
-    non_trainable = result["non_trainable"]
-    if num_replicas > 1:
-        non_trainable = _synchronize_state(non_trainable)
-    model.optimizer.apply(result["gradients"], model.trainable_variables)
-    common.assign(model.non_trainable_variables, non_trainable)
-    common.assign(model.metrics_variables, result["metrics"])
-    logs = model.update_sam_metrics(x, y, sample_weight, result)
-    return _logs_for_multi_worker(strategy, logs)
+class SAMTrainer:
+    """The SAM `train_step` on TensorFlow, also under `tf.distribute`.
 
+    Gradients inside a replica's step are per-replica (Keras sums them in
+    `optimizer.apply`), so each replica perturbs with its own gradient
+    (`perturbation="replica"`, m-sharpness with m the per-replica batch)
+    unless `perturbation="global"` all-reduces them first.
+    """
 
-def test_step(model, data):
-    logs = common.without_sam_logs(keras.Model.test_step(model, data))
-    return _logs_for_multi_worker(tf.distribute.get_strategy(), logs)
+    def train_step(self, data):
+        x, y, sample_weight = common.unpack(self, data)
+        strategy = tf.distribute.get_strategy()
+        _check_strategy(strategy)
+        replicas = strategy.num_replicas_in_sync
+        global_gradients = self.perturbation == "global" and replicas > 1
+        variables = stateless.variable_lists(self)
+        trainable = [v.value for v in variables[0]]
+        scale_loss = self.optimizer.scale_loss
+        unit = common.loss_scale(scale_loss)
+        loss_and_grads = value_and_grad(
+            common.scaled_loss(self, scale_loss, variables)
+        )
+
+        def sam_pass(non_trainable, metrics, batch):
+            # 1. Clean pass at w: L(w) and g; its state updates are kept.
+            (_, clean), gradients = loss_and_grads(
+                trainable, non_trainable, metrics, *batch
+            )
+            if global_gradients:
+                gradients = _all_reduce_sum(gradients)
+            norm = ascent.global_norm(gradients)
+            sharpness = ops.zeros(())
+            if self.rho > 0.0:
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
+                perturbed = ascent.perturbed_weights(
+                    gradients, trainable, self.rho, adaptive=self.adaptive,
+                    eta=self.eta, gradient_norm=norm,
+                )
+                # 3. Perturbed pass at w + eps, from the pre-step state;
+                # its state updates are discarded.
+                (_, at_perturbed), gradients = loss_and_grads(
+                    perturbed, non_trainable, metrics, *batch
+                )
+                sharpness = at_perturbed[0] - clean[0]
+            return common.pass_result(gradients, clean, sharpness, norm / unit)
+
+        result = common.over_chunks(
+            sam_pass, self.num_batch_splits or 1, variables[1],
+            [v.value for v in variables[1]], [v.value for v in variables[2]],
+            (x, y, sample_weight),
+        )
+        result = common.per_batch_scalars(
+            result, replicas, self.perturbation == "global"
+        )
+        non_trainable = result["non_trainable"]
+        if replicas > 1:
+            non_trainable = _synchronize_state(non_trainable)
+        # 4. Descent: the optimizer applies the perturbed gradient at w.
+        self.optimizer.apply(result["gradients"], variables[0])
+        common.assign(variables[1], non_trainable)
+        common.assign(variables[2], result["metrics"])
+        logs = common.update_metrics(self, x, y, sample_weight, result)
+        return _logs_for_multi_worker(strategy, logs)
+
+    def test_step(self, data):
+        logs = common.without_sam_logs(keras.Model.test_step(self, data))
+        return _logs_for_multi_worker(tf.distribute.get_strategy(), logs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Overrides a private Keras method (see keras_sam/_keras_compat.py):
+        # builds from one replica's batch under MultiWorkerMirroredStrategy.
+        local_batch = first_local_batch(self, iterator)
+        if local_batch is not None:
+            iterator, data_batch = None, local_batch
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )

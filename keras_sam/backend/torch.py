@@ -3,6 +3,7 @@
 import keras
 import torch
 
+from keras_sam import stateless
 from keras_sam.backend import common
 
 
@@ -25,12 +26,67 @@ def value_and_grad(fn):
     return wrapped
 
 
+def grad(fn):
+    """`(trainable, *args) -> gradients` of the scalar `fn`."""
+
+    def wrapped(trainable, *args):
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in trainable]
+            value = fn(leaves, *args)
+            gradients = torch.autograd.grad(value, leaves, allow_unused=True)
+        return _filled(gradients, leaves)
+
+    return wrapped
+
+
+def hessian_vector_product(fn):
+    """`(trainable, vector, *args) -> H v` of the scalar `fn` (double
+    backpropagation)."""
+
+    def hvp(trainable, vector, *args):
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in trainable]
+            value = fn(leaves, *args)
+            grads = torch.autograd.grad(
+                value, leaves, create_graph=True, allow_unused=True
+            )
+            terms = [
+                (g * v).sum() for g, v in zip(grads, vector) if g is not None
+            ]
+            if not terms or not any(t.requires_grad for t in terms):
+                return [torch.zeros_like(p) for p in leaves]
+            products = torch.autograd.grad(
+                sum(terms), leaves, allow_unused=True
+            )
+        return _filled(products, leaves)
+
+    return hvp
+
+
+def compile_function(fn):
+    """Eager: returns `fn` run without building a graph for autograd where
+    it is not differentiated."""
+
+    def no_grad(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return no_grad
+
+
+def _filled(tensors, like):
+    return [
+        torch.zeros_like(p) if t is None else t.detach()
+        for t, p in zip(tensors, like)
+    ]
+
+
 def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 class ForeachAscent:
-    """`keras_sam.perturbation`'s `global_norm` and `perturbed_weights` on
+    """`keras_sam.ascent`'s `global_norm` and `perturbed_weights` on
     torch's multi-tensor (`torch._foreach_*`) kernels.
 
     Keras's torch backend runs eagerly, where each `keras.ops` call costs
@@ -90,29 +146,62 @@ class _TorchGlobalRNG:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def train_step(model, data):
-    x, y, sample_weight = common.unpack(model, data)
-    variables = model.variable_lists()
-    trainable, non_trainable, metrics = variables
-    result = model.sam_gradients(
-        value_and_grad,
-        [v.value for v in trainable],
-        [v.value for v in non_trainable],
-        [v.value for v in metrics],
-        x,
-        y,
-        sample_weight,
-        scale_loss=model.optimizer.scale_loss,
-        global_rng=_TorchGlobalRNG,
-        ascent=ForeachAscent,
-        variables=variables,
-    )
-    with torch.no_grad():
-        model.optimizer.apply(result["gradients"], trainable)
-        common.assign(non_trainable, result["non_trainable"])
-        common.assign(metrics, result["metrics"])
-        return model.update_sam_metrics(x, y, sample_weight, result)
+class SAMTrainer:
+    """The SAM `train_step` on torch (eager, stateful).
 
+    Unseeded dropout draws from torch's global generators: the perturbed
+    pass replays the clean pass's draws, so both see the same mask.
+    """
 
-def test_step(model, data):
-    return common.without_sam_logs(keras.Model.test_step(model, data))
+    def train_step(self, data):
+        x, y, sample_weight = common.unpack(self, data)
+        variables = stateless.variable_lists(self)
+        trainable = [v.value for v in variables[0]]
+        scale_loss = self.optimizer.scale_loss
+        unit = common.loss_scale(scale_loss)
+        loss_and_grads = value_and_grad(
+            common.scaled_loss(self, scale_loss, variables)
+        )
+
+        def sam_pass(non_trainable, metrics, batch):
+            rng_before = _TorchGlobalRNG.get_state()
+            # 1. Clean pass at w: L(w) and g; its state updates are kept.
+            (_, clean), gradients = loss_and_grads(
+                trainable, non_trainable, metrics, *batch
+            )
+            norm = ForeachAscent.global_norm(gradients)
+            sharpness = keras.ops.zeros(())
+            if self.rho > 0.0:
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
+                perturbed = ForeachAscent.perturbed_weights(
+                    gradients, trainable, self.rho, adaptive=self.adaptive,
+                    eta=self.eta, gradient_norm=norm,
+                )
+                # 3. Perturbed pass at w + eps, from the pre-step state and
+                # the same dropout draws; its state updates are discarded.
+                rng_after = _TorchGlobalRNG.get_state()
+                _TorchGlobalRNG.set_state(rng_before)
+                (_, at_perturbed), gradients = loss_and_grads(
+                    perturbed, non_trainable, metrics, *batch
+                )
+                _TorchGlobalRNG.set_state(rng_after)
+                sharpness = at_perturbed[0] - clean[0]
+            return common.pass_result(gradients, clean, sharpness, norm / unit)
+
+        result = common.over_chunks(
+            sam_pass, self.num_batch_splits or 1, variables[1],
+            [v.value for v in variables[1]], [v.value for v in variables[2]],
+            (x, y, sample_weight),
+        )
+        result = common.per_batch_scalars(
+            result, 1, self.perturbation == "global"
+        )
+        with torch.no_grad():
+            # 4. Descent: the optimizer applies the perturbed gradient at w.
+            self.optimizer.apply(result["gradients"], variables[0])
+            common.assign(variables[1], result["non_trainable"])
+            common.assign(variables[2], result["metrics"])
+            return common.update_metrics(self, x, y, sample_weight, result)
+
+    def test_step(self, data):
+        return common.without_sam_logs(keras.Model.test_step(self, data))

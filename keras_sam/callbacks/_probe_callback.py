@@ -6,7 +6,8 @@ import warnings
 
 import keras
 
-from keras_sam import hessian
+from keras_sam import _validation, hessian
+from keras_sam.hessian import linalg
 
 FREQ_UNITS = ("epoch", "step")
 
@@ -50,7 +51,7 @@ class ProbeCallback(keras.callbacks.Callback):
         seed=None,
     ):
         super().__init__()
-        if not hessian._is_integer(freq) or freq < 1:
+        if not _validation.is_integer(freq) or freq < 1:
             raise ValueError(
                 f"Argument `freq` must be an integer >= 1. Received: "
                 f"freq={freq!r}."
@@ -61,7 +62,7 @@ class ProbeCallback(keras.callbacks.Callback):
                 f"Received: freq_unit={freq_unit!r}."
             )
         if max_overhead is not None and (
-            not hessian._is_real(max_overhead) or not max_overhead > 0
+            not _validation.is_real(max_overhead) or not max_overhead > 0
         ):
             raise ValueError(
                 "Argument `max_overhead` must be None or a positive number. "
@@ -71,7 +72,7 @@ class ProbeCallback(keras.callbacks.Callback):
         self.freq = int(freq)
         self.freq_unit = freq_unit
         self.max_overhead = max_overhead
-        self.probe_batch_size = hessian._check_int(
+        self.probe_batch_size = _validation.check_int(
             "probe_batch_size", probe_batch_size
         )
         self.seed = seed
@@ -79,7 +80,7 @@ class ProbeCallback(keras.callbacks.Callback):
         # Keras may keep dispatching batch ends asynchronously (no host
         # sync per step); step measurements must run in the train loop.
         self.async_safe = freq_unit == "epoch"
-        self._rng = hessian._rng(seed)
+        self._rng = linalg._rng(seed)
         self._warned = False
         self._reset()
 
@@ -239,14 +240,14 @@ def optional_learning_rate(learning_rate):
     """Checks a `learning_rate` override (`None` or positive)."""
     if learning_rate is None:
         return None
-    return hessian._check_positive_float("learning_rate", learning_rate)
+    return _validation.check_positive_float("learning_rate", learning_rate)
 
 
 def optional_momentum(momentum):
     """Checks a `momentum` override (`None` or in [0, 1))."""
     if momentum is None:
         return None
-    return hessian._check_momentum(momentum)
+    return _validation.check_unit_interval("momentum", momentum)
 
 
 def gd_stability_ratio(sharpness, learning_rate, momentum, nesterov):
@@ -264,4 +265,4 @@ def optional_int(name, value):
     """Checks an optional integer argument (`None` or >= 1)."""
     if value is None:
         return None
-    return hessian._check_int(name, value)
+    return _validation.check_int(name, value)

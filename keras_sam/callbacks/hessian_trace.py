@@ -1,6 +1,6 @@
 """`HessianTrace`: Hutchinson's estimate of the Hessian trace, in `logs`."""
 
-from keras_sam import hessian
+from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import ProbeCallback
 
 
@@ -61,7 +61,7 @@ class HessianTrace(ProbeCallback):
         super().__init__(
             probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
         )
-        self.num_samples = hessian._check_int("num_samples", num_samples)
+        self.num_samples = _validation.check_int("num_samples", num_samples)
 
     def measure(self):
         result = hessian.hessian_trace(

@@ -1,6 +1,6 @@
 """`LinearStability`: whether GD and SGD can stay at the weights, in `logs`."""
 
-from keras_sam import hessian
+from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import (
     ProbeCallback,
     gd_stability_ratio,
@@ -8,6 +8,7 @@ from keras_sam.callbacks._probe_callback import (
     optional_learning_rate,
     optional_momentum,
 )
+from keras_sam.hessian import stability
 
 
 class LinearStability(ProbeCallback):
@@ -109,16 +110,18 @@ class LinearStability(ProbeCallback):
         self.dataset_size = optional_int("dataset_size", dataset_size)
         self.learning_rate = optional_learning_rate(learning_rate)
         self.momentum = optional_momentum(momentum)
-        self.num_iterations = hessian._check_int(
+        self.num_iterations = _validation.check_int(
             "num_iterations", num_iterations
         )
-        self.max_exact_samples = hessian._check_int(
+        self.max_exact_samples = _validation.check_int(
             "max_exact_samples", max_exact_samples, 0
         )
         self.num_noise_batches = optional_int(
             "num_noise_batches", num_noise_batches
         )
-        self.tolerance = hessian._check_tolerance(tolerance)
+        self.tolerance = _validation.check_non_negative_float(
+            "tolerance", tolerance
+        )
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -158,7 +161,7 @@ class LinearStability(ProbeCallback):
         batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
         m = self.num_iterations
-        exact, size, count = hessian._noise_plan(
+        exact, size, count = stability._noise_plan(
             n, batch_size, self.max_exact_samples, self.num_noise_batches
         )
         if exact:

@@ -1,7 +1,8 @@
 """`NoiseAlignment`: how SGD's gradient noise meets the curvature, in `logs`."""
 
-from keras_sam import hessian
+from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import ProbeCallback, optional_int
+from keras_sam.hessian import stability
 
 
 class NoiseAlignment(ProbeCallback):
@@ -82,8 +83,8 @@ class NoiseAlignment(ProbeCallback):
         )
         self.batch_size = optional_int("batch_size", batch_size)
         self.dataset_size = optional_int("dataset_size", dataset_size)
-        self.num_samples = hessian._check_int("num_samples", num_samples)
-        self.max_exact_samples = hessian._check_int(
+        self.num_samples = _validation.check_int("num_samples", num_samples)
+        self.max_exact_samples = _validation.check_int(
             "max_exact_samples", max_exact_samples, 0
         )
         self.num_noise_batches = optional_int(
@@ -114,7 +115,7 @@ class NoiseAlignment(ProbeCallback):
     def cost(self):
         batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
-        exact, size, count = hessian._noise_plan(
+        exact, size, count = stability._noise_plan(
             n, batch_size, self.max_exact_samples, self.num_noise_batches
         )
         if exact:

@@ -1,6 +1,6 @@
 """`Sharpness`: the top Hessian eigenvalue and GD's stability, in `logs`."""
 
-from keras_sam import hessian
+from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import (
     ProbeCallback,
     gd_stability_ratio,
@@ -88,7 +88,7 @@ class Sharpness(ProbeCallback):
         super().__init__(
             probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
         )
-        self.num_iterations = hessian._check_int(
+        self.num_iterations = _validation.check_int(
             "num_iterations", num_iterations
         )
         self.learning_rate = optional_learning_rate(learning_rate)

@@ -1,0 +1,82 @@
+"""The private Keras internals keras-sam relies on, each in one place.
+
+Everything here has no public Keras API (checked against Keras 3.15.1);
+each use says why. `check()` verifies that every one still exists and
+raises an error naming the installed Keras version if an upgrade removed
+one (`tests/test_keras_compat.py` calls it).
+"""
+
+import keras
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind the `loss` log, or `None` before compile.
+
+    `compute_metrics` does not update it (Keras's own `train_step` does),
+    so a custom step must; Keras exposes it only as `_loss_tracker`.
+    """
+    return model._loss_tracker
+
+
+def fully_built(model):
+    """Whether every layer and the compiled loss and metrics are built.
+
+    The stateless SAM passes cannot create variables, so a lazily built
+    model must be built before them. `Model.built` is set by the outer
+    layer alone; nested layers and the compiled loss/metrics containers
+    are reachable only through `_flatten_layers`, `_compile_metrics` and
+    `_compile_loss`.
+    """
+    unbuilt = [layer for layer in model._flatten_layers() if not layer.built]
+    compiled = [model._compile_metrics, model._compile_loss]
+    return not unbuilt and all(c is None or c.built for c in compiled)
+
+
+def symbolic_build(model, data_batch):
+    """Builds the model, its compiled loss and metrics from a batch's specs,
+    as `fit` does on its first step (`Trainer._symbolic_build`)."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+def filled_stateless_scope(mapping):
+    """A loss-collecting `StatelessScope` whose mapping is filled directly.
+
+    The public constructor converts and shape-checks every value, about
+    1 ms per pass on torch for a WRN; the SAM passes map variables to
+    their own tensors or same-shaped results, so the check is redundant.
+    `state_mapping` is keyed by `id(variable)`.
+    """
+    scope = keras.StatelessScope(collect_losses=True)
+    scope.state_mapping.update((id(k), v) for k, v in mapping)
+    return scope
+
+
+# `SAMModel._maybe_symbolic_build` (TensorFlow trainer) overrides Keras's
+# `Trainer._maybe_symbolic_build` to build from one replica's batch under
+# MultiWorkerMirroredStrategy, where Keras's own reduction fails.
+_OVERRIDDEN = ("_maybe_symbolic_build",)
+
+
+def check():
+    """Raises `ImportError` naming the Keras version if an internal that
+    keras-sam uses is gone."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    missing = [
+        name
+        for name in (
+            "_loss_tracker", "_flatten_layers", "_compile_metrics",
+            "_compile_loss", "_symbolic_build", *_OVERRIDDEN,
+        )
+        if not hasattr(model, name)
+    ]
+    scope = keras.StatelessScope()
+    if not isinstance(getattr(scope, "state_mapping", None), dict):
+        missing.append("StatelessScope.state_mapping")
+    if missing:
+        raise ImportError(
+            f"keras-sam needs Keras internals that Keras {keras.__version__} "
+            f"no longer has: {', '.join(missing)}. Install a Keras version "
+            "keras-sam supports (tested with 3.15.1) or update "
+            "keras_sam/_keras_compat.py."
+        )

@@ -1,0 +1,80 @@
+"""Curvature of the training loss: Hessian-vector products, top eigenvalues,
+the trace, and the linear stability of GD and SGD at the current weights.
+
+Every function takes a compiled Keras model (a plain `keras.Model` or a
+`keras_sam.SAMModel`) and probe data, and measures the loss that `fit`
+minimizes: the compiled loss plus the regularization losses (weight
+regularizers and `add_loss` terms), averaged over the probe data. The loss
+is evaluated in inference mode (`training=False`: BatchNorm uses its moving
+statistics, dropout is off) through `stateless_call`, so nothing is
+updated: weights, BatchNorm statistics, seeds and metrics stay as they
+were. Probe data is split into microbatches of `probe_batch_size` samples;
+microbatch results are weighted by their size, so every product is the
+one of the whole probe set's loss (exact for losses reduced with Keras's
+default `"sum_over_batch_size"`).
+
+Hessian-vector products are exact (double backpropagation on TensorFlow
+and PyTorch, forward-over-reverse on JAX), computed in the model's variable
+dtype, and accumulated in float64; the Lanczos recurrence runs in float64.
+Measure in float32 or float64: under a float16 or bfloat16 policy the
+products carry that precision.
+
+BatchNorm. Training steps normalize with batch statistics, these
+measurements with the moving statistics. While the moving statistics lag
+(early in training; Keras's BatchNorm momentum is 0.99) the two losses
+and their Hessians can differ widely: on a small CNN trained 3 epochs on
+the CIFAR-10 sample with SGD (learning rate 0.05, momentum 0.9), the
+inference-mode sharpness was 130, a GD stability ratio of 1.7, while
+training went on without diverging. For BatchNorm networks read the
+numbers as properties of the inference-mode loss.
+
+Conventions. `H` is the Hessian of the probe loss, `H_i` that of sample
+`i`'s loss (with the regularization, so `H = mean_i H_i`), and
+`Sigma = mean_i H_i^2 - H^2` their variance. Keras's `"mse"` has no `1/2`:
+its Hessians are twice those of half the squared error.
+
+References:
+    - Wu, Ma & E, 2018. How SGD Selects the Global Minima in
+      Over-parameterized Learning: A Dynamical Stability Perspective.
+      https://papers.nips.cc/paper/8049
+    - Wu, Wang & Su, 2022. The alignment property of SGD noise and how it
+      helps select flat minima: A stability analysis.
+      https://arxiv.org/abs/2207.02628
+    - Hutchinson, 1989. A stochastic estimator of the trace of the
+      influence matrix for Laplacian smoothing splines.
+      https://doi.org/10.1080/03610918908812806
+    - Yao et al., 2020. PyHessian: Neural Networks Through the Lens of the
+      Hessian. https://arxiv.org/abs/1912.07145
+"""
+
+from keras_sam.hessian.alignment import noise_alignment
+from keras_sam.hessian.probe import (
+    DEFAULT_PROBE_BATCH_SIZE,
+    ProbeSet,
+    as_probe_set,
+)
+from keras_sam.hessian.spectrum import (
+    hessian_trace,
+    hessian_vector_product,
+    top_eigenvalues,
+)
+from keras_sam.hessian.stability import (
+    DEFAULT_MAX_EXACT_SAMPLES,
+    DEFAULT_STABILITY_TOLERANCE,
+    gd_stability_threshold,
+    linear_stability,
+)
+
+__all__ = [
+    "DEFAULT_MAX_EXACT_SAMPLES",
+    "DEFAULT_PROBE_BATCH_SIZE",
+    "DEFAULT_STABILITY_TOLERANCE",
+    "ProbeSet",
+    "as_probe_set",
+    "gd_stability_threshold",
+    "hessian_trace",
+    "hessian_vector_product",
+    "linear_stability",
+    "noise_alignment",
+    "top_eigenvalues",
+]

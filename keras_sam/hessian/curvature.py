@@ -1,0 +1,197 @@
+"""The probe loss of a model and its derivatives, on flat vectors.
+
+The loss is `keras_sam.stateless.stateless_loss` in inference mode; its
+gradient and Hessian-vector products come from the backend's autodiff
+(`keras_sam.backend`), compiled once per model.
+"""
+
+import weakref
+
+import keras
+import numpy as np
+
+from keras_sam import backend as sam_backend
+from keras_sam import stateless
+from keras_sam._validation import check_int, short_repr
+from keras_sam.hessian.probe import _weighted_batches, as_probe_set
+
+# model -> compiled functions; the functions hold the model weakly.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def probe_loss(model, state, batch):
+    """The training loss of `batch` in inference mode, as a scalar tensor.
+
+    `state = (trainable, non_trainable, metrics)` values; nothing is
+    updated. Under a `tf.distribute` strategy Keras divides the compiled
+    loss by the number of replicas; this undoes it.
+    """
+    x, y, sample_weight = batch
+    loss, _ = stateless.stateless_loss(
+        model, *state, x, y, sample_weight, training=False
+    )
+    replicas = _num_replicas()
+    return loss * replicas if replicas > 1 else loss
+
+
+def _num_replicas():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _functions(model):
+    """`(value, gradient, hvp)` of the probe loss, compiled, cached per model.
+
+    `value(state, batch)` is the loss, `gradient(state, batch)` its
+    gradient and `hvp(state, batch, vector)` the Hessian-vector product,
+    all with respect to the trainable values `state[0]`, as lists of
+    tensors.
+    """
+    cache = _COMPILED.setdefault(model, {})
+    if "functions" not in cache:
+        cache["functions"] = _build_functions(weakref.ref(model))
+    return cache["functions"]
+
+
+def _build_functions(model_ref):
+    def loss(trainable, rest, batch):
+        return probe_loss(model_ref(), (trainable, *rest), batch)
+
+    gradient = sam_backend.grad(loss)
+    hvp = sam_backend.hessian_vector_product(loss)
+    compile_function = sam_backend.compile_function
+    return (
+        compile_function(lambda state, batch: loss(state[0], state[1:], batch)),
+        compile_function(
+            lambda state, batch: gradient(state[0], state[1:], batch)
+        ),
+        compile_function(
+            lambda state, batch, vector: hvp(
+                state[0], vector, state[1:], batch
+            )
+        ),
+    )
+
+
+class _Curvature:
+    """The probe loss of `model` at its current weights, on flat vectors.
+
+    Snapshots the variable values once; `hvp`, `gradient` and `loss` take
+    and return flat float64 NumPy vectors (all trainable variables in the
+    order of `model.trainable_variables`).
+    """
+
+    def __init__(self, model, probe, probe_batch_size):
+        self.probe = probe
+        self.probe_batch_size = probe_batch_size
+        self.state = (
+            _snapshot(model.trainable_variables),
+            _snapshot(model.non_trainable_variables),
+            _snapshot(model.metrics_variables),
+        )
+        self.shapes = [tuple(v.shape) for v in model.trainable_variables]
+        self.dtypes = [
+            keras.backend.standardize_dtype(v.dtype)
+            for v in model.trainable_variables
+        ]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.dim = int(sum(self.sizes))
+        self._value, self._gradient, self._hvp = _functions(model)
+        self._full = None
+
+    def batches(self, indices=None):
+        """Weighted microbatches of the samples `indices` (default all)."""
+        if indices is None:
+            if self._full is None:
+                self._full = _weighted_batches(
+                    self.probe, None, self.probe_batch_size
+                )
+            return self._full
+        return _weighted_batches(self.probe, indices, self.probe_batch_size)
+
+    def hvp(self, flat_vector, batches=None):
+        """`H v` for the samples of `batches` (default: the probe set)."""
+        vector = self.unflatten(flat_vector)
+        total = np.zeros(self.dim)
+        for batch, weight in batches or self.batches():
+            total += weight * self.flatten(self._hvp(self.state, batch, vector))
+        return total
+
+    def gradient(self, batches=None):
+        total = np.zeros(self.dim)
+        for batch, weight in batches or self.batches():
+            total += weight * self.flatten(self._gradient(self.state, batch))
+        return total
+
+    def loss(self):
+        total = 0.0
+        for batch, weight in self.batches():
+            value = self._value(self.state, batch)
+            total += weight * float(keras.ops.convert_to_numpy(value))
+        return total
+
+    def flatten(self, tensors):
+        return np.concatenate(
+            [
+                np.asarray(keras.ops.convert_to_numpy(t), np.float64).ravel()
+                for t in tensors
+            ]
+        )
+
+    def unflatten(self, flat):
+        flat = np.asarray(flat, dtype=np.float64)
+        if flat.shape != (self.dim,):
+            raise ValueError(
+                f"Argument `vector` must have {self.dim} entries (the number "
+                "of trainable parameters), or be a list of arrays shaped "
+                f"like `model.trainable_variables`. Received shape "
+                f"{flat.shape}."
+            )
+        tensors, start = [], 0
+        for shape, dtype, size in zip(self.shapes, self.dtypes, self.sizes):
+            part = flat[start : start + size].reshape(shape).astype(dtype)
+            tensors.append(keras.ops.convert_to_tensor(part))
+            start += size
+        return tensors
+
+
+def _snapshot(variables):
+    values = [keras.ops.convert_to_tensor(v) for v in variables]
+    if keras.backend.backend() == "torch":
+        values = [v.detach() for v in values]
+    return values
+
+
+def _check_model(model):
+    is_model = isinstance(model, keras.Model)
+    if not is_model:
+        raise ValueError(
+            "Argument `model` must be a compiled `keras.Model`. Received: "
+            f"model={short_repr(model)} of type {type(model).__name__}."
+        )
+    if not getattr(model, "compiled", False):
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) is not compiled: call "
+            "`model.compile(optimizer, loss=...)` first, so that its loss "
+            "is defined."
+        )
+    if not model.built:
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) is not built: call it on a "
+            "batch or `model.build(input_shape)` first."
+        )
+    if not model.trainable_variables:
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) has no trainable variables."
+        )
+
+
+def _prepare(model, data, probe_batch_size):
+    _check_model(model)
+    probe_batch_size = check_int("probe_batch_size", probe_batch_size)
+    return _Curvature(model, as_probe_set(data), probe_batch_size)
