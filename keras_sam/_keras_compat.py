@@ -51,10 +51,32 @@ def filled_stateless_scope(mapping):
     return scope
 
 
-# `SAMModel._maybe_symbolic_build` (TensorFlow trainer) overrides Keras's
-# `Trainer._maybe_symbolic_build` to build from one replica's batch under
+def input_signature(model):
+    """The input signature `model.export` would infer for `model`.
+
+    `SAMModel` is a subclassed model built when its inner model is, so
+    Keras never records the call shapes its own inference needs; the inner
+    model's signature (from its inputs, or its recorded build shapes) is
+    the wrapper's. Keras exposes the inference only as
+    `keras.src.export.export_utils.get_input_signature`.
+    """
+    from keras.src.export import export_utils
+
+    return export_utils.get_input_signature(model)
+
+
+# `SAMTrainer._maybe_symbolic_build` (TensorFlow) overrides the method of
+# Keras's TensorFlow trainer to build from one replica's batch under
 # MultiWorkerMirroredStrategy, where Keras's own reduction fails.
-_OVERRIDDEN = ("_maybe_symbolic_build",)
+_OVERRIDDEN = (
+    ("_maybe_symbolic_build",)
+    if keras.backend.backend() == "tensorflow" else ()
+)
+# The `keras.Model` attributes used above.
+MODEL_INTERNALS = (
+    "_loss_tracker", "_flatten_layers", "_compile_metrics", "_compile_loss",
+    "_symbolic_build", *_OVERRIDDEN,
+)
 
 
 def check():
@@ -62,14 +84,13 @@ def check():
     keras-sam uses is gone."""
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(loss="mse")
-    missing = [
-        name
-        for name in (
-            "_loss_tracker", "_flatten_layers", "_compile_metrics",
-            "_compile_loss", "_symbolic_build", *_OVERRIDDEN,
+    missing = [name for name in MODEL_INTERNALS if not hasattr(model, name)]
+    try:
+        from keras.src.export.export_utils import (  # noqa: F401
+            get_input_signature,
         )
-        if not hasattr(model, name)
-    ]
+    except ImportError:
+        missing.append("keras.src.export.export_utils.get_input_signature")
     scope = keras.StatelessScope()
     if not isinstance(getattr(scope, "state_mapping", None), dict):
         missing.append("StatelessScope.state_mapping")

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_sam import _validation
+from keras_sam import _keras_compat, _validation
 from keras_sam.backend import SAMTrainer
 
 PERTURBATIONS = ("replica", "global")
@@ -130,6 +130,18 @@ class SAMModel(SAMTrainer, keras.Model):
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None,
+               input_signature=None, **kwargs):
+        """`keras.Model.export`; the input signature defaults to the
+        wrapped model's, so a `SAMModel` exports like the model it wraps.
+        """
+        if input_signature is None:
+            input_signature = _keras_compat.input_signature(self.model)
+        return super().export(
+            filepath, format=format, verbose=verbose,
+            input_signature=input_signature, **kwargs,
+        )
 
     # Serialization --------------------------------------------------------
 
