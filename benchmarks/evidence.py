@@ -498,7 +498,7 @@ def paired_differences(rows, setting, arm, baseline):
 
 def summarize(rows, settings):
     """Mean and 95% t interval of every arm and of the paired differences."""
-    from keras_sam.reproduce import mean_and_interval
+    from keras_sam.experiments.reproduce import mean_and_interval
 
     arms = ["sgd", "sam"]
     if settings["sgd_epoch_multiplier"]:

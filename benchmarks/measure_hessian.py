@@ -54,7 +54,8 @@ from scipy.sparse import linalg as sparse_linalg  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from keras_sam import callbacks, datasets, hessian, models  # noqa: E402
+from keras_sam import callbacks, hessian, models  # noqa: E402
+from keras_sam.experiments import datasets  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "measurement"
 PARTS = ("accuracy", "overhead", "cost", "report", "all")

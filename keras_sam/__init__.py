@@ -4,18 +4,15 @@ from keras_sam import (
     accumulation,
     ascent,
     callbacks,
-    data_pipeline,
-    datasets,
     hessian,
     models,
-    paper_results,
     stateless,
-    training,
 )
 from keras_sam.sam_model import SAMModel
 
-# `keras_sam.tuning` (KerasTuner) and `keras_sam.reproduce` are imported on
-# demand: `from keras_sam import tuning`.
+# The experiment application (datasets, pipelines, the paper's recipe,
+# tuning, reproduce, demo and the `keras-sam` command line) is the
+# subpackage `keras_sam.experiments`, imported on demand.
 
 __version__ = "0.1.0"
 
@@ -24,11 +21,7 @@ __all__ = [
     "accumulation",
     "ascent",
     "callbacks",
-    "data_pipeline",
-    "datasets",
     "hessian",
     "models",
-    "paper_results",
     "stateless",
-    "training",
 ]

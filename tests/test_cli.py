@@ -1,4 +1,4 @@
-"""Tests for the `keras-sam` command line (`keras_sam.cli`)."""
+"""Tests for the `keras-sam` command line (`keras_sam.experiments.cli`)."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import sys
 import keras
 import pytest
 
-from keras_sam import cli
+from keras_sam.experiments import cli
 
 
 def _read_history(path):
@@ -124,7 +124,7 @@ def test_demo_quick_on_another_backend_through_the_console_command(
         [
             sys.executable,
             "-m",
-            "keras_sam.cli",
+            "keras_sam.experiments.cli",
             "demo",
             "--quick",
             "--backend",

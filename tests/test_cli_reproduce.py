@@ -1,5 +1,5 @@
-"""Tests for `keras-sam reproduce` (`keras_sam.reproduce`) and the paper's
-Table 1 stored in `keras_sam.paper_results`."""
+"""Tests for `keras-sam reproduce` (`keras_sam.experiments.reproduce`) and
+the paper's Table 1 stored in `keras_sam.experiments.paper_results`."""
 
 import csv
 import json
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_sam import cli, paper_results, reproduce
+from keras_sam.experiments import cli, paper_results, reproduce
 
 pytest.importorskip("tensorflow")
 
@@ -182,7 +182,7 @@ def test_reproduce_quick_on_jax_through_the_console_command(tmp_path):
         [
             sys.executable,
             "-m",
-            "keras_sam.cli",
+            "keras_sam.experiments.cli",
             "reproduce",
             "--quick",
             "--backend",
@@ -218,7 +218,7 @@ def test_reproduce_killed_mid_run_resumes_to_the_uninterrupted_result(
         return [
             sys.executable,
             "-m",
-            "keras_sam.cli",
+            "keras_sam.experiments.cli",
             "reproduce",
             "--quick",
             "--rho",

@@ -1,6 +1,7 @@
-"""Tests for `keras_sam.datasets.load` / `load_splits` and
-`keras_sam.data_pipeline`: sources, splits, augmentation and normalization
-checked against NumPy, determinism, CIFAR-100 through mocked tfds."""
+"""Tests for `keras_sam.experiments.datasets.load` / `load_splits` and
+`keras_sam.experiments.data_pipeline`: sources, splits, augmentation and
+normalization checked against NumPy, determinism, CIFAR-100 through mocked
+tfds."""
 
 import io
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_sam import data_pipeline, datasets
+from keras_sam.experiments import data_pipeline, datasets
 
 tf = pytest.importorskip("tensorflow")
 

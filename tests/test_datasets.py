@@ -1,4 +1,5 @@
-"""Tests for `keras_sam.datasets` and the shipped CIFAR-10 sample."""
+"""Tests for `keras_sam.experiments.datasets` and the shipped CIFAR-10
+sample."""
 
 import io
 import os
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_sam import datasets
-from keras_sam.data import make_cifar10_sample
+from keras_sam.experiments import datasets
+from keras_sam.experiments.data import make_cifar10_sample
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_DIR = pathlib.Path(

@@ -1,6 +1,7 @@
-"""Tests for `keras_sam.tuning`: the HyperModel's search space and models,
-seeded executions, the CSV export checked against the trials, resuming a
-sweep killed with SIGKILL, and a chief with two workers on 127.0.0.1."""
+"""Tests for `keras_sam.experiments.tuning`: the HyperModel's search space
+and models, seeded executions, the CSV export checked against the trials,
+resuming a sweep killed with SIGKILL, and a chief with two workers on
+127.0.0.1."""
 
 import csv
 import json
@@ -15,7 +16,8 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from keras_sam import SAMModel, datasets, tuning
+from keras_sam import SAMModel
+from keras_sam.experiments import datasets, tuning
 
 pytest.importorskip("tensorflow")
 
@@ -193,7 +195,7 @@ def test_bayesian_and_random_search(tiny_splits, tmp_path):
 _SWEEP = [
     sys.executable,
     "-m",
-    "keras_sam.cli",
+    "keras_sam.experiments.cli",
     "sweep",
     "--source",
     "sample",

@@ -53,7 +53,7 @@ package as JPEG bytes. Pixels are scaled to `[0, 1]`.
 """
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.datasets.load_cifar10_sample()
+    keras_sam.experiments.datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

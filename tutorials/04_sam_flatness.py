@@ -71,7 +71,7 @@ else:
 BATCH_SIZE, LEARNING_RATE, MOMENTUM, RHO, WIDTH = 128, 0.05, 0.9, 0.05, 8
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.datasets.load_cifar10_sample()
+    keras_sam.experiments.datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

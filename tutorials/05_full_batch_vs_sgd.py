@@ -96,7 +96,7 @@ PENALTY = SGD_LEARNING_RATE / 4  # see "The gradient-norm penalty"
 RHO = 0.05
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.datasets.load_cifar10_sample()
+    keras_sam.experiments.datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

@@ -3,7 +3,7 @@
 `run_reproduction` follows the paper's protocol for one row of Table 1:
 
 1. choose `rho` from the grid by validation accuracy on 10% of the
-   training set held out (a KerasTuner grid search, `keras_sam.tuning`),
+   training set held out (a KerasTuner grid search, `experiments.tuning`),
    unless `rho` is given;
 2. train on the whole training set, for each seed, SAM with that `rho`
    and the plain SGD baseline with twice the epochs, from the same
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from keras_sam import datasets, paper_results, training
+from keras_sam.experiments import datasets, paper_results, training
 
 RESULT_FIELDS = (
     "run",
@@ -113,7 +113,7 @@ def _processor_name():
 
 
 def _git_commit():
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -197,12 +197,12 @@ def run_reproduction(
     Args:
         output_dir: folder of the results and of the resumable state.
         dataset: `"cifar10"` or `"cifar100"`. Defaults to `"cifar10"`.
-        data_dir: see `keras_sam.datasets.load_splits`. Defaults to
+        data_dir: see `keras_sam.experiments.datasets.load_splits`. Defaults to
             `None`.
-        source: see `keras_sam.datasets.load_splits`. Defaults to
+        source: see `keras_sam.experiments.datasets.load_splits`. Defaults to
             `"auto"`.
         model_name: a `keras_sam.models` name. Defaults to `"wrn-28-10"`.
-        augment: see `keras_sam.datasets.load`. Defaults to `"basic"`.
+        augment: see `experiments.datasets.load`. Defaults to `"basic"`.
         epochs: SAM's training epochs. Defaults to `200`.
         seeds: number of seeds (`0 .. seeds - 1`) of the final runs.
             Defaults to `5`.
@@ -526,7 +526,7 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         "",
         "Test error (%), mean ± 95% confidence interval (Student t) over "
         f"{len(sam['seeds'])} seed(s). Generated from `results.csv` by "
-        "`keras_sam.reproduce.write_table`.",
+        "`keras_sam.experiments.reproduce.write_table`.",
         "",
         "| | SAM | SGD | SAM epochs | SGD epochs | rho | seeds |",
         "|---|---|---|---|---|---|---|",
@@ -656,19 +656,19 @@ def run_sweep(
 ):
     """A KerasTuner sweep; writes `trials.csv`, `best.json`, `sweep.png`.
 
-    See `keras_sam.tuning` for the search itself. The raw tuner state goes
+    See `experiments.tuning` for the search itself. The raw tuner state goes
     to `output_dir/tuner/` (needed to resume; do not commit it). Only the
     chief (or the single process) writes the exports.
 
     Args:
         output_dir: folder of the results and the tuner state.
         dataset, data_dir, source, train_size, test_size, split_seed,
-            validation_fraction: see `keras_sam.datasets.load_splits`.
+            validation_fraction: see `experiments.datasets.load_splits`.
         model_name: a `keras_sam.models` name. Defaults to `"resnet-20"`.
-        augment: see `keras_sam.datasets.load`. Defaults to `"basic"`.
+        augment: see `experiments.datasets.load`. Defaults to `"basic"`.
         epochs: epochs of every trial. Defaults to `200`.
         rho_values, batch_sizes, learning_rates, weight_decays: the
-            searched values (see `keras_sam.tuning.SAMHyperModel`).
+            searched values (see `keras_sam.experiments.tuning.SAMHyperModel`).
         seeds: seeds of every trial. Defaults to `(0,)`.
         tuner: `"grid"`, `"random"` or `"bayesian"`. Defaults to
             `"grid"`.

@@ -118,7 +118,7 @@ class DataEpoch(keras.callbacks.Callback):
     """Keeps a pipeline's data epoch equal to the training epoch.
 
     At the start of epoch `e` of `fit`, sets the training pipeline of a
-    `keras_sam.data_pipeline.CifarPipelines` to produce its epoch `e`, so
+    `experiments.data_pipeline.CifarPipelines` to produce its epoch `e`, so
     that a run resumed at epoch `e` (e.g. by `BackupAndRestore`) sees the
     batches the uninterrupted run would have seen.
 
@@ -159,7 +159,7 @@ def train_and_evaluate(
     augmentation are those of `pipelines` (built with its own seed).
 
     Args:
-        pipelines: a `keras_sam.data_pipeline.CifarPipelines`; its
+        pipelines: a `keras_sam.experiments.data_pipeline.CifarPipelines`; its
             `validation` split, if any, is evaluated after every epoch.
         model_name: a name known to `keras_sam.models.get_model`.
         rho: SAM radius; `0` trains the plain model (the SGD baseline).

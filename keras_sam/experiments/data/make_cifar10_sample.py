@@ -1,4 +1,5 @@
-"""Make the class-balanced CIFAR-10 sample shipped in `keras_sam/data/`.
+"""Make the class-balanced CIFAR-10 sample shipped in
+`keras_sam/experiments/data/`.
 
 The sample keeps the JPEG bytes of the source images unchanged (no
 re-encoding), so decoding a sample image gives exactly the pixels of the
@@ -12,7 +13,8 @@ class). The output has the source format (`data`, `offsets`, `y`) plus
 Run from the repository root:
 
 ```
-python -m keras_sam.data.make_cifar10_sample --source ../shared/data/cifar10
+python -m keras_sam.experiments.data.make_cifar10_sample \
+    --source ../shared/data/cifar10
 ```
 """
 
@@ -104,9 +106,9 @@ def make_sample(
 
     Args:
         source_dir: folder holding `train.npz` and `test.npz` in the JPEG
-            npz format (see `keras_sam.datasets.load_jpeg_npz`).
+            npz format (see `keras_sam.experiments.datasets.load_jpeg_npz`).
         output_path: where to write the sample. Defaults to
-            `keras_sam/data/cifar10_sample.npz`.
+            `keras_sam/experiments/data/cifar10_sample.npz`.
         train_per_class: training images kept per class. Defaults to 500.
         test_per_class: test images kept per class. Defaults to 100.
         seed: selection seed. Defaults to `DEFAULT_SEED`.

@@ -22,7 +22,8 @@ import time
 import keras
 import numpy as np
 
-from keras_sam import datasets, models
+from keras_sam import models
+from keras_sam.experiments import datasets
 from keras_sam.sam_model import SAMModel
 
 HISTORY_FIELDS = (

@@ -647,7 +647,7 @@ def _use_backend(backend, argv):
             f"{keras.backend.backend()!r} even with KERAS_BACKEND set."
         )
     env = dict(os.environ, **{_REEXEC_MARKER: "1"})
-    command = [sys.executable, "-m", "keras_sam.cli", *argv]
+    command = [sys.executable, "-m", "keras_sam.experiments.cli", *argv]
     return subprocess.call(command, env=env)
 
 

@@ -1,7 +1,7 @@
 """`tf.data` pipelines for CIFAR: shuffling, augmentation, normalization.
 
 The SAM paper's CIFAR input pipeline, deterministic given a seed. Images
-enter as uint8 NumPy arrays (from `keras_sam.datasets.load_splits`) and
+enter as uint8 NumPy arrays (from `experiments.datasets.load_splits`) and
 leave as normalized float32 batches. Every random choice is a stateless
 TensorFlow op keyed by `(seed, epoch, batch index)`:
 
@@ -37,7 +37,7 @@ CUTOUT_SIZE = 16
 class CifarPipelines:
     """The train, validation and test pipelines of one dataset.
 
-    Returned by `make_pipelines` and `keras_sam.datasets.load`.
+    Returned by `make_pipelines` and `keras_sam.experiments.datasets.load`.
 
     Attributes:
         train: `tf.data.Dataset` of `(images, labels)` batches, shuffled
@@ -45,7 +45,7 @@ class CifarPipelines:
         validation: the held-out split, normalized, not augmented, in a
             fixed order; `None` when nothing is held out.
         test: the test split, like `validation`.
-        splits: the `keras_sam.datasets.CifarSplits` the pipelines read.
+        splits: the `experiments.datasets.CifarSplits` the pipelines read.
         mean, std: the per-channel statistics used to normalize (float32
             arrays of shape `(3,)`).
         batch_size, augment, seed: the arguments they were built with.
@@ -239,7 +239,7 @@ def train_dataset(
             smaller.
         mean: per-channel mean used by `normalize`.
         std: per-channel standard deviation used by `normalize`.
-        augment: one of `AUGMENTATIONS` (see `keras_sam.datasets.load`).
+        augment: one of `AUGMENTATIONS` (see `experiments.datasets.load`).
             Defaults to `"basic"`.
         seed: integer seed of the order and the augmentation. Defaults to
             `0`.
@@ -350,7 +350,7 @@ def make_pipelines(splits, batch_size=256, augment="basic", seed=0):
     and standard deviation (`splits.channel_statistics()`).
 
     Args:
-        splits: a `keras_sam.datasets.CifarSplits`.
+        splits: a `keras_sam.experiments.datasets.CifarSplits`.
         batch_size: batch size of the three pipelines. Defaults to `256`.
         augment: one of `AUGMENTATIONS`. Defaults to `"basic"`.
         seed: seed of the training order and augmentation. Defaults to

@@ -30,7 +30,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_sam import data_pipeline, training
+from keras_sam.experiments import data_pipeline, training
 
 TUNERS = ("grid", "random", "bayesian")
 OBJECTIVE = "val_accuracy"
@@ -70,7 +70,7 @@ class SAMHyperModel(keras_tuner.HyperModel):
     writes one JSON record per trial and seed into `record_dir`.
 
     Args:
-        splits: a `keras_sam.datasets.CifarSplits` with a validation split.
+        splits: a `experiments.datasets.CifarSplits` with a validation split.
         model_name: a name known to `keras_sam.models.get_model`.
             Defaults to `"resnet-20"`.
         rho_values: values of `rho`. Defaults to `0` and the paper's grid
@@ -84,7 +84,7 @@ class SAMHyperModel(keras_tuner.HyperModel):
         baseline_epoch_multiplier: epochs of `rho = 0` trials are
             `epochs` times this (the paper gives SGD twice the epochs).
             Defaults to `1` (equal epochs, to compare along `rho`).
-        augment: training augmentation, see `keras_sam.datasets.load`.
+        augment: training augmentation, see `experiments.datasets.load`.
             Defaults to `"basic"`.
         momentum: SGD momentum. Defaults to `0.9`.
         nesterov: Nesterov momentum. Defaults to `True`.
@@ -96,13 +96,14 @@ class SAMHyperModel(keras_tuner.HyperModel):
     Example:
 
     ```python
-    splits = keras_sam.datasets.load_splits("cifar10", data_dir=...)
-    hypermodel = keras_sam.tuning.SAMHyperModel(
+    splits = keras_sam.experiments.datasets.load_splits("cifar10", data_dir=...)
+    hypermodel = keras_sam.experiments.tuning.SAMHyperModel(
         splits, "wrn-16-8", rho_values=(0.0, 0.05, 0.1), epochs=100)
-    tuner = keras_sam.tuning.make_tuner(
+    tuner = keras_sam.experiments.tuning.make_tuner(
         hypermodel, "grid", directory="sweeps", seeds=(0, 1))
     tuner.search(verbose=1)
-    keras_sam.tuning.export_results(tuner, "trials.csv", "best.json")
+    keras_sam.experiments.tuning.export_results(
+        tuner, "trials.csv", "best.json")
     ```
     """
 

@@ -77,7 +77,7 @@ def load_jpeg_npz(path, split=None):
 
     Example:
 
-    >>> x_train, y_train = keras_sam.datasets.load_jpeg_npz(
+    >>> x_train, y_train = keras_sam.experiments.datasets.load_jpeg_npz(
     ...     "../shared/data/cifar10/train.npz")
     >>> x_train.shape
     (50000, 32, 32, 3)
@@ -145,12 +145,12 @@ def load_cifar10_sample(path=None):
 
     The sample holds 5,000 training images (500 per class) and 1,000 test
     images (100 per class), drawn with a fixed seed from the offline
-    CIFAR-10 copy by `keras_sam/data/make_cifar10_sample.py`, and stored as
-    the original JPEG bytes (about 2 MB). The images are JPEG-compressed
-    versions of CIFAR-10, so accuracies are close to, not identical with,
-    those on the official release. Rows come in a fixed shuffled order
-    (every class appears throughout); images are decoded with Pillow.
-    Needs no network and no TensorFlow.
+    CIFAR-10 copy by `keras_sam/experiments/data/make_cifar10_sample.py`,
+    and stored as the original JPEG bytes (about 2 MB). The images are
+    JPEG-compressed versions of CIFAR-10, so accuracies are close to, not
+    identical with, those on the official release. Rows come in a fixed
+    shuffled order (every class appears throughout); images are decoded
+    with Pillow. Needs no network and no TensorFlow.
 
     Args:
         path: another file in the same format, or `None` for the shipped
@@ -164,7 +164,7 @@ def load_cifar10_sample(path=None):
     Example:
 
     >>> (x_train, y_train), (x_test, y_test) = (
-    ...     keras_sam.datasets.load_cifar10_sample())
+    ...     keras_sam.experiments.datasets.load_cifar10_sample())
     >>> x_train.shape, x_test.shape
     ((5000, 32, 32, 3), (1000, 32, 32, 3))
 
@@ -176,7 +176,7 @@ def load_cifar10_sample(path=None):
         raise FileNotFoundError(
             f"CIFAR-10 sample not found: {path}. The shipped sample is "
             "missing from this installation; reinstall keras-sam, or make "
-            "it with `python -m keras_sam.data.make_cifar10_sample "
+            "it with `python -m keras_sam.experiments.data.make_cifar10_sample "
             "--source <folder with train.npz and test.npz>`."
         )
     return load_jpeg_npz(path, split="train"), load_jpeg_npz(path, "test")
@@ -378,7 +378,7 @@ def load_splits(
 
     Example:
 
-    >>> splits = keras_sam.datasets.load_splits(
+    >>> splits = keras_sam.experiments.datasets.load_splits(
     ...     "cifar10", data_dir="../shared/data/cifar10")
     >>> len(splits.y_train), len(splits.y_validation), len(splits.y_test)
     (45000, 5000, 10000)
@@ -566,7 +566,7 @@ def load(
     Reads the images with `load_splits` (tfds, a JPEG npz folder or an
     image folder tree; see there), holds out `validation_fraction` of the
     training set, and builds the pipelines with
-    `keras_sam.data_pipeline`: the training pipeline is shuffled every
+    `experiments.data_pipeline`: the training pipeline is shuffled every
     epoch and augmented (`augment`), all three are normalized per channel
     with the training split's mean and standard deviation. Everything
     random is a function of `seed` and the epoch, so two pipelines made
@@ -579,7 +579,7 @@ def load(
         source: see `load_splits`. Defaults to `"auto"`.
         batch_size: batch size of all three pipelines. Defaults to `256`
             (the paper's).
-        augment: one of `keras_sam.data_pipeline.AUGMENTATIONS`: `"basic"`
+        augment: one of `experiments.data_pipeline.AUGMENTATIONS`: `"basic"`
             (4-pixel zero padding, random 32x32 crop, random horizontal
             flip), `"cutout"` (basic, then a 16x16 cutout),
             `"randaugment"` (basic, Keras' `RandAugment`, then cutout) or
@@ -596,14 +596,14 @@ def load(
         download: whether tfds may download. Defaults to `True`.
 
     Returns:
-        A `keras_sam.data_pipeline.CifarPipelines` with `train`,
+        A `keras_sam.experiments.data_pipeline.CifarPipelines` with `train`,
         `validation` and `test` datasets of `(images, labels)` batches
         (float32 normalized images, int64 labels), `splits` (the
         `CifarSplits`), `mean`, `std` and `steps_per_epoch`.
 
     Example:
 
-    >>> data = keras_sam.datasets.load(
+    >>> data = keras_sam.experiments.datasets.load(
     ...     "cifar10", data_dir="../shared/data/cifar10", seed=1)
     >>> model.fit(data.train, validation_data=data.validation, epochs=200)
     >>> model.evaluate(data.test)
