@@ -19,7 +19,6 @@ serves the oracle and worker processes run the trials.
 """
 
 import csv
-import functools
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_sam.experiments import data_pipeline, training
+from keras_sam.experiments import _kerastuner_compat, data_pipeline, training
 
 TUNERS = ("grid", "random", "bayesian")
 OBJECTIVE = "val_accuracy"
@@ -315,6 +314,7 @@ class _SeededTrials:
         return super().run_trial(trial, *args, **kwargs)
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
+        # A private KerasTuner method: see _kerastuner_compat.TUNER_METHODS.
         index = self._executions.get(trial.trial_id, 0)
         self._executions[trial.trial_id] = index + 1
         seed = self.seeds[index % len(self.seeds)]
@@ -338,19 +338,7 @@ class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
 
     def set_state(self, state):
         super().set_state(state)
-        order = sorted(
-            self.trials,
-            key=functools.cmp_to_key(
-                lambda a, b: self._compare(
-                    self.trials[a].hyperparameters.values,
-                    self.trials[b].hyperparameters.values,
-                )
-            ),
-        )
-        self._ordered_ids = type(self._ordered_ids)()
-        for trial_id in order:
-            self._ordered_ids.insert(trial_id)
-        self._populate_next = list(self.end_order)
+        _kerastuner_compat.rebuild_grid_order(self)
 
 
 class SeededTuner(_SeededTrials, keras_tuner.Tuner):
