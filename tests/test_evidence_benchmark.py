@@ -1,0 +1,131 @@
+"""`benchmarks/evidence.py` at tiny sizes: the label noise, the batches,
+the paired statistics (against SciPy), and a killed grid resuming without
+repeating a run."""
+
+import importlib.util
+import io
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+SCRIPT = (
+    pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    / "evidence.py"
+)
+
+
+@pytest.fixture(scope="module")
+def evidence():
+    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_noise_flips_exactly_the_fraction_to_other_classes(evidence):
+    labels = np.repeat(np.arange(10), 50)
+    noisy, is_noisy = evidence.symmetric_label_noise(labels, 0.4, 10, seed=3)
+    assert is_noisy.sum() == 200
+    np.testing.assert_array_equal(noisy != labels, is_noisy)
+    assert noisy.min() >= 0 and noisy.max() <= 9
+    # Every wrong class is reachable: the new labels are spread out.
+    assert len(np.unique(noisy[is_noisy] - labels[is_noisy])) > 5
+    again, _ = evidence.symmetric_label_noise(labels, 0.4, 10, seed=3)
+    np.testing.assert_array_equal(noisy, again)
+    with pytest.raises(ValueError, match="fraction=1.5"):
+        evidence.symmetric_label_noise(labels, 1.5, 10, seed=0)
+
+
+def test_batches_are_seeded_crops_and_flips_of_the_images(evidence):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 6, 6, 2)).astype("float32")
+    y = np.arange(10)
+    first = evidence.AugmentedBatches(x, y, 4, seed=7)
+    second = evidence.AugmentedBatches(x, y, 4, seed=7)
+    first.set_epoch(2)
+    second.set_epoch(2)
+    assert len(first) == 3
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    seen = []
+    for index in range(len(first)):
+        crops, labels = first[index]
+        np.testing.assert_array_equal(crops, second[index][0])
+        for crop, label in zip(crops, labels):
+            seen.append(label)
+            windows = [
+                padded[label, i:i + 6, j:j + 6]
+                for i in range(9) for j in range(9)
+            ]
+            windows += [w[:, ::-1] for w in windows]
+            assert any(np.array_equal(crop, w) for w in windows)
+    assert sorted(seen) == list(range(10))
+    plain = evidence.AugmentedBatches(x, y, 4, seed=7, augment=False)
+    crops, labels = plain[0]
+    np.testing.assert_array_equal(crops, x[labels])
+
+
+def test_paired_interval_matches_scipy(evidence):
+    rows = []
+    pairs = [(40.0, 38.5), (41.0, 39.0), (39.5, 39.0)]
+    for seed, (sgd, sam) in enumerate(pairs):
+        for arm, error in (("sgd", sgd), ("sam", sam)):
+            rows.append({"setting": "noise40", "arm": arm, "seed": seed,
+                         "test_error": error})
+    settings = {"settings": {"noise40": 0.4}, "epochs": 1,
+                "sgd_epoch_multiplier": None}
+    (difference,) = [
+        s for s in evidence.summarize(rows, settings)
+        if s["quantity"] == "sam - sgd"
+    ]
+    d = np.array([-1.5, -2.0, -0.5])
+    low, high = stats.t.interval(
+        0.95, df=2, loc=d.mean(), scale=stats.sem(d)
+    )
+    assert difference["mean"] == pytest.approx(d.mean())
+    assert difference["half_width"] == pytest.approx((high - low) / 2)
+    assert difference["verdict"] == (
+        "SAM better" if high < 0 else "no difference shown"
+    )
+
+
+def _jpeg_npz(path, images, labels):
+    blobs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])])
+    np.savez(path, data=np.concatenate(blobs), offsets=offsets,
+             y=np.asarray(labels, dtype=np.uint8))
+
+
+def test_killed_grid_resumes_without_repeating(evidence, tmp_path):
+    rng = np.random.default_rng(0)
+    data_dir = tmp_path / "cifar"
+    data_dir.mkdir()
+    for name, count in (("train", 40), ("test", 20)):
+        images = rng.integers(0, 255, size=(count, 32, 32, 3), dtype=np.uint8)
+        _jpeg_npz(data_dir / f"{name}.npz", images, np.arange(count) % 10)
+    settings = dict(
+        evidence.PROTOCOL, train_size=20, epochs=1, seeds=[0],
+        sgd_epoch_multiplier=None, settings={"noise40": 0.4},
+        width=2, probe_size=8, lanczos_iterations=2, trace_samples=1,
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--data-dir"):
+        evidence.run_grid(out, tmp_path / "nowhere", settings)
+    assert not out.exists()  # a failed start leaves nothing
+    assert evidence.run_grid(out, data_dir, settings, max_runs=1,
+                             verbose=0) == 1
+    assert evidence.run_grid(out, data_dir, settings, verbose=0) == 1
+    rows = evidence._read_csv(out / "runs.csv")
+    assert [(r["arm"], r["seed"]) for r in rows] == [("sgd", "0"),
+                                                     ("sam", "0")]
+    assert rows[0]["init_digest"] == rows[1]["init_digest"]
+    assert evidence.run_grid(out, data_dir, settings, verbose=0) == 0
+    with pytest.raises(ValueError, match="other settings"):
+        evidence.run_grid(out, data_dir, dict(settings, rho=0.2))
+    assert (out / "table.md").exists()
