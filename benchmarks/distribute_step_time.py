@@ -57,6 +57,9 @@ import sys
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import benchmark_env  # noqa: E402
+
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "benchmarks"
 README_BEGIN = "<!-- BEGIN distribute_step_time.py section -->"
 README_END = "<!-- END distribute_step_time.py section -->"
@@ -77,7 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet-20")
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=benchmark_env.positive_int,
         default=64,
         help="global batch, split over the 2 replicas (default: 64)",
     )
@@ -87,7 +90,7 @@ def parse_args(argv=None):
         default=8,
         help="steps per timed fit; the first is not timed (default: 8)",
     )
-    parser.add_argument("--repeats", type=_positive_int, default=7)
+    parser.add_argument("--repeats", type=benchmark_env.positive_int, default=7)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
@@ -103,13 +106,6 @@ def parse_args(argv=None):
         help="only rewrite the README section from the JSON files",
     )
     return parser.parse_args(argv)
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _at_least_two(text):
@@ -147,24 +143,11 @@ def _timer_class(keras):
     return StepTimer
 
 
-class FitVariant:
-    """A compiled model; `run(steps)` is seconds per step of one `fit`."""
+class FitVariant(_step_time().Variant):
+    """A compiled model; `run(steps)` is seconds per step of one `fit`,
+    timed from the end of its first step."""
 
-    def __init__(self, name, model, timer_class, x, y, batch_size):
-        self.name = name
-        self.model = model
-        self.timer_class = timer_class
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.times = []
-
-    def run(self, steps):
-        timer = self.timer_class()
-        samples = steps * self.batch_size
-        self.model.fit(self.x[:samples], self.y[:samples],
-                       batch_size=self.batch_size, epochs=1, shuffle=False,
-                       verbose=0, callbacks=[timer])
-        return timer.seconds / (steps - 1)
+    untimed_steps = 1
 
 
 class AllReduceVariant:
@@ -439,19 +422,9 @@ def regenerate_readme(output_dir):
     lines.append(README_END)
     section = "\n".join(lines)
 
-    readme = output_dir / "README.md"
-    if readme.exists():
-        text = readme.read_text()
-    else:
-        text = "# Benchmarks\n\nTiming results written by `benchmarks/`.\n"
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    readme.write_text(text)
-    return readme
+    return benchmark_env.write_readme_section(
+        output_dir, README_BEGIN, README_END, section
+    )
 
 
 def main(argv=None):
@@ -477,7 +450,7 @@ def main(argv=None):
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError("this benchmark needs KERAS_BACKEND=tensorflow")
     step_time = _step_time()
-    device, _, versions = step_time.describe_device("tensorflow")
+    device, _, versions = benchmark_env.describe_device("tensorflow")
     devices = [f"/cpu:{i}" for i in range(NUM_REPLICAS)]
     strategy = tf.distribute.MirroredStrategy(devices)
     print(f"device: {device}; {strategy.num_replicas_in_sync} replicas",
@@ -519,13 +492,13 @@ def main(argv=None):
         "ratios": ratios,
         "paired_ratios": paired_ratios,
         "overhead": overhead,
-        "load_average": step_time._load_average(),
+        "load_average": benchmark_env.load_average(),
         "versions": versions,
         "command": shlex.join(
             ["python", "benchmarks/distribute_step_time.py"]
             + list(sys.argv[1:] if argv is None else argv)
         ),
-        "commit": step_time._git_commit(),
+        "commit": benchmark_env.git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.output.mkdir(parents=True, exist_ok=True)

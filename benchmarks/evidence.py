@@ -38,9 +38,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import benchmark_env  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -454,7 +456,7 @@ def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
     done = {
         (r["setting"], r["arm"], int(r["seed"])) for r in _read_csv(runs_path)
     }
-    commit = os.environ.get("BENCHMARK_COMMIT") or reproduce._git_commit()
+    commit = benchmark_env.git_commit() or "unknown"
     plan = run_plan(settings)
     made = 0
     for index, (setting, arm, seed, epochs) in enumerate(plan):
@@ -650,7 +652,8 @@ def write_summary(root=None):
         "their runs: [round 1](PROTOCOL.md), [round 2](PROTOCOL_2.md). "
         "Every run made under them is below.",
         "",
-        f"- hardware: {environment['processor']}, 2 CPU cores; backend "
+        f"- hardware: {benchmark_env.cpu_name()}, "
+        f"{benchmark_env.cpu_count()} CPU cores; backend "
         f"{environment['backend']}, Keras {environment['keras']}",
         "- commands: `python benchmarks/evidence.py` (round 1), "
         "`python benchmarks/evidence.py --round 2`",

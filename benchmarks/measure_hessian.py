@@ -41,7 +41,6 @@ import os
 import pathlib
 import platform
 import shlex
-import subprocess
 import sys
 import time
 
@@ -53,6 +52,9 @@ from scipy.sparse import linalg as sparse_linalg  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import benchmark_env  # noqa: E402
 
 from keras_sam import callbacks, hessian, models  # noqa: E402
 from keras_sam.experiments import datasets  # noqa: E402
@@ -461,16 +463,6 @@ def write_json(path, record):
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def current_commit():
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=False,
-    ).stdout.strip()
-
-
 def record_run(args, part, commit):
     """Records how and where `part` was made in `runs.json`; `commit` is
     the one checked out when the run started (the code that ran)."""
@@ -481,20 +473,13 @@ def record_run(args, part, commit):
         + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "commit": commit,
         "date": datetime.date.today().isoformat(),
-        "hardware": f"{_cpu_name()}, {os.cpu_count()} cores visible",
+        "hardware": f"{benchmark_env.cpu_name()}, "
+        f"{os.cpu_count()} cores visible",
         "software": f"Python {platform.python_version()}, Keras "
         f"{keras.__version__}, backend {keras.backend.backend()}",
         "data": "shipped CIFAR-10 sample (keras_sam/data), JPEG copy",
     }
     write_json(path, runs)
-
-
-def _cpu_name():
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def median_error(rows, method, hvps):
@@ -787,7 +772,7 @@ def main(argv=None):
         if args.part == "all"
         else ((args.part,) if args.part != "report" else ())
     )
-    commit = current_commit()
+    commit = benchmark_env.git_commit()
     for part in parts:
         {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost}[
             part

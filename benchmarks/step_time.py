@@ -47,11 +47,13 @@ import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import benchmark_env  # noqa: E402
+
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "benchmarks"
 README_BEGIN = "<!-- BEGIN step_time.py section (generated, do not edit) -->"
 README_END = "<!-- END step_time.py section -->"
@@ -81,20 +83,22 @@ def parse_args(argv=None):
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
     parser.add_argument("--model", default="resnet-20")
-    parser.add_argument("--batch-size", type=_positive_int, default=128)
+    parser.add_argument(
+        "--batch-size", type=benchmark_env.positive_int, default=128
+    )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=benchmark_env.positive_int,
         default=None,
         help="timed steps per repeat (default: 10 on CPU, 50 on a GPU)",
     )
     parser.add_argument(
         "--warmup",
-        type=_positive_int,
+        type=benchmark_env.positive_int,
         default=3,
         help="steps of the untimed warm-up fit (default: 3)",
     )
-    parser.add_argument("--repeats", type=_positive_int, default=5)
+    parser.add_argument("--repeats", type=benchmark_env.positive_int, default=5)
     parser.add_argument(
         "--mixed-precision",
         choices=tuple(PRECISION_POLICIES),
@@ -142,97 +146,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 # Environment -------------------------------------------------------------
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
-def describe_device(backend):
-    """`(device name, is_accelerator, backend library versions)`."""
-    versions = {}
-    accelerator = None
-    if backend == "jax":
-        import jax
-        import jaxlib
-
-        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
-        device = jax.devices()[0]
-        if device.platform != "cpu":
-            accelerator = f"{device.device_kind} ({device.platform})"
-    elif backend == "torch":
-        import torch
-
-        versions["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            accelerator = torch.cuda.get_device_name(0)
-    else:
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            accelerator = details.get("device_name", gpus[0].name)
-    if accelerator is not None:
-        return accelerator, True, versions
-    return f"CPU: {_cpu_name()}, {_cpu_count()} cores", False, versions
-
-
-def _git_commit():
-    # A copy without .git (the GPU machine) is told its commit.
-    if os.environ.get("BENCHMARK_COMMIT"):
-        return os.environ["BENCHMARK_COMMIT"]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        check=False,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-    return result.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def _load_average():
-    """1-minute load average at the end of the run, where available."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def _slug(text):
@@ -258,7 +172,14 @@ def _timing_callback(callback_base):
 
 
 class Variant:
-    """A compiled model and how to time `steps` steps of it."""
+    """A compiled model and how to time `steps` steps of it.
+
+    `run(steps)` returns seconds per step: the callback's time over
+    `steps - untimed_steps` (a timer that starts after the first step sets
+    `untimed_steps = 1`).
+    """
+
+    untimed_steps = 0
 
     def __init__(self, name, model, callback_class, x, y, batch_size):
         self.name = name
@@ -280,7 +201,7 @@ class Variant:
             verbose=0,
             callbacks=[timer],
         )
-        return timer.seconds / steps
+        return timer.seconds / (steps - self.untimed_steps)
 
 
 def build_variants(args, x, y):
@@ -578,19 +499,9 @@ def regenerate_readme(output_dir):
     lines.append(README_END)
     section = "\n".join(lines)
 
-    readme = output_dir / "README.md"
-    if readme.exists():
-        text = readme.read_text()
-    else:
-        text = "# Benchmarks\n\nTiming results written by `benchmarks/`.\n"
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    readme.write_text(text)
-    return readme
+    return benchmark_env.write_readme_section(
+        output_dir, README_BEGIN, README_END, section
+    )
 
 
 def _load_text(record):
@@ -625,7 +536,7 @@ def main(argv=None):
             f"Keras was loaded with backend {keras.backend.backend()!r}, "
             f"not {args.backend!r}."
         )
-    device, accelerator, versions = describe_device(args.backend)
+    device, accelerator, versions = benchmark_env.describe_device(args.backend)
     steps = args.steps or (50 if accelerator else 10)
     print(f"device: {device}; backend: {args.backend}", flush=True)
 
@@ -667,7 +578,7 @@ def main(argv=None):
         "results": results,
         "ratios": ratios,
         "paired_ratios": paired_ratios,
-        "load_average": _load_average(),
+        "load_average": benchmark_env.load_average(),
         "versions": versions,
         "command": shlex.join(
             [
@@ -677,7 +588,7 @@ def main(argv=None):
             ]
             + list(sys.argv[1:] if argv is None else argv)
         ),
-        "commit": _git_commit(),
+        "commit": benchmark_env.git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.output.mkdir(parents=True, exist_ok=True)
