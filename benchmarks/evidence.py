@@ -184,7 +184,7 @@ class AugmentedBatches(keras.utils.PyDataset):
 
 def load_data(data_dir, settings):
     """The standardized training subset, its labels, and the test set."""
-    from keras_sam import datasets
+    from keras_sam.experiments import datasets
 
     data_dir = pathlib.Path(data_dir)
     for name in ("train.npz", "test.npz"):
@@ -443,7 +443,7 @@ def check_settings(output_dir, settings):
 
 
 def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
-    from keras_sam import reproduce
+    from keras_sam.experiments import reproduce
 
     output_dir = pathlib.Path(output_dir)
     check_settings(output_dir, settings)

@@ -20,7 +20,9 @@ SOURCE_DIR = pathlib.Path(
         "KERAS_SAM_CIFAR10_DIR", REPO_ROOT.parent / "shared/data/cifar10"
     )
 )
-SAMPLE_PATH = REPO_ROOT / "keras_sam" / "data" / "cifar10_sample.npz"
+SAMPLE_PATH = (
+    REPO_ROOT / "keras_sam" / "experiments" / "data" / "cifar10_sample.npz"
+)
 needs_source = pytest.mark.skipif(
     not (SOURCE_DIR / "train.npz").is_file(),
     reason=f"full CIFAR-10 JPEG copy not found in {SOURCE_DIR}",
@@ -246,12 +248,15 @@ def test_pillow_and_tensorflow_decoders_differ_by_a_few_levels(sample):
     assert differences.max() <= 8
 
 
+DATASETS_FILE = REPO_ROOT / "keras_sam" / "experiments" / "datasets.py"
+
+
 def test_datasets_module_imports_without_tensorflow_or_keras():
     code = (
         "import importlib.util, sys\n"
         "sys.modules['tensorflow'] = None\n"
         "spec = importlib.util.spec_from_file_location("
-        f"'ds', {str(REPO_ROOT / 'keras_sam' / 'datasets.py')!r})\n"
+        f"'ds', {str(DATASETS_FILE)!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         "(x, y), _ = module.load_cifar10_sample()\n"

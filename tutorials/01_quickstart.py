@@ -38,6 +38,7 @@ import numpy as np
 import tutorial_utils
 
 import keras_sam
+from keras_sam.experiments import datasets
 
 run = tutorial_utils.Run("01_quickstart", "SAMModel quick start.")
 EPOCHS = 1 if run.quick else 6
@@ -53,7 +54,7 @@ package as JPEG bytes. Pixels are scaled to `[0, 1]`.
 """
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.experiments.datasets.load_cifar10_sample()
+    datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

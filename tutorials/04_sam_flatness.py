@@ -57,6 +57,7 @@ import numpy as np
 import tutorial_utils
 
 import keras_sam
+from keras_sam.experiments import datasets
 
 run = tutorial_utils.Run(
     "04_sam_flatness", "SGD versus SAM: final sharpness, trace, accuracy."
@@ -71,7 +72,7 @@ else:
 BATCH_SIZE, LEARNING_RATE, MOMENTUM, RHO, WIDTH = 128, 0.05, 0.9, 0.05, 8
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.experiments.datasets.load_cifar10_sample()
+    datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

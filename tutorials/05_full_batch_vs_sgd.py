@@ -71,6 +71,7 @@ import tutorial_utils
 
 import keras_sam
 from keras_sam import accumulation
+from keras_sam.experiments import datasets
 
 run = tutorial_utils.Run(
     "05_full_batch_vs_sgd",
@@ -96,7 +97,7 @@ PENALTY = SGD_LEARNING_RATE / 4  # see "The gradient-norm penalty"
 RHO = 0.05
 
 (x_train, y_train), (x_test, y_test) = (
-    keras_sam.experiments.datasets.load_cifar10_sample()
+    datasets.load_cifar10_sample()
 )
 x_train = x_train[:TRAIN_SIZE].astype("float32") / 255.0
 y_train = y_train[:TRAIN_SIZE]

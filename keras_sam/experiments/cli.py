@@ -103,7 +103,7 @@ def _add_demo_command(subparsers, common):
 
 
 def _run_demo(args):
-    from keras_sam import demo
+    from keras_sam.experiments import demo
 
     options = {
         "output_dir": args.output_dir,
@@ -327,7 +327,7 @@ def _add_sweep_command(subparsers, common):
 
 
 def _run_sweep(args):
-    from keras_sam import data_pipeline
+    from keras_sam.experiments import data_pipeline
 
     quick = args.quick
     model = _model_name(args, default="resnet-20")
@@ -353,7 +353,7 @@ def _run_sweep(args):
     except ValueError as error:
         return _error("sweep", error)
     output_dir = _output_dir(args, "sweep", f"{args.dataset}_{model}")
-    from keras_sam import reproduce
+    from keras_sam.experiments import reproduce
 
     result = reproduce.run_sweep(output_dir, **options)
     if result["rows"] is None:
@@ -448,7 +448,7 @@ def _add_reproduce_command(subparsers, common):
 
 
 def _run_reproduce(args):
-    from keras_sam import data_pipeline
+    from keras_sam.experiments import data_pipeline
 
     quick = args.quick
     model = _model_name(args, default="wrn-28-10")
@@ -482,7 +482,7 @@ def _run_reproduce(args):
     output_dir = _output_dir(
         args, "reproduce", f"{args.dataset}_{model}_{args.augment}"
     )
-    from keras_sam import reproduce
+    from keras_sam.experiments import reproduce
 
     try:
         result = reproduce.run_reproduction(output_dir, **options)

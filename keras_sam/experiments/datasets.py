@@ -608,7 +608,7 @@ def load(
     >>> model.fit(data.train, validation_data=data.validation, epochs=200)
     >>> model.evaluate(data.test)
     """
-    from keras_sam import data_pipeline
+    from keras_sam.experiments import data_pipeline
 
     splits = load_splits(
         name,

@@ -369,7 +369,7 @@ def _set_precision(mixed_precision):
 
 
 def _final_run(splits, settings, rho, epochs, seed, backup_dir, verbose):
-    from keras_sam import data_pipeline
+    from keras_sam.experiments import data_pipeline
 
     pipelines = data_pipeline.make_pipelines(
         splits,
@@ -396,7 +396,7 @@ def _final_run(splits, settings, rho, epochs, seed, backup_dir, verbose):
 
 def _select_rho(output_dir, dataset, load_options, settings, verbose, command):
     """Grid search over `rho` on the held-out split; returns the best."""
-    from keras_sam import tuning
+    from keras_sam.experiments import tuning
 
     best_path = output_dir / "rho_selection_best.json"
     splits = datasets.load_splits(
@@ -686,7 +686,7 @@ def run_sweep(
         A dict with `rows` (the CSV rows, `None` on a worker), `best`
         and `paths`.
     """
-    from keras_sam import tuning
+    from keras_sam.experiments import tuning
 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
