@@ -236,14 +236,14 @@ def load_data(data_dir, settings):
 def run_plan(settings):
     """Every run of the grid, in the order they are made.
 
-    SGD and SAM at equal epochs first (label noise before clean labels,
-    seed by seed), then SGD at twice the epochs, so a cut-short grid has
-    the equal-epoch pairs.
+    SGD and SAM at equal epochs first, label noise (every seed) before
+    clean labels (every seed), as PROTOCOL_2.md states, then SGD at twice
+    the epochs, so a cut-short grid has the primary pairs first.
     """
     epochs = settings["epochs"]
     plan = []
-    for seed in settings["seeds"]:
-        for setting in reversed(list(settings["settings"])):
+    for setting in reversed(list(settings["settings"])):
+        for seed in settings["seeds"]:
             plan.append((setting, "sgd", seed, epochs))
             plan.append((setting, "sam", seed, epochs))
     if not settings["sgd_epoch_multiplier"]:
