@@ -353,9 +353,10 @@ def _run_sweep(args):
     except ValueError as error:
         return _error("sweep", error)
     output_dir = _output_dir(args, "sweep", f"{args.dataset}_{model}")
-    from keras_sam.experiments import reproduce
 
-    result = reproduce.run_sweep(output_dir, **options)
+    from keras_sam.experiments import sweep
+
+    result = sweep.run_sweep(output_dir, **options)
     if result["rows"] is None:
         print("Worker finished; the chief writes the results.")
         return 0

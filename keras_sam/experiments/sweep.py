@@ -1,0 +1,210 @@
+"""`keras-sam sweep`: the plain KerasTuner sweep over `rho` and the batch
+size, its trials as a CSV and a plot of test error against `rho`."""
+
+import json
+import pathlib
+import sys
+
+from keras_sam.experiments import datasets, training
+from keras_sam.experiments.reproduce import (
+    _environment,
+    _now,
+    _read_csv,
+    _set_precision,
+    _write_json,
+    mean_and_interval,
+)
+
+
+def run_sweep(
+    output_dir,
+    dataset="cifar10",
+    data_dir=None,
+    source="auto",
+    model_name="resnet-20",
+    augment="basic",
+    epochs=200,
+    rho_values=(0.0, *training.PAPER_RHO_GRID),
+    batch_sizes=(training.PAPER_DEFAULTS["batch_size"],),
+    learning_rates=(training.PAPER_DEFAULTS["learning_rate"],),
+    weight_decays=(training.PAPER_DEFAULTS["weight_decay"],),
+    seeds=(0,),
+    tuner="grid",
+    max_trials=None,
+    momentum=training.PAPER_DEFAULTS["momentum"],
+    nesterov=training.PAPER_DEFAULTS["nesterov"],
+    validation_fraction=training.PAPER_DEFAULTS["validation_fraction"],
+    train_size=None,
+    test_size=None,
+    split_seed=0,
+    evaluate_test=True,
+    mixed_precision=None,
+    verbose=1,
+    command=None,
+):
+    """A KerasTuner sweep; writes `trials.csv`, `best.json`, `sweep.png`.
+
+    See `experiments.tuning` for the search itself. The raw tuner state goes
+    to `output_dir/tuner/` (needed to resume; do not commit it). Only the
+    chief (or the single process) writes the exports.
+
+    Args:
+        output_dir: folder of the results and the tuner state.
+        dataset, data_dir, source, train_size, test_size, split_seed,
+            validation_fraction: see `experiments.datasets.load_splits`.
+        model_name: a `keras_sam.models` name. Defaults to `"resnet-20"`.
+        augment: see `experiments.datasets.load`. Defaults to `"basic"`.
+        epochs: epochs of every trial. Defaults to `200`.
+        rho_values, batch_sizes, learning_rates, weight_decays: the
+            searched values (see `keras_sam.experiments.tuning.SAMHyperModel`).
+        seeds: seeds of every trial. Defaults to `(0,)`.
+        tuner: `"grid"`, `"random"` or `"bayesian"`. Defaults to
+            `"grid"`.
+        max_trials: trial budget (required unless grid). Defaults to
+            `None`.
+        momentum: SGD momentum. Defaults to `0.9`.
+        nesterov: Nesterov momentum. Defaults to `True`.
+        evaluate_test: whether to record test errors. Defaults to `True`.
+        mixed_precision: `None`, `"bfloat16"` or `"float16"` (see
+            `run_reproduction`). Defaults to `None`.
+        verbose: Keras `fit` verbosity. Defaults to `1`.
+        command: the command line to record. Defaults to `None`.
+
+    Returns:
+        A dict with `rows` (the CSV rows, `None` on a worker), `best`
+        and `paths`.
+    """
+    from keras_sam.experiments import tuning
+
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _set_precision(mixed_precision)
+    environment, started = _environment(), _now()
+    splits = datasets.load_splits(
+        dataset,
+        data_dir=data_dir,
+        source=source,
+        validation_fraction=validation_fraction,
+        train_size=train_size,
+        test_size=test_size,
+        split_seed=split_seed,
+    )
+    hypermodel = tuning.SAMHyperModel(
+        splits,
+        model_name,
+        rho_values=rho_values,
+        batch_sizes=batch_sizes,
+        learning_rates=learning_rates,
+        weight_decays=weight_decays,
+        epochs=epochs,
+        augment=augment,
+        momentum=momentum,
+        nesterov=nesterov,
+        evaluate_test=evaluate_test,
+    )
+    search = tuning.make_tuner(
+        hypermodel,
+        tuner,
+        directory=output_dir,
+        project_name="tuner",
+        max_trials=max_trials,
+        seeds=seeds,
+    )
+    search.search(verbose=verbose)
+    paths = {
+        "trials": output_dir / "trials.csv",
+        "best": output_dir / "best.json",
+        "plot": output_dir / "sweep.png",
+        "info": output_dir / "sweep_info.json",
+    }
+    if not tuning.is_chief_or_single():
+        return {"rows": None, "best": None, "paths": {}}
+    rows = tuning.export_results(search, paths["trials"], paths["best"])
+    _write_json(
+        paths["info"],
+        {
+            "dataset": dataset,
+            "data": splits.source,
+            "model": model_name,
+            "augment": augment,
+            "epochs": epochs,
+            "tuner": tuner,
+            "seeds": list(seeds),
+            "mixed_precision": mixed_precision,
+            "train_images": len(splits.y_train),
+            "validation_images": len(splits.y_validation),
+            "test_images": len(splits.y_test),
+            "environment": environment,
+            "command": command or " ".join(sys.argv),
+            "started": started,
+            "date": _now(),
+        },
+    )
+    if evaluate_test:
+        plot_sweep(paths["trials"], paths["plot"])
+    else:
+        paths.pop("plot")
+    best = json.loads(paths["best"].read_text())
+    return {"rows": rows, "best": best, "paths": paths}
+
+
+def sweep_errors(rows):
+    """Mean test error per `(batch_size, rho)` over seeds.
+
+    Args:
+        rows: rows of a `trials.csv` (dicts of strings).
+
+    Returns:
+        A dict `{batch_size: {rho: (mean, half_width, count)}}` over the
+        completed rows; the half-width is the 95% Student t interval.
+    """
+    grouped = {}
+    for row in rows:
+        if row["status"] != "COMPLETED" or row["test_error"] == "":
+            continue
+        key = (int(row["batch_size"]), float(row["rho"]))
+        grouped.setdefault(key, []).append(float(row["test_error"]))
+    errors = {}
+    for (batch_size, rho), values in sorted(grouped.items()):
+        mean, half_width = mean_and_interval(values)
+        errors.setdefault(batch_size, {})[rho] = (mean, half_width, len(values))
+    return errors
+
+
+def plot_sweep(csv_path, png_path, title=None):
+    """Plots test error against `rho`, one line per batch size.
+
+    `rho = 0` (the plain model) is drawn at the left end of a symlog axis.
+    Error bars are 95% intervals over seeds where there are several.
+
+    Args:
+        csv_path: a `trials.csv` written by `run_sweep`.
+        png_path: where to write the figure.
+        title: figure title. Defaults to `None` (the file name).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    errors = sweep_errors(_read_csv(csv_path))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for batch_size, by_rho in errors.items():
+        rhos = sorted(by_rho)
+        means = [by_rho[rho][0] for rho in rhos]
+        bars = [by_rho[rho][1] or 0.0 for rho in rhos]
+        axis.errorbar(
+            rhos, means, yerr=bars, marker="o", capsize=3,
+            label=f"batch {batch_size}",
+        )  # fmt: skip
+    axis.set_xscale("symlog", linthresh=0.01)
+    ticks = sorted({rho for by_rho in errors.values() for rho in by_rho})
+    axis.set_xticks(ticks, [f"{rho:g}" for rho in ticks])
+    axis.set_xlabel("rho (0 = plain SGD)")
+    axis.set_ylabel("test error (%)")
+    axis.set_title(title or pathlib.Path(csv_path).parent.name)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
