@@ -32,10 +32,11 @@ References:
       https://arxiv.org/abs/2010.01412
 """
 
-import numbers
 
 import keras
 from keras import ops
+
+from keras_sam import _validation
 
 __all__ = [
     "UpdateStepSchedule",
@@ -76,7 +77,7 @@ class UpdateStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 f"callable of the step. Received: schedule={schedule!r}."
             )
         self.schedule = schedule
-        self.steps = _check_int("steps", steps)
+        self.steps = _validation.check_int("steps", steps)
 
     def __call__(self, step):
         return self.schedule(ops.floor_divide(step, self.steps))
@@ -108,8 +109,8 @@ def accumulation_steps(dataset_size, batch_size):
     Returns:
         `N // B`, an integer.
     """
-    dataset_size = _check_int("dataset_size", dataset_size)
-    batch_size = _check_int("batch_size", batch_size)
+    dataset_size = _validation.check_int("dataset_size", dataset_size)
+    batch_size = _validation.check_int("batch_size", batch_size)
     if batch_size > dataset_size or dataset_size % batch_size:
         raise ValueError(
             "Argument `batch_size` must divide `dataset_size`, so that each "
@@ -153,7 +154,7 @@ def with_gradient_accumulation(optimizer, steps):
     model.fit(x, y, batch_size=32)    # one update per 128 samples
     ```
     """
-    steps = _check_int("steps", steps)
+    steps = _validation.check_int("steps", steps)
     optimizer = keras.optimizers.get(optimizer)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError(
@@ -209,16 +210,3 @@ def full_batch_optimizer(optimizer, dataset_size, batch_size):
     """
     steps = accumulation_steps(dataset_size, batch_size)
     return with_gradient_accumulation(optimizer, steps)
-
-
-def _check_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= 1. Received: "
-            f"{name}={value!r}."
-        )
-    return int(value)

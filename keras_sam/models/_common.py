@@ -6,7 +6,8 @@ benchmark that compares with tf-keras's own SAM. They use public layers
 that exist in both.
 """
 
-import math
+
+from keras_sam import _validation
 
 # Argument checks.
 
@@ -17,32 +18,21 @@ def is_number(value):
 
 
 def check_weight_decay(weight_decay):
-    if (
-        not is_number(weight_decay)
-        or not math.isfinite(weight_decay)
-        or weight_decay < 0
-    ):
-        raise ValueError(
-            "`weight_decay` must be a finite number >= 0, got "
-            f"{weight_decay!r}."
-        )
-    return float(weight_decay)
+    return _validation.check_non_negative_float("weight_decay", weight_decay)
 
 
 def check_input_shape(input_shape):
     shape = tuple(input_shape) if input_shape is not None else None
     if shape is None or len(shape) != 3:
         raise ValueError(
-            "`input_shape` must be (height, width, channels), got "
-            f"{input_shape!r}."
+            "Argument `input_shape` must be (height, width, channels). "
+            f"Received: input_shape={input_shape!r}."
         )
     return shape
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
+    return _validation.check_int(name, value)
 
 
 def check_model_args(input_shape, num_classes, weight_decay):
