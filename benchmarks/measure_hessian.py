@@ -477,7 +477,8 @@ def record_run(args, part, commit):
         f"{os.cpu_count()} cores visible",
         "software": f"Python {platform.python_version()}, Keras "
         f"{keras.__version__}, backend {keras.backend.backend()}",
-        "data": "shipped CIFAR-10 sample (keras_sam/experiments/data), JPEG copy",
+        "data": "shipped CIFAR-10 sample (keras_sam/experiments/data), "
+        "JPEG copy",
     }
     write_json(path, runs)
 
