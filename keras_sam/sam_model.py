@@ -63,7 +63,8 @@ class SAMModel(SAMTrainer, keras.Model):
             `keras_sam.NORMALIZATION_LAYERS`, SAM-ON: Mueller et al.,
             2023) or a callable `layer -> bool`. The norm is over the
             perturbed variables; the descent covers every trainable
-            variable. Defaults to `None`.
+            variable. A callable is saved by name, so register it with
+            `keras.saving.register_keras_serializable`. Defaults to `None`.
         num_batch_splits: `None` or a positive integer `k`. Splits each
             (per-replica) batch into `k` chunks of nearly equal size; each
             chunk gets its own `eps` from its own gradient (m-sharpness,
