@@ -200,14 +200,15 @@ class FriendlySAM(Variant):
         sigma: Non-negative float, the weight of the removed component
             (the paper's `sigma`). Defaults to `1.0`.
         decay: Float in `[0, 1)`, the moving average's decay (the paper's
-            `lambda`; it uses 0.6 to 0.95). Defaults to `0.9`.
+            `lambda`; the authors' run script uses 0.95). Defaults to
+            `0.95`.
 
     Reference:
         Li et al., 2024. Friendly Sharpness-Aware Minimization. CVPR.
         https://arxiv.org/abs/2403.12350
     """
 
-    def __init__(self, sigma=1.0, decay=0.9):
+    def __init__(self, sigma=1.0, decay=0.95):
         self.sigma = _validation.check_non_negative_float("sigma", sigma)
         self.decay = _validation.check_unit_interval("decay", decay)
 
