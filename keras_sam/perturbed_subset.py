@@ -33,8 +33,7 @@ def check_perturb(perturb):
     if isinstance(perturb, type):
         perturb = (perturb,)
     if isinstance(perturb, (tuple, list)):
-        bad = [c for c in perturb
-               if not (isinstance(c, type) and issubclass(c, keras.layers.Layer))]
+        bad = [c for c in perturb if not _is_layer_class(c)]
         if bad or not perturb:
             raise ValueError(
                 "Argument `perturb` must be None, a non-empty tuple of "
@@ -105,3 +104,7 @@ def _deserialize(config):
             )
         classes.append(cls)
     return check_perturb(tuple(classes))
+
+
+def _is_layer_class(value):
+    return isinstance(value, type) and issubclass(value, keras.layers.Layer)

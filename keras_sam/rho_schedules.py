@@ -20,7 +20,8 @@ Schedule = keras.optimizers.schedules.LearningRateSchedule
 class FollowLearningRate(Schedule):
     """`rho` that moves with the learning rate (Zhuang et al., 2022, eq. 8):
 
-    `rho_t = rho_min + (rho_max - rho_min) * (lr_t - lr_min) / (lr_max - lr_min)`.
+    `rho_t = rho_min + (rho_max - rho_min) * (lr_t - lr_min)
+    / (lr_max - lr_min)`.
 
     Example: with `lr = keras.optimizers.schedules.CosineDecay(0.1, steps)`,
     `FollowLearningRate(lr, rho_max=0.05, rho_min=0.01, lr_max=0.1)` goes

@@ -73,7 +73,8 @@ class Variant:
         return cls(**config)
 
     def __repr__(self):
-        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        config = self.get_config()
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({arguments})"
 
     def __eq__(self, other):

@@ -87,7 +87,8 @@ def ascend(model, gradients, weights, rho, state, gradient_scale,
         maths,
     )
     points = iter(points)
-    return [next(points) if keep else w for w, keep in zip(weights, mask)], state
+    merged = [next(points) if keep else w for w, keep in zip(weights, mask)]
+    return merged, state
 
 
 def rule_state_values(model, non_trainable_variables, non_trainable_values):

@@ -211,12 +211,14 @@ class SAMTrainer:
             )
             norm = ascent.global_norm(ascent_gradients)
             sharpness = ops.zeros(())
-            state = common.rule_state_values(self, variables[1], non_trainable)
+            state = common.rule_state_values(
+                self, variables[1], non_trainable
+            )
             if common.ascends(self):
                 # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
                 perturbed, state = common.ascend(
-                    self, ascent_gradients, trainable, rho, state, gradient_scale,
-                    norm, ascent,
+                    self, ascent_gradients, trainable, rho, state,
+                    gradient_scale, norm, ascent,
                 )
                 # 3. Perturbed pass at w + eps, from the pre-step state;
                 # its state updates are discarded.
