@@ -275,3 +275,31 @@ def test_friendly_sam_keeps_its_average_in_true_gradient_units():
     assert started == 1.0
     for got, expected in zip(average, want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-3)
+
+
+def test_backup_and_restore_resumes_the_rule_state(tmp_path):
+    x, y, params = make_problem(n=24, seed=9)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+
+    reference = friendly_sam_model(params)
+    reference.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    backup = str(tmp_path / "backup")
+    interrupted = friendly_sam_model(params)
+    with pytest.raises(RuntimeError, match="killed"):
+        interrupted.fit(x, y, batch_size=8, epochs=4, shuffle=False,
+                        verbose=0, callbacks=[
+                            keras.callbacks.BackupAndRestore(backup),
+                            Interrupt()])
+    resumed = friendly_sam_model(params)
+    history = resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False,
+                          verbose=0,
+                          callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert history.epoch == [2, 3]
+    for got, want in zip(resumed.weights, reference.weights, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
+                                   keras.ops.convert_to_numpy(want),
+                                   rtol=1e-6, atol=1e-7, err_msg=got.path)
