@@ -23,8 +23,10 @@ class RuleState(keras.layers.Layer):
         the variables `perturb` selects. Idempotent."""
         if self.built:
             return
-        weights = perturbed_weights(sam_model, sam_model.trainable_variables)
-        for index, shape in enumerate(self.variant.state_shapes(weights)):
+        trainable = sam_model.trainable_variables
+        perturbed = perturbed_weights(sam_model, trainable)
+        shapes = self.variant.state_shapes(perturbed, trainable)
+        for index, shape in enumerate(shapes):
             self.add_weight(
                 shape=shape, initializer="zeros", dtype="float32",
                 trainable=False, name=f"state_{index}", aggregation="mean",

@@ -10,6 +10,11 @@ step (per chunk with `num_batch_splits`) runs:
 4. `variant.descent(g, g_p, state)`: the gradient the optimizer applies
    at `w`.
 
+A cheaper rule skips steps 2-3 on some steps: `variant.ascends_at(step,
+state)` is `True` (every step) or a boolean tensor decided inside the
+compiled step (`keras.ops.cond`, the same on every replica), and on the
+other steps the optimizer applies `variant.between(g, state)`, one pass.
+
 Rules are pure functions of tensors written in `keras.ops`, the same on
 every backend. A rule with state (Friendly-SAM's moving average) declares
 it in `state_shapes`; `SAMModel` keeps it in non-trainable Keras
@@ -25,6 +30,7 @@ gradients across steps converts them with `gradient_scale` (true gradient
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sam import _validation
@@ -38,10 +44,20 @@ class Variant:
     they keep state.
     """
 
-    def state_shapes(self, weights):
-        """Shapes of the float32 state the rule keeps, given the list of
-        variables it perturbs. Defaults to none."""
+    def state_shapes(self, perturbed, trainable):
+        """Shapes of the float32 state the rule keeps, given the variables
+        it perturbs and all trainable variables. Defaults to none."""
         return []
+
+    def ascends_at(self, step, state):
+        """Whether step `step` (the optimizer's `iterations` before the
+        update) makes the ascent: `True`, or a boolean scalar tensor."""
+        return True
+
+    def between(self, gradients, state):
+        """`(gradients to apply, new_state)` on a step without ascent;
+        the clean gradient (the plain optimizer step)."""
+        return gradients, state
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
                gradient_norm=None, maths=ascent_maths):
@@ -167,10 +183,9 @@ class GSAM(SAM):
     def descent(self, clean_gradients, perturbed_gradients, state):
         clean = [ops.cast(g, "float32") for g in clean_gradients]
         perturbed = [ops.cast(g, "float32") for g in perturbed_gradients]
-        inner = _dot(clean, perturbed)
-        squared = _dot(perturbed, perturbed)
-        usable = ops.logical_and(squared > 0.0, ops.isfinite(squared))
-        coefficient = ops.where(usable, inner / squared, 0.0)
+        coefficient = _safe_ratio(
+            _dot(clean, perturbed), _dot(perturbed, perturbed)
+        )
         applied = [
             ops.cast(p - self.alpha * (g - coefficient * p), like.dtype)
             for g, p, like in zip(clean, perturbed, perturbed_gradients)
@@ -213,9 +228,9 @@ class FriendlySAM(Variant):
         self.sigma = _validation.check_non_negative_float("sigma", sigma)
         self.decay = _validation.check_unit_interval("decay", decay)
 
-    def state_shapes(self, weights):
+    def state_shapes(self, perturbed, trainable):
         # A flag (0 before the first step), then `m` per variable.
-        return [()] + [tuple(w.shape) for w in weights]
+        return [()] + [tuple(w.shape) for w in perturbed]
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
                gradient_norm=None, maths=ascent_maths):
@@ -235,6 +250,142 @@ class FriendlySAM(Variant):
 
     def get_config(self):
         return {"sigma": self.sigma, "decay": self.decay}
+
+
+# Cheaper SAM: the ascent on some steps only --------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class LookSAM(SAM):
+    """LookSAM (Liu et al., 2022, Algorithm 1): the SAM step every `every`
+    steps, a one-pass step that reuses its direction in between.
+
+    On a SAM step (`step % every == 0`) the optimizer applies `g_s = g_p`
+    and the rule stores the part of `g_s` orthogonal to the clean `g`,
+    `g_v = g_s - (<g, g_s> / ||g||^2) g`. On the other steps it applies
+    `g + alpha * (||g|| / ||g_v||) * g_v` from the clean pass alone.
+    Cost: `1 + 1 / every` passes per step.
+
+    Args:
+        every: Positive integer `k`, the period of the SAM steps.
+            Defaults to `5`.
+        alpha: Non-negative float, the weight of the reused component.
+            Defaults to `0.7` (the paper's setting).
+
+    Reference:
+        Liu et al., 2022. Towards Efficient and Scalable Sharpness-Aware
+        Minimization. CVPR. https://arxiv.org/abs/2203.02714
+    """
+
+    def __init__(self, every=5, alpha=0.7):
+        self.every = _validation.check_int("every", every)
+        self.alpha = _validation.check_non_negative_float("alpha", alpha)
+
+    def state_shapes(self, perturbed, trainable):
+        return [tuple(w.shape) for w in trainable]
+
+    def ascends_at(self, step, state):
+        return ops.equal(ops.mod(step, self.every), 0)
+
+    def descent(self, clean_gradients, perturbed_gradients, state):
+        clean = [ops.cast(g, "float32") for g in clean_gradients]
+        perturbed = [ops.cast(g, "float32") for g in perturbed_gradients]
+        coefficient = _safe_ratio(_dot(clean, perturbed), _dot(clean, clean))
+        stored = [p - coefficient * g for g, p in zip(clean, perturbed)]
+        return perturbed_gradients, stored
+
+    def between(self, gradients, state):
+        clean = [ops.cast(g, "float32") for g in gradients]
+        scale = self.alpha * _safe_ratio(
+            ops.sqrt(_dot(clean, clean)), ops.sqrt(_dot(state, state))
+        )
+        applied = [
+            ops.cast(g + scale * v, like.dtype)
+            for g, v, like in zip(clean, state, gradients)
+        ]
+        return applied, state
+
+    def get_config(self):
+        return {"every": self.every, "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class RandomizedSAM(SAM):
+    """SAM on a random fraction of the steps, plain steps otherwise
+    (randomized sharpness-aware training, Zhao et al., 2022).
+
+    Each step makes the ascent with probability `probability`, decided in
+    the compiled step from a table of uniform draws made once from
+    `seed` with NumPy (`draws[step % period] < probability`), so the
+    decisions are reproducible, identical on every replica and backend,
+    and cost nothing to draw. Cost: `1 + probability` passes per step.
+
+    Args:
+        probability: Float in `[0, 1]`, the chance of a SAM step.
+            Defaults to `0.5`.
+        seed: Integer seed of the draws. Defaults to `0`.
+        period: Positive integer, the length of the table (the decisions
+            repeat after it). Defaults to `8192`.
+
+    Reference:
+        Zhao, Zhang and Hu, 2022. Randomized Sharpness-Aware Training for
+        Boosting Computational Efficiency in Deep Learning.
+        https://arxiv.org/abs/2203.09962
+    """
+
+    def __init__(self, probability=0.5, seed=0, period=8192):
+        if not _validation.is_real(probability) or not (
+            0.0 <= probability <= 1.0
+        ):
+            raise ValueError(
+                "Argument `probability` must be a number in [0, 1]. "
+                f"Received: probability={probability!r}."
+            )
+        self.probability = float(probability)
+        self.seed = _validation.check_int("seed", seed, minimum=0)
+        self.period = _validation.check_int("period", period)
+
+    def draws(self):
+        """The table of uniform draws in [0, 1), float32."""
+        rng = np.random.default_rng(self.seed)
+        return rng.random(self.period).astype("float32")
+
+    def ascends_at(self, step, state):
+        index = ops.mod(ops.cast(step, "int32"), self.period)
+        draw = ops.take(ops.convert_to_tensor(self.draws()), index)
+        return draw < self.probability
+
+    def get_config(self):
+        return {"probability": self.probability, "seed": self.seed,
+                "period": self.period}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class LateSAM(SAM):
+    """Plain steps first, SAM from step `start_step` on (SAM in the late
+    phase of training, Zhou et al., 2024, who find most of SAM's gain
+    comes from its last epochs). For an epoch, pass
+    `start_step = epoch * steps_per_epoch`.
+
+    Args:
+        start_step: Non-negative integer, the first step with the ascent.
+
+    Reference:
+        Zhou et al., 2024. Sharpness-Aware Minimization Efficiently
+        Selects Flatter Minima Late in Training.
+        https://arxiv.org/abs/2410.10373
+    """
+
+    def __init__(self, start_step):
+        self.start_step = _validation.check_int(
+            "start_step", start_step, minimum=0
+        )
+
+    def ascends_at(self, step, state):
+        return ops.greater_equal(step, self.start_step)
+
+    def get_config(self):
+        return {"start_step": self.start_step}
 
 
 def get(variant, adaptive=False, eta=0.01):
@@ -258,6 +409,14 @@ def get(variant, adaptive=False, eta=0.01):
             f"Received: adaptive=True, variant={variant!r}."
         )
     return variant
+
+
+def _safe_ratio(numerator, denominator):
+    """`numerator / denominator`, 0 where the denominator is 0 or not
+    finite."""
+    usable = ops.logical_and(denominator > 0.0, ops.isfinite(denominator))
+    safe = ops.where(usable, denominator, 1.0)
+    return ops.where(usable, numerator / safe, 0.0)
 
 
 def _dot(a, b):

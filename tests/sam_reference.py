@@ -127,6 +127,40 @@ def sam_gradient(params, x, y, rho, adaptive=False, eta=0.01, splits=1,
     return total, clean, perturbed, norm
 
 
+def _dot(a, b):
+    return sum(np.sum(x * y) for x, y in zip(a, b))
+
+
+def cheap_sam_gradient(params, x, y, rho, ascend, looksam=None):
+    """One step of a rule that skips the ascent on some steps.
+
+    `ascend`: whether this step is a SAM step. `looksam`: `None` (a
+    skipped step is the plain step), or a dict with `alpha` and `stored`
+    (LookSAM, Liu et al. 2022: a SAM step stores
+    `g_v = g_s - (<g, g_s>/||g||^2) g`; the others apply
+    `g + alpha ||g||/||g_v|| g_v`), updated in place.
+
+    Returns `(gradient, sharpness)`.
+    """
+    loss, grads = forward_backward(params, x, y)
+    if ascend:
+        eps = epsilon(params, grads, rho)
+        loss_p, grads_p = forward_backward(
+            [p + e for p, e in zip(params, eps)], x, y
+        )
+        if looksam is not None:
+            coefficient = _dot(grads, grads_p) / _dot(grads, grads)
+            looksam["stored"] = [gp - coefficient * g
+                                 for g, gp in zip(grads, grads_p)]
+        return grads_p, loss_p - loss
+    if looksam is not None and looksam["stored"] is not None:
+        stored = looksam["stored"]
+        scale = looksam["alpha"] * np.sqrt(_dot(grads, grads)) / np.sqrt(
+            _dot(stored, stored))
+        return [g + scale * v for g, v in zip(grads, stored)], 0.0
+    return grads, 0.0
+
+
 class SGD:
     """Keras SGD: `v = m v - lr g; w += v` (plain when m = 0)."""
 

@@ -81,6 +81,8 @@ def test_replica_mode_equals_per_half_batch_reference(splits):
     ("replica", None), ("global", None),
     ("replica", keras_sam.variants.FriendlySAM()),
     ("global", keras_sam.variants.GSAM(alpha=0.2)),
+    ("replica", keras_sam.variants.LookSAM(every=2)),
+    ("global", keras_sam.variants.RandomizedSAM(probability=0.5)),
 ])
 def test_replicas_stay_bit_identical(perturbation, variant):
     rng = np.random.default_rng(22)

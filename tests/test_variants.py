@@ -201,6 +201,9 @@ def test_save_load_keeps_rule_state_and_training_continues_identically(
 @pytest.mark.parametrize("variant", [
     variants.SAM(), variants.ASAM(eta=0.2), variants.GSAM(alpha=0.3),
     variants.FriendlySAM(sigma=0.4, decay=0.7),
+    variants.LookSAM(every=3, alpha=0.5),
+    variants.RandomizedSAM(probability=0.3, seed=4, period=100),
+    variants.LateSAM(start_step=7),
 ])
 def test_every_variant_and_argument_survives_get_config(variant):
     _, _, params = make_problem()
@@ -303,3 +306,89 @@ def test_backup_and_restore_resumes_the_rule_state(tmp_path):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
                                    keras.ops.convert_to_numpy(want),
                                    rtol=1e-6, atol=1e-7, err_msg=got.path)
+
+
+def cheap_reference(params, x, y, steps, decisions, looksam=None, rho=0.1):
+    params = [p.astype("float64") for p in params]
+    optimizer = ref.SGD(0.1, momentum=0.9)
+    history, sharpness = [], []
+    for step in range(steps):
+        grads, gap = ref.cheap_sam_gradient(
+            params, x.astype("float64"), y.astype("float64"), rho,
+            decisions[step], looksam,
+        )
+        params = optimizer.apply(params, grads)
+        history.append(params)
+        sharpness.append(gap)
+    return history, np.array(sharpness)
+
+
+CHEAP = {
+    "looksam": (lambda: variants.LookSAM(every=3, alpha=0.7),
+                lambda step: step % 3 == 0),
+    "randomized": (lambda: variants.RandomizedSAM(probability=0.5, seed=3),
+                   lambda step: np.random.default_rng(3).random(8192)[step]
+                   < 0.5),
+    "late": (lambda: variants.LateSAM(start_step=3), lambda step: step >= 3),
+}
+
+
+@multi_backend
+@pytest.mark.parametrize("rule", sorted(CHEAP))
+def test_cheaper_rules_match_numpy_step_by_step(rule):
+    x, y, params = make_problem(seed=10)
+    make_rule, decide = CHEAP[rule]
+    steps = 6
+    decisions = [bool(decide(step)) for step in range(steps)]
+    assert any(decisions) and not all(decisions)
+    looksam = {"alpha": 0.7, "stored": None} if rule == "looksam" else None
+    want, sharpness = cheap_reference(params, x, y, steps, decisions,
+                                      looksam)
+    _, got, history = keras_steps(
+        params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
+        rho=0.1, variant=make_rule(),
+    )
+    assert_steps_close(got, want)
+    # The decision was taken in the step: no ascent, no sharpness logged.
+    logged = np.array(history["sam_sharpness"])
+    np.testing.assert_array_equal(logged == 0.0, ~np.array(decisions))
+    np.testing.assert_allclose(logged, sharpness, rtol=1e-4, atol=1e-6)
+
+
+class CountTrainingPasses(keras.layers.Layer):
+    calls = 0
+
+    def call(self, inputs, training=None):
+        if training:
+            CountTrainingPasses.calls += 1
+        return inputs
+
+
+@multi_backend
+@pytest.mark.skipif(keras.backend.backend() == "jax",
+                    reason="jit traces both branches; counts Python calls")
+def test_a_skipped_ascent_costs_one_pass():
+    x, y, params = make_problem(seed=11)
+    inputs = keras.Input((x.shape[1],))
+    inner = make_mlp(params)
+    model = keras.Model(inputs, inner(CountTrainingPasses()(inputs)))
+    sam = keras_sam.SAMModel(model, rho=0.1,
+                             variant=variants.LookSAM(every=4))
+    sam.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    CountTrainingPasses.calls = 0
+    sam.fit(x, y, batch_size=len(x), epochs=8, shuffle=False, verbose=0)
+    # 8 clean passes + perturbed passes on steps 0 and 4 only.
+    assert CountTrainingPasses.calls == 8 + 2
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: variants.LookSAM(every=0), "Received: every=0"),
+    (lambda: variants.LookSAM(alpha=-1.0), "Received: alpha=-1.0"),
+    (lambda: variants.RandomizedSAM(probability=1.5),
+     "Received: probability=1.5"),
+    (lambda: variants.RandomizedSAM(seed=-1), "Received: seed=-1"),
+    (lambda: variants.LateSAM(start_step=-2), "Received: start_step=-2"),
+])
+def test_bad_cheaper_rule_arguments_name_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

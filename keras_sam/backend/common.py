@@ -68,6 +68,25 @@ def ascends(model):
     return isinstance(model.rho, Schedule) or model.rho > 0.0
 
 
+def maybe_ascend(model, step, state, gradients, with_ascent):
+    """`with_ascent(state) -> (applied, sharpness, state)` on steps where
+    the rule ascends; otherwise the rule's one-pass step (`between`),
+    with sharpness 0. The rule's decision is `True` (every step: no
+    branch in the graph) or a boolean tensor (`keras.ops.cond`: one branch
+    runs, no retracing)."""
+
+    def without_ascent():
+        applied, new_state = model.variant.between(gradients, state)
+        return applied, ops.zeros(()), new_state
+
+    if not ascends(model):
+        return without_ascent()
+    decision = model.variant.ascends_at(step, state)
+    if decision is True:
+        return with_ascent(state)
+    return ops.cond(decision, lambda: with_ascent(state), without_ascent)
+
+
 def ascend(model, gradients, weights, rho, state, gradient_scale,
            gradient_norm, maths):
     """Step 2: the ascent point `w + eps` for every trainable variable

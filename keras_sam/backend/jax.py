@@ -57,9 +57,10 @@ class SAMTrainer:
             return with_optimizer_state(lambda: optimizer.scale_loss(loss))
 
         unit = common.loss_scale(scale_loss)
-        rho = with_optimizer_state(
-            lambda: common.current_rho(self, optimizer.iterations)
+        step = with_optimizer_state(
+            lambda: ops.convert_to_tensor(optimizer.iterations)
         )
+        rho = common.current_rho(self, step)
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -70,9 +71,9 @@ class SAMTrainer:
                 trainable, non_trainable, metrics, *batch
             )
             norm = ascent.global_norm(gradients)
-            sharpness = ops.zeros(())
             state = common.rule_state_values(self, variables[1], non_trainable)
-            if common.ascends(self):
+
+            def with_ascent(state):
                 # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
                 perturbed, state = common.ascend(
                     self, gradients, trainable, rho, state, 1.0 / unit, norm,
@@ -83,13 +84,19 @@ class SAMTrainer:
                 (_, at_perturbed), perturbed_gradients = loss_and_grads(
                     perturbed, non_trainable, metrics, *batch
                 )
-                sharpness = at_perturbed[0] - clean[0]
                 # The gradient to apply: g_p for SAM, the rule's otherwise.
-                gradients, state = self.variant.descent(
+                applied, state = self.variant.descent(
                     gradients, perturbed_gradients, state
                 )
+                return applied, at_perturbed[0] - clean[0], state
+
+            # Steps 2-3 where the rule ascends (every step for SAM),
+            # decided inside the compiled step; else its one-pass step.
+            applied, sharpness, state = common.maybe_ascend(
+                self, step, state, gradients, with_ascent
+            )
             return common.pass_result(
-                gradients, clean, sharpness, norm / unit,
+                applied, clean, sharpness, norm / unit,
                 common.with_rule_state(self, variables[1], clean[2], state),
             )
 

@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 from keras_sam import ascent, stateless
 from keras_sam.backend import common
@@ -195,7 +194,8 @@ class SAMTrainer:
         scale_loss = self.optimizer.scale_loss
         unit = common.loss_scale(scale_loss)
         gradient_scale = (1.0 if global_gradients else replicas) / unit
-        rho = common.current_rho(self, self.optimizer.iterations)
+        step = self.optimizer.iterations
+        rho = common.current_rho(self, step)
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -210,11 +210,11 @@ class SAMTrainer:
                 _all_reduce_sum(gradients) if global_gradients else gradients
             )
             norm = ascent.global_norm(ascent_gradients)
-            sharpness = ops.zeros(())
             state = common.rule_state_values(
                 self, variables[1], non_trainable
             )
-            if common.ascends(self):
+
+            def with_ascent(state):
                 # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
                 perturbed, state = common.ascend(
                     self, ascent_gradients, trainable, rho, state,
@@ -225,13 +225,19 @@ class SAMTrainer:
                 (_, at_perturbed), perturbed_gradients = loss_and_grads(
                     perturbed, non_trainable, metrics, *batch
                 )
-                sharpness = at_perturbed[0] - clean[0]
                 # The gradient to apply: g_p for SAM, the rule's otherwise.
-                gradients, state = self.variant.descent(
+                applied, state = self.variant.descent(
                     gradients, perturbed_gradients, state
                 )
+                return applied, at_perturbed[0] - clean[0], state
+
+            # Steps 2-3 where the rule ascends (every step for SAM),
+            # decided inside the compiled step; else its one-pass step.
+            applied, sharpness, state = common.maybe_ascend(
+                self, step, state, gradients, with_ascent
+            )
             return common.pass_result(
-                gradients, clean, sharpness, norm / unit,
+                applied, clean, sharpness, norm / unit,
                 common.with_rule_state(self, variables[1], clean[2], state),
             )
 

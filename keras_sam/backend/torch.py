@@ -159,7 +159,8 @@ class SAMTrainer:
         trainable = [v.value for v in variables[0]]
         scale_loss = self.optimizer.scale_loss
         unit = common.loss_scale(scale_loss)
-        rho = common.current_rho(self, self.optimizer.iterations)
+        step = self.optimizer.iterations
+        rho = common.current_rho(self, step)
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -171,9 +172,9 @@ class SAMTrainer:
                 trainable, non_trainable, metrics, *batch
             )
             norm = ForeachAscent.global_norm(gradients)
-            sharpness = keras.ops.zeros(())
             state = common.rule_state_values(self, variables[1], non_trainable)
-            if common.ascends(self):
+
+            def with_ascent(state):
                 # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
                 perturbed, state = common.ascend(
                     self, gradients, trainable, rho, state, 1.0 / unit, norm,
@@ -187,13 +188,19 @@ class SAMTrainer:
                     perturbed, non_trainable, metrics, *batch
                 )
                 _TorchGlobalRNG.set_state(rng_after)
-                sharpness = at_perturbed[0] - clean[0]
                 # The gradient to apply: g_p for SAM, the rule's otherwise.
-                gradients, state = self.variant.descent(
+                applied, state = self.variant.descent(
                     gradients, perturbed_gradients, state
                 )
+                return applied, at_perturbed[0] - clean[0], state
+
+            # Steps 2-3 where the rule ascends (every step for SAM);
+            # else its one-pass step.
+            applied, sharpness, state = common.maybe_ascend(
+                self, step, state, gradients, with_ascent
+            )
             return common.pass_result(
-                gradients, clean, sharpness, norm / unit,
+                applied, clean, sharpness, norm / unit,
                 common.with_rule_state(self, variables[1], clean[2], state),
             )
 
