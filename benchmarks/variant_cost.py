@@ -1,0 +1,187 @@
+"""Cost of every SAM rule against a plain Keras step, measured side by side.
+
+One process, one backend: the same model is trained with plain Keras and
+with `SAMModel(variant=...)` for each rule, in rounds; each round times a
+block of `--block` steps of every arm in turn, so every ratio is taken
+between neighbouring measurements. The reported ratio is the median over
+rounds of `arm block time / plain block time` (blocks are whole periods
+of LookSAM, so its 1 + 1/every cost is measured, not assumed).
+
+    KERAS_BACKEND=jax python benchmarks/variant_cost.py
+    KERAS_BACKEND=tensorflow python benchmarks/variant_cost.py
+
+Writes `saved_results/benchmarks/variant_cost_<backend>.csv` (one row per
+arm and round) and a section of that folder's README.
+"""
+
+import argparse
+import csv
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import benchmark_env  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Arms: name -> (SAMModel keyword arguments or None for plain Keras,
+# the ratio the cheaper-SAM issue targets, or None).
+def arms(rho):
+    from keras_sam import variants
+
+    return {
+        "plain": (None, None),
+        "SAM": ({"rho": rho}, None),
+        "ASAM": ({"rho": 10 * rho, "variant": variants.ASAM()}, None),
+        "GSAM(0.2)": ({"rho": rho, "variant": variants.GSAM(0.2)}, None),
+        "FriendlySAM": ({"rho": rho, "variant": variants.FriendlySAM()},
+                        None),
+        "LookSAM(every=5)": (
+            {"rho": rho, "variant": variants.LookSAM(every=5)}, 1.25),
+        "RandomizedSAM(p=0.5)": (
+            {"rho": rho, "variant": variants.RandomizedSAM(0.5)}, 1.55),
+        "LateSAM, before start": (
+            {"rho": rho, "variant": variants.LateSAM(10**9)}, None),
+    }
+
+
+def build(kwargs, seed, width, optimizer_momentum=0.9):
+    from keras_sam import SAMModel, models
+
+    keras.utils.set_random_seed(seed)
+    inner = models.small_cnn(width=width, classifier_activation=None)
+    model = inner if kwargs is None else SAMModel(inner, **kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=optimizer_momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def time_block(model, x, y, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs = model.train_on_batch(x, y, return_dict=True)
+    keras.ops.convert_to_numpy(logs["loss"])
+    return time.perf_counter() - start
+
+
+def measure(args):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch_size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=(args.batch_size,)).astype("int32")
+    specs = arms(args.rho)
+    models = {name: build(kwargs, 0, args.width)
+              for name, (kwargs, _) in specs.items()}
+    for model in models.values():  # compile and warm up
+        time_block(model, x, y, args.block)
+    rows = []
+    for round_index in range(args.rounds):
+        times = {name: time_block(model, x, y, args.block)
+                 for name, model in models.items()}
+        for name, seconds in times.items():
+            rows.append({
+                "round": round_index, "arm": name, "seconds": seconds,
+                "step_ms": 1000 * seconds / args.block,
+                "ratio_to_plain": seconds / times["plain"],
+            })
+        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {times[n] / times['plain']:.2f}x" for n in times),
+            flush=True)
+    return rows, specs
+
+
+def summarize(rows, specs):
+    summary = []
+    for name, (_, target) in specs.items():
+        ratios = [r["ratio_to_plain"] for r in rows if r["arm"] == name]
+        steps = [r["step_ms"] for r in rows if r["arm"] == name]
+        quartiles = statistics.quantiles(ratios, n=4)
+        summary.append({
+            "arm": name, "median_step_ms": statistics.median(steps),
+            "median_ratio": statistics.median(ratios),
+            "ratio_q1": quartiles[0], "ratio_q3": quartiles[2],
+            "target": target,
+        })
+    return summary
+
+
+def write(rows, summary, args, backend):
+    output = pathlib.Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"variant_cost_{backend}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    device, _, versions = benchmark_env.describe_device(backend)
+    begin = f"<!-- variant_cost {backend} begin -->"
+    end = f"<!-- variant_cost {backend} end -->"
+    lines = [
+        begin,
+        f"## Cost of the SAM rules ({backend})",
+        "",
+        f"`python benchmarks/variant_cost.py` with KERAS_BACKEND={backend}: "
+        f"small CNN width {args.width}, batch {args.batch_size}, rho "
+        f"{args.rho}; {args.rounds} rounds of {args.block}-step blocks per "
+        "arm, each ratio between neighbouring blocks of one process. "
+        f"{device}; {', '.join(f'{k} {v}' for k, v in versions.items())}, "
+        f"Keras {keras.__version__}; commit "
+        f"{benchmark_env.git_commit() or 'unknown'}; load average at the "
+        f"end {benchmark_env.load_average()}. Rows: "
+        f"[variant_cost_{backend}.csv](variant_cost_{backend}.csv).",
+        "",
+        "| arm | median step ms | ratio to plain (median, IQR) | target |",
+        "|---|---|---|---|",
+    ]
+    for s in summary:
+        target = "" if s["target"] is None else (
+            f"<= {s['target']:.2f}x: "
+            + ("met" if s["median_ratio"] <= s["target"] else "not met")
+        )
+        lines.append(
+            f"| {s['arm']} | {s['median_step_ms']:.1f} | "
+            f"{s['median_ratio']:.2f}x ({s['ratio_q1']:.2f}-"
+            f"{s['ratio_q3']:.2f}) | {target} |"
+        )
+    lines.append(end)
+    benchmark_env.write_readme_section(output, begin, end, "\n".join(lines))
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=benchmark_env.positive_int,
+                        default=15)
+    parser.add_argument("--block", type=benchmark_env.positive_int,
+                        default=10, help="steps per block (default 10, two "
+                        "LookSAM periods)")
+    parser.add_argument("--batch-size", type=benchmark_env.positive_int,
+                        default=128)
+    parser.add_argument("--width", type=benchmark_env.positive_int,
+                        default=32)
+    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--output-dir", default=str(
+        ROOT / "saved_results" / "benchmarks"))
+    args = parser.parse_args(argv)
+    backend = keras.backend.backend()
+    rows, specs = measure(args)
+    summary = summarize(rows, specs)
+    path = write(rows, summary, args, backend)
+    for s in summary:
+        print(f"{s['arm']}: {s['median_ratio']:.2f}x plain "
+              f"({s['median_step_ms']:.1f} ms)")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
