@@ -38,25 +38,25 @@ def _processor_name():
 
 
 def _git_commit():
-    root = pathlib.Path(__file__).resolve().parents[2]
+    """The checkout's short commit, `+dirty` when `keras_sam/` has
+    uncommitted changes; `"unknown"` outside a git checkout."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "keras_sam"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "keras_sam")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def _git(*arguments):
+    root = pathlib.Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        ["git", "-C", str(root), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
 
 
 def now():

@@ -130,6 +130,11 @@ def _add_recipe_arguments(parser, many):
         default=None,
         help="train under Keras' mixed_<dtype> policy (GPU; default: float32)",
     )
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser):
+    """`--verbose`: Keras `fit` verbosity."""
     parser.add_argument(
         "--verbose",
         type=int,

@@ -61,13 +61,7 @@ def add_command(subparsers, common):
         action="store_true",
         help="512 training and 256 test images, 1 epoch (for tests)",
     )
-    parser.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="Keras fit verbosity; 1 shows progress bars (default: 1)",
-    )
+    _arguments.add_verbose_argument(parser)
     parser.set_defaults(handler=run)
 
 

@@ -4,7 +4,11 @@ from keras_sam.experiments.cli import _arguments
 
 
 def add_command(subparsers, common):
-    """Declares `keras-sam reproduce` and its options."""
+    """Declares `keras-sam reproduce` and its options.
+
+    A flat list of `add_argument` calls, in the order `--help` shows them:
+    long, but with nothing to split.
+    """
     parser = _arguments.add_training_parser(
         subparsers,
         common,
