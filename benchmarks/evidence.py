@@ -80,8 +80,19 @@ PROTOCOL_2 = {
     "augment": False,
     "sgd_epoch_multiplier": None,
 }
-PROTOCOLS = {1: PROTOCOL, 2: PROTOCOL_2}
-OUTPUT_DIRS = {1: "evidence", 2: "evidence_round2"}
+# Round 3 (PROTOCOL_3.md, issue 15): SAM variants as new arms of round 2,
+# same settings and seeds, paired with round 2's SGD and SAM runs.
+PROTOCOL_3 = {
+    **PROTOCOL_2,
+    "protocol": "PROTOCOL_3.md",
+    "variant_arms": {
+        "gsam": {"GSAM": {"alpha": 0.2}},
+        "friendly_sam": {"FriendlySAM": {"sigma": 1.0, "decay": 0.95}},
+    },
+    "baseline_dir": "evidence_round2",
+}
+PROTOCOLS = {1: PROTOCOL, 2: PROTOCOL_2, 3: PROTOCOL_3}
+OUTPUT_DIRS = {1: "evidence", 2: "evidence_round2", 3: "evidence_variants"}
 
 # Foret et al. (2020), Table 4: clean CIFAR-10 test accuracy (%) of
 # ResNet-32 trained with symmetric label noise.
@@ -242,6 +253,13 @@ def run_plan(settings):
     """
     epochs = settings["epochs"]
     plan = []
+    if settings.get("variant_arms"):
+        # Round 3: the variant arms only, label noise first, seed by seed.
+        for setting in reversed(list(settings["settings"])):
+            for seed in settings["seeds"]:
+                for arm in settings["variant_arms"]:
+                    plan.append((setting, arm, seed, epochs))
+        return plan
     for setting in reversed(list(settings["settings"])):
         for seed in settings["seeds"]:
             plan.append((setting, "sgd", seed, epochs))
@@ -253,6 +271,17 @@ def run_plan(settings):
         for setting in reversed(list(settings["settings"])):
             plan.append((setting, f"sgd_{longer}ep", seed, longer))
     return plan
+
+
+def variant_of(settings, arm):
+    """The `keras_sam.variants` rule of a variant arm (`None`: SAM)."""
+    from keras_sam import variants
+
+    spec = settings.get("variant_arms", {}).get(arm)
+    if spec is None:
+        return None
+    (name, arguments), = spec.items()
+    return getattr(variants, name)(**arguments)
 
 
 def run_name(setting, arm, seed):
@@ -299,7 +328,7 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
 
     name = run_name(setting, arm, seed)
     noisy_labels, is_noisy = data["labels"][setting]
-    rho = settings["rho"] if arm == "sam" else 0.0
+    rho = 0.0 if arm.startswith("sgd") else settings["rho"]
     keras.utils.set_random_seed(seed)
     inner = models.small_cnn(
         width=settings["width"],
@@ -307,7 +336,10 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
         classifier_activation=None,
     )
     init_digest = weights_digest(inner)
-    model = SAMModel(inner, rho=rho) if rho > 0 else inner
+    model = (
+        SAMModel(inner, rho=rho, variant=variant_of(settings, arm))
+        if rho > 0 else inner
+    )
     batches = AugmentedBatches(
         data["x_train"], noisy_labels, settings["batch_size"], seed,
         augment=settings.get("augment", True),
@@ -507,30 +539,34 @@ def summarize(rows, settings):
         arms.append(
             f"sgd_{settings['epochs'] * settings['sgd_epoch_multiplier']}ep"
         )
+    comparisons = [("sam", a) for a in arms if a != "sam"]
+    for variant in settings.get("variant_arms", {}):
+        arms.append(variant)
+        comparisons += [(variant, "sgd"), (variant, "sam")]
     summary = []
     for setting in settings["settings"]:
         for arm in arms:
             values = [float(r["test_error"]) for r in rows
                       if r["setting"] == setting and r["arm"] == arm]
-            for field in ("test_error",):
-                mean, half = mean_and_interval(values)
-                summary.append({
-                    "setting": setting, "quantity": f"{arm} {field}",
-                    "n": len(values), "mean": mean, "half_width": half,
-                })
-        for baseline in [a for a in arms if a != "sam"]:
-            seeds, diffs = paired_differences(rows, setting, "sam", baseline)
+            mean, half = mean_and_interval(values)
+            summary.append({
+                "setting": setting, "quantity": f"{arm} test_error",
+                "n": len(values), "mean": mean, "half_width": half,
+            })
+        for arm, baseline in comparisons:
+            seeds, diffs = paired_differences(rows, setting, arm, baseline)
             mean, half = mean_and_interval(diffs)
             verdict = "n/a"
+            name = "SAM" if arm == "sam" else arm
             if half is not None:
                 if mean + half < 0:
-                    verdict = "SAM better"
+                    verdict = f"{name} better"
                 elif mean - half > 0:
-                    verdict = "SAM worse"
+                    verdict = f"{name} worse"
                 else:
                     verdict = "no difference shown"
             summary.append({
-                "setting": setting, "quantity": f"sam - {baseline}",
+                "setting": setting, "quantity": f"{arm} - {baseline}",
                 "n": len(diffs), "mean": mean, "half_width": half,
                 "verdict": verdict,
             })
@@ -585,7 +621,8 @@ def plot_curves(output_dir, rows, settings):
     names = list(settings["settings"])
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6),
                                 squeeze=False)
-    colors = {"sgd": "tab:blue", "sam": "tab:red"}
+    colors = {"sgd": "tab:blue", "sam": "tab:red", "gsam": "tab:green",
+              "friendly_sam": "tab:purple"}
     for axis, setting in zip(axes[0], names):
         for path in sorted((output_dir / "curves").glob(f"{setting}_*.csv")):
             curve = _read_csv(path)
@@ -625,11 +662,22 @@ def plot_curves(output_dir, rows, settings):
     plt.close(figure)
 
 
+def all_rows(output_dir, settings):
+    """The folder's runs, after the baseline runs they are paired with
+    (round 3: round 2's SGD and SAM runs)."""
+    output_dir = pathlib.Path(output_dir)
+    rows = _read_csv(output_dir / "runs.csv")
+    if settings.get("baseline_dir"):
+        baseline = output_dir.parent / settings["baseline_dir"] / "runs.csv"
+        rows = _read_csv(baseline) + rows
+    return rows
+
+
 def write_report(output_dir):
     """`table.md`, `curves.png`, `error_vs_sharpness.png` from the CSVs."""
     output_dir = pathlib.Path(output_dir)
     settings = json.loads((output_dir / "settings.json").read_text())
-    rows = _read_csv(output_dir / "runs.csv")
+    rows = all_rows(output_dir, settings)
     lines = table_lines(rows, settings)
     (output_dir / "table.md").write_text("\n".join(lines) + "\n")
     if rows:
@@ -649,14 +697,15 @@ def write_summary(root=None):
         "",
         "Generated by `python benchmarks/evidence.py --summary` from the "
         "CSVs of every round (issue 13). Protocols, committed before "
-        "their runs: [round 1](PROTOCOL.md), [round 2](PROTOCOL_2.md). "
+        "their runs: [round 1](PROTOCOL.md), [round 2](PROTOCOL_2.md), "
+        "[round 3, SAM variants](PROTOCOL_3.md). "
         "Every run made under them is below.",
         "",
         f"- hardware: {benchmark_env.cpu_name()}, "
         f"{benchmark_env.cpu_count()} CPU cores; backend "
         f"{environment['backend']}, Keras {environment['keras']}",
         "- commands: `python benchmarks/evidence.py` (round 1), "
-        "`python benchmarks/evidence.py --round 2`",
+        "`python benchmarks/evidence.py --round 2`, `--round 3`",
         f"- generated: {_run_records.now()}",
         "",
     ]
@@ -666,7 +715,7 @@ def write_summary(root=None):
             lines += [f"## Round {number}", "", "No runs yet.", ""]
             continue
         settings = json.loads((path / "settings.json").read_text())
-        rows = _read_csv(path / "runs.csv")
+        rows = all_rows(path, settings)
         commits = sorted({r["commit"] for r in rows})
         link = "" if folder == "evidence" else f"../{folder}/"
         augment = settings.get("augment", True)

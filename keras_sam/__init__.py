@@ -6,8 +6,11 @@ from keras_sam import (
     callbacks,
     hessian,
     models,
+    rho_schedules,
     stateless,
+    variants,
 )
+from keras_sam.perturbed_subset import NORMALIZATION_LAYERS
 from keras_sam.sam_model import SAMModel
 
 # The experiment application (datasets, pipelines, the paper's recipe,
@@ -17,11 +20,14 @@ from keras_sam.sam_model import SAMModel
 __version__ = "0.1.0"
 
 __all__ = [
+    "NORMALIZATION_LAYERS",
     "SAMModel",
     "accumulation",
     "ascent",
     "callbacks",
     "hessian",
     "models",
+    "rho_schedules",
     "stateless",
+    "variants",
 ]

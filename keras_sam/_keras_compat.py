@@ -32,6 +32,15 @@ def fully_built(model):
     return not unbuilt and all(c is None or c.built for c in compiled)
 
 
+def all_layers(model):
+    """`model` and every layer nested in it, at any depth.
+
+    `Model.layers` lists the top level only; layers nested in custom
+    layers are reachable only through `_flatten_layers`.
+    """
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
 def symbolic_build(model, data_batch):
     """Builds the model, its compiled loss and metrics from a batch's specs,
     as `fit` does on its first step (`Trainer._symbolic_build`)."""

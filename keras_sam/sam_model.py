@@ -2,8 +2,10 @@
 
 import keras
 
-from keras_sam import _keras_compat, _validation
+from keras_sam import _keras_compat, _validation, perturbed_subset, variants
 from keras_sam.backend import SAMTrainer
+from keras_sam.rho_schedules import check_rho, serialize_rho
+from keras_sam.rule_state import RuleState
 
 PERTURBATIONS = ("replica", "global")
 
@@ -34,19 +36,35 @@ class SAMModel(SAMTrainer, keras.Model):
     Besides the compiled metrics (from the clean pass) and `loss` (the
     clean loss `L(w)`), `fit` logs `sam_sharpness`, the batch's
     `L(w + eps) - L(w)`, and `grad_norm`, `||g||`, both averaged over the
-    epoch like `loss`. `evaluate` and `predict` are those of the wrapped
-    model.
+    epoch like `loss`, and, when `rho` is a schedule, `rho`, the value of
+    the epoch's last step. `evaluate` and `predict` are those of the
+    wrapped model.
 
     Args:
         model: A `keras.Model` (Sequential, functional or subclassed, built
             or not, with any nesting of inputs and outputs).
         rho: Non-negative float, the radius of the neighbourhood in which
-            the loss is maximized. Defaults to `0.05`.
-        adaptive: Boolean, whether to use ASAM (Kwon et al., 2021), whose
-            neighbourhood scales with the weights; use a larger `rho`
-            (the ASAM paper uses 0.5 to 2.0 on CIFAR). Defaults to `False`.
+            the loss is maximized, or a
+            `keras.optimizers.schedules.LearningRateSchedule` giving it
+            at `optimizer.iterations` (see `keras_sam.rho_schedules`).
+            Defaults to `0.05`.
+        adaptive: Boolean, shorthand for `variant=ASAM(eta)` (Kwon et al.,
+            2021), whose neighbourhood scales with the weights; use a
+            larger `rho` (the ASAM paper uses 0.5 to 2.0 on CIFAR).
+            Defaults to `False`.
         eta: Non-negative float, ASAM's offset in `T = |w| + eta`. Only
             used when `adaptive=True`. Defaults to `0.01`.
+        variant: `None` (SAM) or a rule from `keras_sam.variants`
+            (`SAM()`, `ASAM(eta)`, `GSAM(alpha)`, `FriendlySAM()`), which
+            chooses the ascent point and the applied gradient. Defaults
+            to `None`.
+        perturb: Which variables the ascent moves: `None` (every
+            trainable variable), a tuple of layer classes (with
+            `keras_sam.NORMALIZATION_LAYERS`, SAM-ON: Mueller et al.,
+            2023) or a callable `layer -> bool`. The norm is over the
+            perturbed variables; the descent covers every trainable
+            variable. A callable is saved by name, so register it with
+            `keras.saving.register_keras_serializable`. Defaults to `None`.
         num_batch_splits: `None` or a positive integer `k`. Splits each
             (per-replica) batch into `k` chunks of nearly equal size; each
             chunk gets its own `eps` from its own gradient (m-sharpness,
@@ -101,9 +119,11 @@ class SAMModel(SAMTrainer, keras.Model):
         eta=0.01,
         num_batch_splits=None,
         perturbation="replica",
+        variant=None,
+        perturb=None,
         **kwargs,
     ):
-        rho = _validation.check_non_negative_float("rho", rho)
+        rho = check_rho(rho)
         eta = _validation.check_non_negative_float("eta", eta)
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -112,6 +132,8 @@ class SAMModel(SAMTrainer, keras.Model):
                 f"{type(model).__name__}."
             )
         _validation.check_bool("adaptive", adaptive)
+        variant = variants.get(variant, adaptive=adaptive, eta=eta)
+        perturb = perturbed_subset.check_perturb(perturb)
         num_batch_splits = _validation.check_optional_int(
             "num_batch_splits", num_batch_splits
         )
@@ -119,17 +141,25 @@ class SAMModel(SAMTrainer, keras.Model):
         super().__init__(**kwargs)
         self.model = model
         self.rho = rho
-        self.adaptive = adaptive
-        self.eta = eta
+        self.variant = variant
+        self.adaptive = isinstance(variant, variants.ASAM)
+        self.eta = variant.eta if self.adaptive else eta
         self.num_batch_splits = num_batch_splits
         self.perturbation = perturbation
+        self.perturb = perturb
+        self.rule_state = RuleState(variant, perturb, name="rule_state")
         self.sharpness_tracker = keras.metrics.Mean(name="sam_sharpness")
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         if model.built:
+            self.rule_state.build_for(self)
             self.built = True
 
     def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
+        outputs = self.model(inputs, training=training)
+        # An unbuilt model is built by this call (fit's symbolic build):
+        # the rule's state needs its variables.
+        self.rule_state.build_for(self)
+        return outputs
 
     def export(self, filepath, format="tf_saved_model", verbose=None,
                input_signature=None, **kwargs):
@@ -150,11 +180,11 @@ class SAMModel(SAMTrainer, keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.model),
-            "rho": self.rho,
-            "adaptive": self.adaptive,
-            "eta": self.eta,
+            "rho": serialize_rho(self.rho),
+            "variant": keras.saving.serialize_keras_object(self.variant),
             "num_batch_splits": self.num_batch_splits,
             "perturbation": self.perturbation,
+            "perturb": perturbed_subset.serialize_perturb(self.perturb),
         }
         return config
 

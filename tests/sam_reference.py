@@ -33,41 +33,97 @@ def forward_backward(params, x, y, sample_weight=None, l2=0.0, penalty=0.0):
     return loss, [g_w1, g_b1, g_w2, g_b2]
 
 
-def epsilon(params, grads, rho, adaptive=False, eta=0.01):
+def epsilon(params, grads, rho, adaptive=False, eta=0.01, mask=None):
+    """SAM's (or ASAM's) `eps`; with `mask`, over the masked entries only
+    (the norm too), zero elsewhere."""
+    mask = [True] * len(params) if mask is None else mask
+    chosen = [i for i, keep in enumerate(mask) if keep]
+    p = [params[i] for i in chosen]
+    g = [grads[i] for i in chosen]
     if adaptive:
-        t = [np.abs(p) + eta for p in params]
-        norm = np.sqrt(sum(np.sum((ti * g) ** 2) for ti, g in zip(t, grads)))
-        return [rho * ti**2 * g / norm for ti, g in zip(t, grads)]
-    norm = np.sqrt(sum(np.sum(g**2) for g in grads))
-    return [rho * g / norm for g in grads]
+        t = [np.abs(w) + eta for w in p]
+        norm = np.sqrt(sum(np.sum((ti * gi) ** 2) for ti, gi in zip(t, g)))
+        parts = [rho * ti**2 * gi / norm for ti, gi in zip(t, g)]
+    else:
+        norm = np.sqrt(sum(np.sum(gi**2) for gi in g))
+        parts = [rho * gi / norm for gi in g]
+    eps = [np.zeros_like(w) for w in params]
+    for i, part in zip(chosen, parts):
+        eps[i] = part
+    return eps
+
+
+def gsam_direction(grads, grads_p, alpha):
+    """Zhuang et al. 2022: `g_p - alpha * (g - <g, g_p>/||g_p||^2 g_p)`."""
+    inner = sum(np.sum(g * gp) for g, gp in zip(grads, grads_p))
+    squared = sum(np.sum(gp * gp) for gp in grads_p)
+    return [gp - alpha * (g - inner / squared * gp)
+            for g, gp in zip(grads, grads_p)]
+
+
+class Friendly:
+    """Friendly-SAM's moving average (Li et al. 2024, official code):
+    ascent along `g - sigma m_{t-1}`, `m_t = decay m_{t-1} + (1-decay) g`,
+    `m` starting at the first gradient."""
+
+    def __init__(self, sigma, decay):
+        self.sigma, self.decay, self.m = sigma, decay, None
+
+    def direction(self, grads, mask):
+        g = [gi for gi, keep in zip(grads, mask) if keep]
+        if self.m is None:
+            return grads, g
+        d = [gi - self.sigma * mi for gi, mi in zip(g, self.m)]
+        new = [self.decay * mi + (1 - self.decay) * gi
+               for gi, mi in zip(g, self.m)]
+        it = iter(d)
+        return [next(it) if keep else gi for gi, keep in zip(grads, mask)], new
 
 
 def sam_gradient(params, x, y, rho, adaptive=False, eta=0.01, splits=1,
-                 sample_weight=None, l2=0.0, penalty=0.0):
+                 sample_weight=None, l2=0.0, penalty=0.0, alpha=0.0,
+                 mask=None, friendly=None):
     """The SAM descent gradient, m-sharpness chunks weighted by size.
+
+    `alpha > 0` is GSAM's descent, `mask` the perturbed subset,
+    `friendly` a `Friendly` state (updated: each chunk from the pre-step
+    average, the new one their size-weighted mean).
 
     Returns `(gradient, clean_loss, perturbed_loss, grad_norm)`.
     """
     n = x.shape[0]
+    mask = [True] * len(params) if mask is None else mask
     bounds = [(i * n) // splits for i in range(splits + 1)]
     total = [np.zeros_like(p) for p in params]
     clean = perturbed = norm = 0.0
+    averages = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         part = slice(start, stop)
         sw = None if sample_weight is None else sample_weight[part]
         loss, grads = forward_backward(
             params, x[part], y[part], sw, l2, penalty
         )
-        eps = epsilon(params, grads, rho, adaptive, eta)
+        weight = (stop - start) / n
+        direction = grads
+        if friendly is not None:
+            direction, average = friendly.direction(grads, mask)
+            averages.append((weight, average))
+        eps = epsilon(params, direction, rho, adaptive, eta, mask)
         shifted = [p + e for p, e in zip(params, eps)]
         loss_p, grads_p = forward_backward(
             shifted, x[part], y[part], sw, l2, penalty
         )
-        weight = (stop - start) / n
+        if alpha:
+            grads_p = gsam_direction(grads, grads_p, alpha)
         total = [t + weight * g for t, g in zip(total, grads_p)]
         clean += weight * loss
         perturbed += weight * loss_p
         norm += weight * np.sqrt(sum(np.sum(g**2) for g in grads))
+    if friendly is not None:
+        friendly.m = [
+            sum(w * a[i] for w, a in averages)
+            for i in range(len(averages[0][1]))
+        ]
     return total, clean, perturbed, norm
 
 

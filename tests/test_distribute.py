@@ -77,14 +77,18 @@ def test_replica_mode_equals_per_half_batch_reference(splits):
     np.testing.assert_allclose(history["grad_norm"], norm, rtol=1e-5)
 
 
-@pytest.mark.parametrize("perturbation", ["replica", "global"])
-def test_replicas_stay_bit_identical(perturbation):
+@pytest.mark.parametrize("perturbation,variant", [
+    ("replica", None), ("global", None),
+    ("replica", keras_sam.variants.FriendlySAM()),
+    ("global", keras_sam.variants.GSAM(alpha=0.2)),
+])
+def test_replicas_stay_bit_identical(perturbation, variant):
     rng = np.random.default_rng(22)
     x = rng.normal(size=(80, 4)).astype("float32")
     y = rng.normal(size=(80, 1)).astype("float32")
     with mirrored().scope():
         sam = keras_sam.SAMModel(bn_dropout_model(), rho=0.1,
-                                 perturbation=perturbation)
+                                 perturbation=perturbation, variant=variant)
         sam.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                     loss="mse")
     sam.fit(x, y, batch_size=16, epochs=10, verbose=0, shuffle=False)
@@ -127,4 +131,43 @@ def test_one_device_strategy_equals_default():
     one, _ = fit_sam(tf.distribute.OneDeviceStrategy("/cpu:0"), params, x,
                      y, 6, 2, rho=0.1, perturbation="global")
     for got, want in zip(one.get_weights(), default.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+RULES = {
+    "gsam": (lambda: keras_sam.variants.GSAM(alpha=0.4), {"alpha": 0.4}),
+    "friendly": (lambda: keras_sam.variants.FriendlySAM(sigma=0.7, decay=0.6),
+                 None),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_rules_in_replica_mode_equal_per_half_batch_reference(rule):
+    """Each replica applies the rule to its own half batch; Friendly-SAM's
+    average is the mean of the replicas' updates (the reference's
+    size-weighted chunks)."""
+    x, y, params = make_problem(n=16, seed=26)
+    make_rule, kwargs = RULES[rule]
+    kwargs = kwargs or {"friendly": ref.Friendly(0.7, 0.6)}
+    expected = [p.astype("float64") for p in params]
+    optimizer = ref.SGD(0.1, momentum=0.9)
+    for _ in range(3):
+        grads, *_ = ref.sam_gradient(
+            expected, x.astype("float64"), y.astype("float64"), rho=0.1,
+            splits=2, **kwargs,
+        )
+        expected = optimizer.apply(expected, grads)
+    sam, _ = fit_sam(mirrored(), params, x, y, 16, 3, rho=0.1,
+                     variant=make_rule())
+    for got, want in zip(sam.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_global_mode_with_rho_zero_is_the_plain_step():
+    x, y, params = make_problem(n=16, seed=27)
+    single, _ = fit_sam(tf.distribute.get_strategy(), params, x, y, 16, 3,
+                        rho=0.0)
+    both, _ = fit_sam(mirrored(), params, x, y, 16, 3, rho=0.0,
+                      perturbation="global")
+    for got, want in zip(both.get_weights(), single.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

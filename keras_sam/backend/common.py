@@ -5,10 +5,11 @@
 import keras
 from keras import ops
 
-from keras_sam import _keras_compat, stateless
+from keras_sam import _keras_compat, rule_state, stateless
+from keras_sam.rho_schedules import Schedule
 
 # Logged by `fit` only; `evaluate` has no ascent step.
-SAM_LOG_NAMES = ("sam_sharpness", "grad_norm")
+SAM_LOG_NAMES = ("sam_sharpness", "grad_norm", "rho")
 
 
 def unpack(model, data):
@@ -53,9 +54,68 @@ def loss_scale(scale_loss):
     return ops.cast(scale_loss(ops.ones((), "float32")), "float32")
 
 
-def pass_result(gradients, clean_aux, sharpness, grad_norm):
-    """The outcome of the two passes over one chunk of a batch."""
-    loss, y_pred, non_trainable, metrics = clean_aux
+def current_rho(model, iterations):
+    """`rho` at this step: the float, or the schedule at `iterations`
+    (the optimizer's step counter) as a float32 scalar."""
+    if isinstance(model.rho, Schedule):
+        return ops.cast(model.rho(iterations), "float32")
+    return model.rho
+
+
+def ascends(model):
+    """Whether the step makes the ascent and the perturbed pass (with
+    `rho=0` it is exactly the plain step, one pass)."""
+    return isinstance(model.rho, Schedule) or model.rho > 0.0
+
+
+def ascend(model, gradients, weights, rho, state, gradient_scale,
+           gradient_norm, maths):
+    """Step 2: the ascent point `w + eps` for every trainable variable
+    (unperturbed ones stay at `w`) and the rule's new state."""
+    mask = rule_state.perturbed_mask(model, model.trainable_variables)
+    if all(mask):
+        return model.variant.ascent(
+            gradients, weights, rho, state, gradient_scale, gradient_norm,
+            maths,
+        )
+
+    def chosen(values):
+        return [v for v, keep in zip(values, mask) if keep]
+
+    points, state = model.variant.ascent(
+        chosen(gradients), chosen(weights), rho, state, gradient_scale, None,
+        maths,
+    )
+    points = iter(points)
+    merged = [next(points) if keep else w for w, keep in zip(weights, mask)]
+    return merged, state
+
+
+def rule_state_values(model, non_trainable_variables, non_trainable_values):
+    """The rule's state among the non-trainable values."""
+    indices = rule_state.state_indices(model, non_trainable_variables)
+    return [non_trainable_values[i] for i in indices]
+
+
+def with_rule_state(model, non_trainable_variables, non_trainable_values,
+                    state):
+    """`non_trainable_values` with the rule's entries set to `state`."""
+    indices = rule_state.state_indices(model, non_trainable_variables)
+    if not indices:
+        return non_trainable_values
+    values = list(non_trainable_values)
+    for index, value in zip(indices, state):
+        values[index] = value
+    return values
+
+
+def pass_result(gradients, clean_aux, sharpness, grad_norm,
+                non_trainable=None):
+    """The outcome of the two passes over one chunk of a batch;
+    `non_trainable` defaults to the clean pass's."""
+    loss, y_pred, clean_non_trainable, metrics = clean_aux
+    if non_trainable is None:
+        non_trainable = clean_non_trainable
     return {
         "gradients": gradients,
         "non_trainable": non_trainable,
@@ -141,9 +201,10 @@ def per_batch_scalars(result, num_replicas=1, global_gradients=False):
     return result
 
 
-def update_metrics(model, x, y, sample_weight, result):
+def update_metrics(model, x, y, sample_weight, result, rho=None):
     """Updates `loss`, the compiled metrics and the SAM logs; returns the
-    logs. Runs statefully or inside a `StatelessScope` (JAX)."""
+    logs, with `rho` when it follows a schedule. Runs statefully or inside
+    a `StatelessScope` (JAX)."""
     batch_size = ops.shape(first_leaf(x))[0]
     tracker = _keras_compat.loss_tracker(model)
     if tracker is not None:
@@ -154,9 +215,12 @@ def update_metrics(model, x, y, sample_weight, result):
     model.grad_norm_tracker.update_state(
         result["grad_norm"], sample_weight=batch_size
     )
-    return model.compute_metrics(
+    logs = model.compute_metrics(
         x, y, result["y_pred"], sample_weight=sample_weight
     )
+    if isinstance(model.rho, Schedule):
+        logs["rho"] = rho
+    return logs
 
 
 def assign(variables, values):

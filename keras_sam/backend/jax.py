@@ -48,12 +48,18 @@ class SAMTrainer:
         optimizer = self.optimizer
         variables = stateless.variable_lists(self)
 
-        def scale_loss(loss):
+        def with_optimizer_state(fn):
             mapping = list(zip(optimizer.variables, optimizer_values))
             with keras.StatelessScope(state_mapping=mapping):
-                return optimizer.scale_loss(loss)
+                return fn()
+
+        def scale_loss(loss):
+            return with_optimizer_state(lambda: optimizer.scale_loss(loss))
 
         unit = common.loss_scale(scale_loss)
+        rho = with_optimizer_state(
+            lambda: common.current_rho(self, optimizer.iterations)
+        )
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -65,19 +71,27 @@ class SAMTrainer:
             )
             norm = ascent.global_norm(gradients)
             sharpness = ops.zeros(())
-            if self.rho > 0.0:
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
-                perturbed = ascent.perturbed_weights(
-                    gradients, trainable, self.rho, adaptive=self.adaptive,
-                    eta=self.eta, gradient_norm=norm,
+            state = common.rule_state_values(self, variables[1], non_trainable)
+            if common.ascends(self):
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
+                perturbed, state = common.ascend(
+                    self, gradients, trainable, rho, state, 1.0 / unit, norm,
+                    ascent,
                 )
                 # 3. Perturbed pass at w + eps, from the pre-step state;
                 # its state updates are discarded.
-                (_, at_perturbed), gradients = loss_and_grads(
+                (_, at_perturbed), perturbed_gradients = loss_and_grads(
                     perturbed, non_trainable, metrics, *batch
                 )
                 sharpness = at_perturbed[0] - clean[0]
-            return common.pass_result(gradients, clean, sharpness, norm / unit)
+                # The gradient to apply: g_p for SAM, the rule's otherwise.
+                gradients, state = self.variant.descent(
+                    gradients, perturbed_gradients, state
+                )
+            return common.pass_result(
+                gradients, clean, sharpness, norm / unit,
+                common.with_rule_state(self, variables[1], clean[2], state),
+            )
 
         result = common.over_chunks(
             sam_pass, self.num_batch_splits or 1, variables[1],
@@ -91,15 +105,18 @@ class SAMTrainer:
             optimizer_values, result["gradients"], trainable
         )
         logs, metrics = self._stateless_update_metrics(
-            result["metrics"], x, y, sample_weight, result
+            result["metrics"], x, y, sample_weight, result, rho
         )
         state = (trainable, result["non_trainable"], optimizer_values, metrics)
         return logs, state
 
-    def _stateless_update_metrics(self, metrics, x, y, sample_weight, result):
+    def _stateless_update_metrics(self, metrics, x, y, sample_weight, result,
+                                  rho):
         mapping = list(zip(self.metrics_variables, metrics))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = common.update_metrics(self, x, y, sample_weight, result)
+            logs = common.update_metrics(
+                self, x, y, sample_weight, result, rho
+            )
         new_metrics = []
         for variable in self.metrics_variables:
             value = scope.get_current_value(variable)

@@ -194,6 +194,8 @@ class SAMTrainer:
         trainable = [v.value for v in variables[0]]
         scale_loss = self.optimizer.scale_loss
         unit = common.loss_scale(scale_loss)
+        gradient_scale = (1.0 if global_gradients else replicas) / unit
+        rho = common.current_rho(self, self.optimizer.iterations)
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -203,23 +205,35 @@ class SAMTrainer:
             (_, clean), gradients = loss_and_grads(
                 trainable, non_trainable, metrics, *batch
             )
-            if global_gradients:
-                gradients = _all_reduce_sum(gradients)
-            norm = ascent.global_norm(gradients)
+            # The ascent's gradient: this replica's, or the global one.
+            ascent_gradients = (
+                _all_reduce_sum(gradients) if global_gradients else gradients
+            )
+            norm = ascent.global_norm(ascent_gradients)
             sharpness = ops.zeros(())
-            if self.rho > 0.0:
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
-                perturbed = ascent.perturbed_weights(
-                    gradients, trainable, self.rho, adaptive=self.adaptive,
-                    eta=self.eta, gradient_norm=norm,
+            state = common.rule_state_values(
+                self, variables[1], non_trainable
+            )
+            if common.ascends(self):
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
+                perturbed, state = common.ascend(
+                    self, ascent_gradients, trainable, rho, state,
+                    gradient_scale, norm, ascent,
                 )
                 # 3. Perturbed pass at w + eps, from the pre-step state;
                 # its state updates are discarded.
-                (_, at_perturbed), gradients = loss_and_grads(
+                (_, at_perturbed), perturbed_gradients = loss_and_grads(
                     perturbed, non_trainable, metrics, *batch
                 )
                 sharpness = at_perturbed[0] - clean[0]
-            return common.pass_result(gradients, clean, sharpness, norm / unit)
+                # The gradient to apply: g_p for SAM, the rule's otherwise.
+                gradients, state = self.variant.descent(
+                    gradients, perturbed_gradients, state
+                )
+            return common.pass_result(
+                gradients, clean, sharpness, norm / unit,
+                common.with_rule_state(self, variables[1], clean[2], state),
+            )
 
         result = common.over_chunks(
             sam_pass, self.num_batch_splits or 1, variables[1],
@@ -236,7 +250,7 @@ class SAMTrainer:
         self.optimizer.apply(result["gradients"], variables[0])
         common.assign(variables[1], non_trainable)
         common.assign(variables[2], result["metrics"])
-        logs = common.update_metrics(self, x, y, sample_weight, result)
+        logs = common.update_metrics(self, x, y, sample_weight, result, rho)
         return _logs_for_multi_worker(strategy, logs)
 
     def test_step(self, data):

@@ -159,6 +159,7 @@ class SAMTrainer:
         trainable = [v.value for v in variables[0]]
         scale_loss = self.optimizer.scale_loss
         unit = common.loss_scale(scale_loss)
+        rho = common.current_rho(self, self.optimizer.iterations)
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -171,22 +172,30 @@ class SAMTrainer:
             )
             norm = ForeachAscent.global_norm(gradients)
             sharpness = keras.ops.zeros(())
-            if self.rho > 0.0:
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or ASAM's).
-                perturbed = ForeachAscent.perturbed_weights(
-                    gradients, trainable, self.rho, adaptive=self.adaptive,
-                    eta=self.eta, gradient_norm=norm,
+            state = common.rule_state_values(self, variables[1], non_trainable)
+            if common.ascends(self):
+                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
+                perturbed, state = common.ascend(
+                    self, gradients, trainable, rho, state, 1.0 / unit, norm,
+                    ForeachAscent,
                 )
                 # 3. Perturbed pass at w + eps, from the pre-step state and
                 # the same dropout draws; its state updates are discarded.
                 rng_after = _TorchGlobalRNG.get_state()
                 _TorchGlobalRNG.set_state(rng_before)
-                (_, at_perturbed), gradients = loss_and_grads(
+                (_, at_perturbed), perturbed_gradients = loss_and_grads(
                     perturbed, non_trainable, metrics, *batch
                 )
                 _TorchGlobalRNG.set_state(rng_after)
                 sharpness = at_perturbed[0] - clean[0]
-            return common.pass_result(gradients, clean, sharpness, norm / unit)
+                # The gradient to apply: g_p for SAM, the rule's otherwise.
+                gradients, state = self.variant.descent(
+                    gradients, perturbed_gradients, state
+                )
+            return common.pass_result(
+                gradients, clean, sharpness, norm / unit,
+                common.with_rule_state(self, variables[1], clean[2], state),
+            )
 
         result = common.over_chunks(
             sam_pass, self.num_batch_splits or 1, variables[1],
@@ -201,7 +210,9 @@ class SAMTrainer:
             self.optimizer.apply(result["gradients"], variables[0])
             common.assign(variables[1], result["non_trainable"])
             common.assign(variables[2], result["metrics"])
-            return common.update_metrics(self, x, y, sample_weight, result)
+            return common.update_metrics(
+                self, x, y, sample_weight, result, rho
+            )
 
     def test_step(self, data):
         return common.without_sam_logs(keras.Model.test_step(self, data))

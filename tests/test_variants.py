@@ -1,0 +1,305 @@
+"""The SAM family (`keras_sam.variants`), rho schedules and `perturb=`
+subsets against the NumPy float64 reference (tests/sam_reference.py)."""
+
+import keras
+import numpy as np
+import pytest
+import sam_reference as ref
+from test_sam_model import OPTIMIZERS, make_mlp, make_problem
+
+import keras_sam
+from keras_sam import variants
+
+multi_backend = pytest.mark.multi_backend
+
+
+class WeightsPerEpoch(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+
+
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+def second_dense_only(layer):
+    return isinstance(layer, keras.layers.Dense) and layer.units == 2
+
+
+def reference_steps(params, x, y, optimizer, steps, rho=0.1, rhos=None,
+                    **kwargs):
+    """Weights after each step and the per-step logs."""
+    params = [p.astype("float64") for p in params]
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    history, logs = [], []
+    for step in range(steps):
+        grads, clean, perturbed, norm = ref.sam_gradient(
+            params, x64, y64, rhos[step] if rhos else rho, **kwargs
+        )
+        params = optimizer.apply(params, grads)
+        history.append(params)
+        logs.append((clean, perturbed - clean, norm))
+    return history, logs
+
+
+def keras_steps(params, x, y, optimizer, steps, splits=None, **kwargs):
+    sam = keras_sam.SAMModel(make_mlp(params), num_batch_splits=splits,
+                             **kwargs)
+    sam.compile(optimizer=optimizer, loss="mse")
+    record = WeightsPerEpoch()
+    history = sam.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False,
+                      verbose=0, callbacks=[record])
+    return sam, record.weights, history.history
+
+
+def assert_steps_close(got_steps, want_steps):
+    for got_weights, want_weights in zip(got_steps, want_steps, strict=True):
+        for got, want in zip(got_weights, want_weights):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+RULES = {
+    "gsam": (lambda: variants.GSAM(alpha=0.4), lambda: {"alpha": 0.4}),
+    "friendly": (
+        lambda: variants.FriendlySAM(sigma=0.7, decay=0.6),
+        lambda: {"friendly": ref.Friendly(0.7, 0.6)},
+    ),
+}
+
+
+@multi_backend
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_rules_match_numpy_after_one_and_three_steps(rule, optimizer):
+    x, y, params = make_problem(seed=3)
+    make_rule, reference_kwargs = RULES[rule]
+    make_keras, make_ref = OPTIMIZERS[optimizer]
+    want, logs = reference_steps(params, x, y, make_ref(), 3,
+                                 **reference_kwargs())
+    _, got, history = keras_steps(params, x, y, make_keras(), 3,
+                                  rho=0.1, variant=make_rule())
+    assert_steps_close(got, want)
+    clean, sharpness, norm = np.array(logs).T
+    np.testing.assert_allclose(history["sam_sharpness"], sharpness,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(history["grad_norm"], norm, rtol=1e-5)
+
+
+@multi_backend
+def test_rules_with_batch_splits_and_a_perturbed_subset():
+    x, y, params = make_problem(n=12, seed=4)
+    mask = [False, False, True, True]
+    for rule in sorted(RULES):
+        make_rule, reference_kwargs = RULES[rule]
+        want, _ = reference_steps(
+            params, x, y, ref.SGD(0.1, momentum=0.9), 3, splits=3,
+            mask=mask, **reference_kwargs(),
+        )
+        _, got, _ = keras_steps(
+            params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), 3,
+            splits=3, rho=0.1, variant=make_rule(), perturb=second_dense_only,
+        )
+        assert_steps_close(got, want)
+
+
+@multi_backend
+def test_perturbed_subset_takes_the_norm_over_the_subset_only():
+    x, y, params = make_problem(seed=5)
+    want, _ = reference_steps(params, x, y, ref.Adam(0.01), 3,
+                              mask=[False, False, True, True])
+    _, got, _ = keras_steps(params, x, y, keras.optimizers.Adam(0.01), 3,
+                            rho=0.1, perturb=second_dense_only)
+    assert_steps_close(got, want)
+    # The full-set run differs: the subset really changed the ascent.
+    full, _ = reference_steps(params, x, y, ref.Adam(0.01), 3)
+    assert np.abs(full[-1][0] - want[-1][0]).max() > 1e-5
+
+
+@multi_backend
+def test_rho_schedule_is_evaluated_at_the_optimizer_iterations():
+    x, y, params = make_problem(seed=6)
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        0.2, decay_steps=1, decay_rate=0.5
+    )
+    rhos = [0.2, 0.1, 0.05]
+    want, _ = reference_steps(params, x, y, ref.SGD(0.1, momentum=0.9), 3,
+                              rhos=rhos)
+    _, got, history = keras_steps(
+        params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), 3, rho=schedule
+    )
+    assert_steps_close(got, want)
+    np.testing.assert_allclose(history["rho"], rhos, rtol=1e-6)
+
+
+def test_follow_learning_rate_is_gsams_affine_map():
+    lr = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=10)
+    rho = keras_sam.rho_schedules.FollowLearningRate(
+        lr, rho_max=0.05, rho_min=0.01, lr_max=0.1
+    )
+    for step in (0, 3, 10):
+        lr_t = 0.1 * 0.5 * (1 + np.cos(np.pi * step / 10))
+        want = 0.01 + 0.04 * lr_t / 0.1
+        np.testing.assert_allclose(float(rho(step)), want, rtol=1e-6)
+    again = keras_sam.rho_schedules.FollowLearningRate.from_config(
+        rho.get_config()
+    )
+    assert float(again(4)) == pytest.approx(float(rho(4)))
+
+
+def test_normalization_layers_select_their_variables_only():
+    inputs = keras.Input((4, 4, 3))
+    h = keras.layers.Conv2D(2, 3)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.LayerNormalization()(h)
+    outputs = keras.layers.Dense(1)(h)
+    sam = keras_sam.SAMModel(keras.Model(inputs, outputs),
+                             perturb=keras_sam.NORMALIZATION_LAYERS)
+    mask = keras_sam.rule_state.perturbed_mask(sam, sam.trainable_variables)
+    names = [v.path for v, keep in zip(sam.trainable_variables, mask) if keep]
+    assert sorted(name.split("/")[-1] for name in names) == [
+        "beta", "beta", "gamma", "gamma"
+    ]
+
+
+def friendly_sam_model(params, **kwargs):
+    sam = keras_sam.SAMModel(
+        make_mlp(params), rho=keras.optimizers.schedules.PolynomialDecay(
+            0.1, 10, 0.02),
+        variant=variants.FriendlySAM(sigma=0.5, decay=0.8),
+        perturb=(keras.layers.Dense,), **kwargs,
+    )
+    sam.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                loss="mse")
+    return sam
+
+
+@multi_backend
+def test_save_load_keeps_rule_state_and_training_continues_identically(
+        tmp_path):
+    x, y, params = make_problem(seed=7)
+    straight = friendly_sam_model(params)
+    straight.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+    first = friendly_sam_model(params)
+    first.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    path = tmp_path / "friendly.keras"
+    first.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.variant == first.variant
+    assert loaded.perturb == (keras.layers.Dense,)
+    assert loaded.rho.get_config() == first.rho.get_config()
+    state = [keras.ops.convert_to_numpy(v) for v in first.rule_state.variables]
+    assert state and state[0] == 1.0
+    for got, want in zip(loaded.rule_state.variables, state, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+    loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(loaded.get_weights(), straight.get_weights(),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", [
+    variants.SAM(), variants.ASAM(eta=0.2), variants.GSAM(alpha=0.3),
+    variants.FriendlySAM(sigma=0.4, decay=0.7),
+])
+def test_every_variant_and_argument_survives_get_config(variant):
+    _, _, params = make_problem()
+    sam = keras_sam.SAMModel(make_mlp(params), rho=0.3, variant=variant,
+                             perturb=second_dense_only)
+    again = keras_sam.SAMModel.from_config(sam.get_config())
+    assert again.variant == variant and again.rho == 0.3
+    assert again.perturb is second_dense_only
+    assert again.adaptive == isinstance(variant, variants.ASAM)
+
+
+def test_adaptive_is_shorthand_for_asam():
+    _, _, params = make_problem()
+    sam = keras_sam.SAMModel(make_mlp(params), adaptive=True, eta=0.3)
+    assert sam.variant == variants.ASAM(eta=0.3)
+    assert keras_sam.SAMModel.from_config(sam.get_config()).eta == 0.3
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"variant": variants.GSAM(alpha=0.1), "adaptive": True},
+     "either `adaptive=True`"),
+    ({"variant": "gsam"}, "Received: variant='gsam'"),
+    ({"perturb": ("BatchNormalization",)}, "are not layer classes"),
+    ({"perturb": (int,)}, "are not layer classes"),
+    ({"perturb": 3}, "Received: perturb=3"),
+    ({"rho": "0.1"}, "Received: rho='0.1'"),
+    ({"rho": -0.1}, "Received: rho=-0.1"),
+])
+def test_bad_arguments_name_the_argument(kwargs, message):
+    _, _, params = make_problem()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        keras_sam.SAMModel(make_mlp(params), **kwargs)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: variants.GSAM(alpha=-0.1), "Received: alpha=-0.1"),
+    (lambda: variants.FriendlySAM(decay=1.0), "Received: decay=1.0"),
+    (lambda: variants.FriendlySAM(sigma=-1), "Received: sigma=-1"),
+    (lambda: variants.ASAM(eta=-1), "Received: eta=-1"),
+])
+def test_bad_rule_arguments_name_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_perturb_matching_no_variable_is_refused():
+    _, _, params = make_problem()
+    with pytest.raises(ValueError, match="selects no trainable variable"):
+        keras_sam.SAMModel(make_mlp(params),
+                           perturb=keras_sam.NORMALIZATION_LAYERS)
+
+
+@multi_backend
+def test_friendly_sam_keeps_its_average_in_true_gradient_units():
+    """Under mixed precision the gradients carry the loss scale (2^15 at
+    the start); the stored average must not."""
+    x, y, params = make_problem(seed=8)
+    _, want = ref.forward_backward([p.astype("float64") for p in params],
+                                   x.astype("float64"), y.astype("float64"))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inner = make_mlp(params)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    sam = keras_sam.SAMModel(inner, rho=0.05,
+                             variant=variants.FriendlySAM())
+    sam.compile(optimizer=keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.0)), loss="mse")
+    sam.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    started, *average = [keras.ops.convert_to_numpy(v)
+                         for v in sam.rule_state.variables]
+    assert started == 1.0
+    for got, expected in zip(average, want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-3)
+
+
+def test_backup_and_restore_resumes_the_rule_state(tmp_path):
+    x, y, params = make_problem(n=24, seed=9)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+
+    reference = friendly_sam_model(params)
+    reference.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    backup = str(tmp_path / "backup")
+    interrupted = friendly_sam_model(params)
+    with pytest.raises(RuntimeError, match="killed"):
+        interrupted.fit(x, y, batch_size=8, epochs=4, shuffle=False,
+                        verbose=0, callbacks=[
+                            keras.callbacks.BackupAndRestore(backup),
+                            Interrupt()])
+    resumed = friendly_sam_model(params)
+    history = resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False,
+                          verbose=0,
+                          callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert history.epoch == [2, 3]
+    for got, want in zip(resumed.weights, reference.weights, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got),
+                                   keras.ops.convert_to_numpy(want),
+                                   rtol=1e-6, atol=1e-7, err_msg=got.path)
