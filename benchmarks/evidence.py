@@ -487,7 +487,7 @@ def check_settings(output_dir, settings):
 
 
 def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
-    from keras_sam.experiments import reproduce
+    from keras_sam.experiments import _run_records
 
     output_dir = pathlib.Path(output_dir)
     check_settings(output_dir, settings)
@@ -495,7 +495,7 @@ def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
     output_dir.mkdir(parents=True, exist_ok=True)
     settings_path = output_dir / "settings.json"
     if not settings_path.exists():
-        reproduce._write_json(settings_path, settings)
+        _run_records.write_json(settings_path, settings)
     runs_path = output_dir / "runs.csv"
     done = {
         (r["setting"], r["arm"], int(r["seed"])) for r in _read_csv(runs_path)
@@ -738,10 +738,10 @@ def write_report(output_dir):
 def write_summary(root=None):
     """`saved_results/evidence/README.md`: every round's table, the
     paper's Table 4 beside them, the command, commit and hardware."""
-    from keras_sam.experiments import reproduce
+    from keras_sam.experiments import _run_records
 
     root = pathlib.Path(root or ROOT / "saved_results")
-    environment = reproduce._environment()
+    environment = _run_records.environment()
     lines = [
         "# Evidence: SAM against SGD on a CIFAR-10 subset",
         "",
@@ -758,7 +758,7 @@ def write_summary(root=None):
         "- commands: `python benchmarks/evidence.py` (round 1), "
         "`python benchmarks/evidence.py --round 2` (`--round 3`, "
         "`--round 4`)",
-        f"- generated: {reproduce._now()}",
+        f"- generated: {_run_records.now()}",
         "",
     ]
     for number, folder in OUTPUT_DIRS.items():

@@ -324,16 +324,18 @@ def minimal_jax_sam(model, rho):
 
 
 def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
+    from tf_keras_models import tf_keras_twin
+
     from keras_sam import models
 
-    # Private builder: the same architecture made of tf-keras layers.
+    # The same architecture made of tf-keras layers.
     tf_keras.mixed_precision.set_global_policy(
         PRECISION_POLICIES[args.mixed_precision]
     )
     jit = {"auto": None, "true": True, "false": False}[args.jit_compile]
     built = []
     for wrap in (False, True):
-        inner = models._build(tf_keras, args.model, **options)
+        inner = tf_keras_twin(models.get_model(args.model, **options), tf_keras)
         inner.set_weights(initial_weights)
         if wrap:
             sam_class = tf_keras.models.experimental.SharpnessAwareMinimization

@@ -32,9 +32,10 @@ import benchmark_env  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Arms: name -> (SAMModel keyword arguments or None for plain Keras,
-# the ratio the cheaper-SAM issue targets, or None).
+
 def arms(rho):
+    """name -> (SAMModel keyword arguments, or None for plain Keras; the
+    ratio the cheaper-SAM issue targets, or None)."""
     from keras_sam import variants
 
     return {

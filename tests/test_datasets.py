@@ -248,15 +248,17 @@ def test_pillow_and_tensorflow_decoders_differ_by_a_few_levels(sample):
     assert differences.max() <= 8
 
 
-DATASETS_FILE = REPO_ROOT / "keras_sam" / "experiments" / "datasets.py"
+# The readers of the JPEG npz format and of the sample (`datasets`
+# re-exports them) need neither TensorFlow nor Keras.
+SOURCES_FILE = REPO_ROOT / "keras_sam" / "experiments" / "sources.py"
 
 
-def test_datasets_module_imports_without_tensorflow_or_keras():
+def test_sources_module_imports_without_tensorflow_or_keras():
     code = (
         "import importlib.util, sys\n"
         "sys.modules['tensorflow'] = None\n"
         "spec = importlib.util.spec_from_file_location("
-        f"'ds', {str(DATASETS_FILE)!r})\n"
+        f"'sources', {str(SOURCES_FILE)!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         "(x, y), _ = module.load_cifar10_sample()\n"

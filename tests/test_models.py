@@ -188,12 +188,6 @@ def test_wide_resnet_dropout_layers():
     assert all(layer.rate == 0.3 for layer in dropouts)
 
 
-def test_same_architecture_in_tf_keras():
-    tf_keras = pytest.importorskip("tf_keras")
-    model = models._build(tf_keras, "resnet-20")
-    assert model.count_params() == _get("resnet-20").count_params()
-
-
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -18,6 +18,7 @@ import pytest
 
 from keras_sam import SAMModel
 from keras_sam.experiments import datasets, tuning
+from keras_sam.experiments.config import RunConfig
 
 pytest.importorskip("tensorflow")
 
@@ -43,10 +44,8 @@ def _decay_steps(model):
 def test_search_space_fixed_and_searched_values(tiny_splits):
     hypermodel = tuning.SAMHyperModel(
         tiny_splits,
-        "small-cnn",
-        rho_values=(0.0, 0.05, 0.1),
-        batch_sizes=(32, 64),
-        epochs=3,
+        RunConfig(model="small-cnn", epochs=3),
+        tuning.SearchSpace(rho_values=(0.0, 0.05, 0.1), batch_sizes=(32, 64)),
         baseline_epoch_multiplier=2,
     )
     hp = keras_tuner.HyperParameters()
@@ -73,18 +72,22 @@ def test_search_space_fixed_and_searched_values(tiny_splits):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "space, settings, message",
     [
-        ({"rho_values": (0.1, -0.1)}, "rho_values"),
-        ({"batch_sizes": (32.5,)}, "batch_sizes"),
-        ({"rho_values": (0.1, 0.1)}, "repeated"),
-        ({"epochs": 0}, "epochs"),
-        ({"augment": "autoaugment"}, "AutoAugment"),
+        ({"rho_values": (0.1, -0.1)}, {}, "rho_values"),
+        ({"batch_sizes": (32.5,)}, {}, "batch_sizes"),
+        ({"batch_sizes": ()}, {}, "batch_sizes"),
+        ({"rho_values": (0.1, 0.1)}, {}, "repeated"),
+        ({}, {"epochs": 0}, "epochs"),
+        ({}, {"augment": "autoaugment"}, "AutoAugment"),
     ],
 )
-def test_hypermodel_rejects_bad_arguments(tiny_splits, kwargs, message):
+def test_hypermodel_rejects_bad_arguments(
+    tiny_splits, space, settings, message
+):
+    config = RunConfig(model="small-cnn", **settings)
     with pytest.raises(ValueError, match=message):
-        tuning.SAMHyperModel(tiny_splits, "small-cnn", **kwargs)
+        tuning.SAMHyperModel(tiny_splits, config, tuning.SearchSpace(**space))
 
 
 def test_hypermodel_needs_a_validation_split():
@@ -92,16 +95,14 @@ def test_hypermodel_needs_a_validation_split():
         "cifar10", source="sample", train_size=100, validation_fraction=0
     )
     with pytest.raises(ValueError, match="validation"):
-        tuning.SAMHyperModel(splits, "small-cnn")
+        tuning.SAMHyperModel(splits, RunConfig(model="small-cnn"))
 
 
 def test_grid_search_rows_match_trials_and_seeds(tiny_splits, tmp_path):
     hypermodel = tuning.SAMHyperModel(
         tiny_splits,
-        "small-cnn",
-        rho_values=(0.0, 0.05),
-        batch_sizes=(64,),
-        epochs=1,
+        RunConfig(model="small-cnn", epochs=1),
+        tuning.SearchSpace(rho_values=(0.0, 0.05), batch_sizes=(64,)),
         baseline_epoch_multiplier=2,
     )
     tuner = tuning.make_tuner(
@@ -149,7 +150,9 @@ def test_same_seed_gives_the_same_trial(tiny_splits, tmp_path):
     results = []
     for attempt in range(2):
         hypermodel = tuning.SAMHyperModel(
-            tiny_splits, "small-cnn", rho_values=(0.05,), epochs=1
+            tiny_splits,
+            RunConfig(model="small-cnn", epochs=1),
+            tuning.SearchSpace(rho_values=(0.05,)),
         )
         tuner = tuning.make_tuner(
             hypermodel, "grid", directory=tmp_path / str(attempt), seeds=(5,)
@@ -165,9 +168,8 @@ def test_same_seed_gives_the_same_trial(tiny_splits, tmp_path):
 def test_bayesian_and_random_search(tiny_splits, tmp_path):
     hypermodel = tuning.SAMHyperModel(
         tiny_splits,
-        "small-cnn",
-        rho_values=(0.0, 0.02, 0.05, 0.1),
-        epochs=1,
+        RunConfig(model="small-cnn", epochs=1),
+        tuning.SearchSpace(rho_values=(0.0, 0.02, 0.05, 0.1)),
         evaluate_test=False,
     )
     tuner = tuning.make_tuner(

@@ -44,14 +44,16 @@ def check():
     """Raises `ImportError` naming the KerasTuner version if an internal
     the sweep uses is gone."""
     missing = [
-        f"Tuner.{name}" for name in TUNER_METHODS
+        f"Tuner.{name}"
+        for name in TUNER_METHODS
         if not hasattr(keras_tuner.Tuner, name)
     ]
     oracle = keras_tuner.oracles.GridSearchOracle(
         objective="loss", max_trials=1
     )
     missing += [
-        f"GridSearchOracle.{name}" for name in GRID_ORACLE_ATTRIBUTES
+        f"GridSearchOracle.{name}"
+        for name in GRID_ORACLE_ATTRIBUTES
         if not hasattr(oracle, name)
     ]
     if missing:

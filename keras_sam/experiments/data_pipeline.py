@@ -232,6 +232,11 @@ def train_dataset(
 ):
     """The training pipeline: shuffled, augmented, normalized batches.
 
+    One function, longer than most, on purpose: the nested functions are
+    what `tf.data` traces, and they share the epoch counter and the seed
+    keys; keeping them together shows the whole random stream of a batch
+    (order, crop and flip, RandAugment, cutout) in one place.
+
     Args:
         images: uint8 array `(N, height, width, 3)`.
         labels: integer array `(N,)`.

@@ -23,7 +23,8 @@ import keras
 import numpy as np
 
 from keras_sam import models
-from keras_sam.experiments import datasets
+from keras_sam.experiments import _run_records, datasets
+from keras_sam.experiments.config import RunConfig
 from keras_sam.sam_model import SAMModel
 
 HISTORY_FIELDS = (
@@ -145,45 +146,44 @@ def _train(
     return rows
 
 
-def run_demo(
-    output_dir="keras_sam_runs/demo",
+DEMO_CONFIG = RunConfig(
+    dataset="cifar10",
+    source="sample",
+    model="small-cnn",
     epochs=10,
     batch_size=128,
     learning_rate=0.05,
-    momentum=0.9,
-    weight_decay=5e-4,
+    nesterov=False,
     rho=0.05,
+)
+
+
+def run_demo(
+    config=DEMO_CONFIG,
+    output_dir="keras_sam_runs/demo",
     seed=0,
-    train_size=None,
-    test_size=None,
     probe_batches=4,
-    verbose=1,
-    command=None,
 ):
     """Trains the small CNN with SGD and with SAM and writes the results.
 
     Args:
+        config: a `keras_sam.experiments.config.RunConfig`; the demo reads
+            its `epochs`, `batch_size`, `learning_rate` (peak of the
+            cosine schedule), `momentum`, `nesterov`, `weight_decay`
+            (coupled L2 of the kernels, see `keras_sam.models.small_cnn`),
+            `rho` (SAM's, also the sharpness probe's), `train_size` and
+            `test_size` (the first images of the shipped sample's 5,000
+            and 1,000; `None` for all), `verbose` and `command`. The
+            network is always the small CNN on the shipped sample, with
+            random flips. Defaults to `DEMO_CONFIG` (10 epochs, batch
+            128, learning rate 0.05, momentum 0.9 without Nesterov,
+            weight decay 5e-4, rho 0.05).
         output_dir: folder for `history.csv`, `summary.json` and
             `curves.png`. Defaults to `"keras_sam_runs/demo"`.
-        epochs: training epochs of each run. Defaults to `10`.
-        batch_size: batch size. Defaults to `128`.
-        learning_rate: peak learning rate of the cosine schedule. Defaults
-            to `0.05`.
-        momentum: SGD momentum. Defaults to `0.9`.
-        weight_decay: coupled L2 coefficient of the model's kernels (see
-            `keras_sam.models.small_cnn`). Defaults to `5e-4`.
-        rho: SAM radius, also used by the sharpness probe. Defaults to
-            `0.05`.
         seed: seed of the initial weights, the data order and the flips.
             Defaults to `0`.
-        train_size: use the first `train_size` training images of the
-            sample, or all 5,000 if `None`. Defaults to `None`.
-        test_size: likewise for the 1,000 test images. Defaults to `None`.
         probe_batches: training batches on which the sharpness is probed
             after each epoch. Defaults to `4`.
-        verbose: Keras `fit` verbosity (1 shows progress bars). Defaults to
-            `1`.
-        command: the command line to record in `summary.json`.
 
     Returns:
         A dict with `summary` (the final numbers of each run), `history`
@@ -191,56 +191,86 @@ def run_demo(
     """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    train, test = _standardized_sample(config.train_size, config.test_size)
+    probe_size = min(len(train[0]), probe_batches * config.batch_size)
+    probe_data = (train[0][:probe_size], train[1][:probe_size])
+    runs = (("sgd", "SGD"), ("sam", f"SAM (rho={config.rho:g})"))
+    rows = _train_both(config, runs, train, test, probe_data, seed)
+    summary = _summarize(runs, rows)
+    paths = {
+        "history": output_dir / "history.csv",
+        "summary": output_dir / "summary.json",
+        "plot": output_dir / "curves.png",
+    }
+    _write_history(paths["history"], rows)
+    record = _summary_record(
+        config, summary, seed, (len(train[0]), len(test[0]), probe_size)
+    )
+    paths["summary"].write_text(json.dumps(record, indent=2) + "\n")
+    plot_history(paths["history"], paths["plot"])
+    return {"summary": summary, "history": rows, "paths": paths}
+
+
+def _standardized_sample(train_size, test_size):
+    """The first images of the shipped sample, standardized per channel
+    with the training images' statistics: `(x, y)` train and test."""
     (x_train, y_train), (x_test, y_test) = datasets.load_cifar10_sample()
     x_train, y_train = x_train[:train_size], y_train[:train_size]
     x_test, y_test = x_test[:test_size], y_test[:test_size]
     mean = (x_train / 255.0).mean(axis=(0, 1, 2)).astype("float32")
     std = (x_train / 255.0).std(axis=(0, 1, 2)).astype("float32")
-    x_train = _standardize(x_train, mean, std)
-    x_test = _standardize(x_test, mean, std)
-    probe_size = min(len(x_train), probe_batches * batch_size)
-    probe_data = (x_train[:probe_size], y_train[:probe_size])
-
-    keras.utils.set_random_seed(seed)
-    initial = models.small_cnn(
-        weight_decay=weight_decay, classifier_activation=None
+    return (
+        (_standardize(x_train, mean, std), y_train),
+        (_standardize(x_test, mean, std), y_test),
     )
-    initial_weights = initial.get_weights()
+
+
+def _small_cnn(config):
+    return models.small_cnn(
+        weight_decay=config.weight_decay, classifier_activation=None
+    )
+
+
+def _train_both(config, runs, train, test, probe_data, seed):
+    """Trains SGD, then SAM, from the same initial weights and batches;
+    returns the rows of both histories."""
+    keras.utils.set_random_seed(seed)
+    initial_weights = _small_cnn(config).get_weights()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-
-    def optimizer():
-        schedule = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=steps
-        )
-        return keras.optimizers.SGD(schedule, momentum=momentum)
-
+    steps = config.epochs * math.ceil(len(train[0]) / config.batch_size)
     rows = []
-    runs = (("sgd", "SGD"), ("sam", f"SAM (rho={rho:g})"))
     for label, title in runs:
         print(f"\n== {title} ==", flush=True)
         keras.utils.set_random_seed(seed)
-        inner = models.small_cnn(
-            weight_decay=weight_decay, classifier_activation=None
-        )
+        inner = _small_cnn(config)
         inner.set_weights(initial_weights)
-        model = inner if label == "sgd" else SAMModel(inner, rho=rho)
-        model.compile(optimizer=optimizer(), loss=loss, metrics=["accuracy"])
-        batches = _ShuffledBatches(x_train, y_train, batch_size, seed)
+        model = inner if label == "sgd" else SAMModel(inner, rho=config.rho)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=steps
+        )
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=config.momentum, nesterov=config.nesterov
+        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        batches = _ShuffledBatches(*train, config.batch_size, seed)
         rows += _train(
             label,
             model,
             inner,
             batches,
-            (x_test, y_test),
+            test,
             probe_data,
-            epochs,
-            batch_size,
-            rho,
+            config.epochs,
+            config.batch_size,
+            config.rho,
             loss,
-            verbose,
+            config.verbose,
         )
+    return rows
 
+
+def _summarize(runs, rows):
+    """The final numbers of each run, for the table and `summary.json`."""
     summary = {}
     for label, title in runs:
         own = [row for row in rows if row["optimizer"] == label]
@@ -255,32 +285,33 @@ def run_demo(
             "final_probe_sharpness": own[-1]["probe_sharpness"],
             "train_seconds": float(sum(row["epoch_seconds"] for row in own)),
         }
-    paths = {
-        "history": output_dir / "history.csv",
-        "summary": output_dir / "summary.json",
-        "plot": output_dir / "curves.png",
-    }
-    _write_history(paths["history"], rows)
-    config = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
+    return summary
+
+
+def _summary_record(config, summary, seed, sizes):
+    """`summary.json`: the summary, the settings, versions and command;
+    `sizes` is `(train_images, test_images, probe_images)`."""
+    train_images, test_images, probe_images = sizes
+    settings = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
         "schedule": "cosine",
-        "momentum": momentum,
-        "weight_decay": weight_decay,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
         "weight_decay_kind": "coupled L2 on kernels (gradient wd * w)",
-        "rho": rho,
+        "rho": config.rho,
         "seed": seed,
-        "train_images": len(x_train),
-        "test_images": len(x_test),
-        "probe_images": int(probe_size),
+        "train_images": train_images,
+        "test_images": test_images,
+        "probe_images": int(probe_images),
         "augmentation": "random horizontal flip",
         "model": "small-cnn",
         "data": "keras_sam CIFAR-10 sample (JPEG copy, Pillow-decoded)",
     }
-    record = {
+    return {
         "summary": summary,
-        "config": config,
+        "config": settings,
         "backend": keras.backend.backend(),
         "versions": {
             "keras": keras.__version__,
@@ -288,12 +319,9 @@ def run_demo(
             "python": platform.python_version(),
         },
         "machine": platform.machine(),
-        "command": command or " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": config.command or " ".join(sys.argv),
+        "date": _run_records.now(),
     }
-    paths["summary"].write_text(json.dumps(record, indent=2) + "\n")
-    plot_history(paths["history"], paths["plot"])
-    return {"summary": summary, "history": rows, "paths": paths}
 
 
 def _write_history(path, rows):

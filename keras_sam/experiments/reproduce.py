@@ -23,15 +23,13 @@ import csv
 import json
 import math
 import pathlib
-import platform
 import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 
-from keras_sam.experiments import datasets, paper_results, training
+from keras_sam.experiments import _run_records, paper_results, training
+from keras_sam.experiments.config import RunConfig, check_same_settings
 
 RESULT_FIELDS = (
     "run",
@@ -89,259 +87,54 @@ def _format_error(mean, half_width, digits=2):
     return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
 
 
-def _environment():
-    import keras
-
-    return {
-        "backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": _processor_name(),
-        "commit": _git_commit(),
-    }
-
-
-def _processor_name():
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit():
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "keras_sam"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def _now():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _write_json(path, value):
-    path = pathlib.Path(path)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
-
-
-def _check_same_settings(path, settings):
-    """Refuses to resume into a folder made with other settings."""
-    if not path.is_file():
-        _write_json(path, settings)
-        return
-    saved = json.loads(path.read_text())
-    changed = sorted(
-        key
-        for key in set(saved) | set(settings)
-        if saved.get(key) != settings.get(key)
-    )
-    if changed:
-        raise ValueError(
-            f"{path.parent} holds a run with other settings ({changed}: "
-            f"{[saved.get(k) for k in changed]} there, "
-            f"{[settings.get(k) for k in changed]} now). Use another "
-            "--output-dir, or the same settings to resume."
-        )
-
-
-def run_reproduction(
-    output_dir,
-    dataset="cifar10",
-    data_dir=None,
-    source="auto",
-    model_name="wrn-28-10",
-    augment="basic",
-    epochs=200,
-    seeds=5,
-    rho=None,
-    rho_grid=training.PAPER_RHO_GRID,
-    select_seeds=1,
-    select_epochs=None,
-    batch_size=training.PAPER_DEFAULTS["batch_size"],
-    learning_rate=training.PAPER_DEFAULTS["learning_rate"],
-    momentum=training.PAPER_DEFAULTS["momentum"],
-    nesterov=training.PAPER_DEFAULTS["nesterov"],
-    weight_decay=training.PAPER_DEFAULTS["weight_decay"],
-    sgd_epoch_multiplier=training.PAPER_DEFAULTS["sgd_epoch_multiplier"],
-    validation_fraction=training.PAPER_DEFAULTS["validation_fraction"],
-    train_size=None,
-    test_size=None,
-    split_seed=0,
-    mixed_precision=None,
-    verbose=1,
-    command=None,
-):
+def run_reproduction(output_dir, config=None):
     """Reproduces one row of the SAM paper's Table 1 (see the module).
 
     Args:
         output_dir: folder of the results and of the resumable state.
-        dataset: `"cifar10"` or `"cifar100"`. Defaults to `"cifar10"`.
-        data_dir: see `keras_sam.experiments.datasets.load_splits`. Defaults to
-            `None`.
-        source: see `keras_sam.experiments.datasets.load_splits`. Defaults to
-            `"auto"`.
-        model_name: a `keras_sam.models` name. Defaults to `"wrn-28-10"`.
-        augment: see `experiments.datasets.load`. Defaults to `"basic"`.
-        epochs: SAM's training epochs. Defaults to `200`.
-        seeds: number of seeds (`0 .. seeds - 1`) of the final runs.
-            Defaults to `5`.
-        rho: SAM radius; `None` chooses it from `rho_grid` on the held-out
-            split. Defaults to `None`.
-        rho_grid: candidates for `rho`. Defaults to the paper's
-            `(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`.
-        select_seeds: seeds per candidate when choosing `rho`. Defaults to
-            `1`.
-        select_epochs: epochs of the selection runs, `None` for `epochs`.
-            Defaults to `None`.
-        batch_size: batch size. Defaults to `256`.
-        learning_rate: peak of the cosine schedule. Defaults to `0.1`.
-        momentum: SGD momentum. Defaults to `0.9`.
-        nesterov: Nesterov momentum. Defaults to `True`.
-        weight_decay: coupled L2 coefficient. Defaults to `5e-4`.
-        sgd_epoch_multiplier: the SGD baseline trains `epochs` times this.
-            Defaults to `2`.
-        validation_fraction: fraction held out to choose `rho`. Defaults
-            to `0.1`.
-        train_size: class-balanced subset of the training images, or
-            `None` for all. Defaults to `None`.
-        test_size: class-balanced subset of the test images, or `None`.
-            Defaults to `None`.
-        split_seed: seed of the subsets and the held-out split. Defaults
-            to `0`.
-        mixed_precision: `None`, `"bfloat16"` or `"float16"`: the Keras
-            dtype policy `mixed_<...>` to train under (GPU). Defaults to
-            `None` (float32).
-        verbose: Keras `fit` verbosity (1: progress bars). Defaults to
-            `1`.
-        command: the command line to record. Defaults to `None`.
+        config: the run's `keras_sam.experiments.config.RunConfig`: the
+            data, the network, the recipe, `rho` (or `rho_grid` to choose
+            it from), the seeds and the SGD baseline's epochs. Its
+            `settings()` are saved in `settings.json`; a folder holding
+            other settings is refused. Defaults to `None`
+            (`RunConfig()`, the paper's WRN-28-10 row).
 
     Returns:
         A dict with `summary` (per optimizer: mean test error, interval,
         seeds), `rho` and `paths` (the files written).
     """
+    config = RunConfig() if config is None else config
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "dataset": dataset,
-        "data_dir": None if data_dir is None else str(data_dir),
-        "source": source,
-        "model": model_name,
-        "augment": augment,
-        "epochs": epochs,
-        "seeds": seeds,
-        "rho": rho,
-        "rho_grid": list(rho_grid),
-        "select_seeds": select_seeds,
-        "select_epochs": select_epochs or epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "momentum": momentum,
-        "nesterov": nesterov,
-        "weight_decay": weight_decay,
-        "weight_decay_kind": "coupled L2 (gradient weight_decay * w)",
-        "schedule": "cosine to 0 over the run, no warm-up",
-        "sgd_epoch_multiplier": sgd_epoch_multiplier,
-        "validation_fraction": validation_fraction,
-        "train_size": train_size,
-        "test_size": test_size,
-        "split_seed": split_seed,
-        "mixed_precision": mixed_precision,
-    }
-    _check_same_settings(output_dir / "settings.json", settings)
-    _set_precision(mixed_precision)
+    check_same_settings(output_dir / "settings.json", config)
+    _run_records.set_precision(config.mixed_precision)
     # The code that runs is the code at the start: record it now.
-    environment, started = _environment(), _now()
-    load_options = {
-        "data_dir": data_dir,
-        "source": source,
-        "train_size": train_size,
-        "test_size": test_size,
-        "split_seed": split_seed,
-    }
+    environment, started = _run_records.environment(), _run_records.now()
+    rho = config.rho
     if rho is None:
-        rho = _select_rho(
-            output_dir, dataset, load_options, settings, verbose, command
-        )
-    final_splits = datasets.load_splits(
-        dataset, validation_fraction=0.0, **load_options
-    )
-    runs = []
-    for seed in range(seeds):
-        runs.append(("sam", rho, epochs, seed))
-        runs.append(("sgd", 0.0, epochs * sgd_epoch_multiplier, seed))
-    runs_dir = output_dir / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    for index, (optimizer, run_rho, run_epochs, seed) in enumerate(runs):
-        name = f"{optimizer}_seed{seed}"
-        path = runs_dir / f"{name}.json"
-        title = (
-            f"[{index + 1}/{len(runs)}] {optimizer.upper()} "
-            f"(rho={run_rho:g}) seed {seed}, {run_epochs} epochs"
-        )
-        if path.is_file():
-            print(f"{title}: done before, kept", flush=True)
-            continue
-        print(f"{title}", flush=True)
-        result = _final_run(
-            final_splits,
-            settings,
-            run_rho,
-            run_epochs,
-            seed,
-            runs_dir / f"{name}_backup",
-            verbose,
-        )
-        record = {
-            "run": name,
-            "optimizer": optimizer,
-            "rho": run_rho,
-            "seed": seed,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            **result,
-            "date": _now(),
-        }
-        _write_json(path, record)
-        print(f"{title}: test error {result['test_error']:.2f}%", flush=True)
+        rho = _select_rho(output_dir, config)
+    final_splits = config.load_splits(validation_fraction=0.0)
+    runs = _final_runs(config, rho)
+    _train_final_runs(output_dir / "runs", final_splits, config, runs)
     records = [
-        json.loads((runs_dir / f"{o}_seed{s}.json").read_text())
-        for o, _, _, s in runs
+        json.loads((output_dir / "runs" / f"{name}.json").read_text())
+        for name, *_ in runs
     ]
     _write_results_csv(output_dir / "results.csv", records)
-    record = {
-        "settings": settings,
-        "rho": rho,
-        "data": final_splits.source,
-        "train_images": len(final_splits.y_train),
-        "test_images": len(final_splits.y_test),
-        "environment": environment,
-        "command": command or " ".join(sys.argv),
-        "started": started,
-        "date": _now(),
-    }
-    _write_json(output_dir / "run_info.json", record)
+    _run_records.write_json(
+        output_dir / "run_info.json",
+        {
+            "settings": config.settings(),
+            "rho": rho,
+            "data": final_splits.source,
+            "train_images": len(final_splits.y_train),
+            "test_images": len(final_splits.y_test),
+            "environment": environment,
+            "command": config.command or " ".join(sys.argv),
+            "started": started,
+            "date": _run_records.now(),
+        },
+    )
     summary = write_table(output_dir)
     return {
         "summary": summary,
@@ -354,67 +147,78 @@ def run_reproduction(
     }
 
 
-def _set_precision(mixed_precision):
-    import keras
+def _final_runs(config, rho):
+    """`(name, optimizer, rho, epochs, seed)` of every final run, in order:
+    per seed, SAM with `rho`, then the SGD baseline with more epochs."""
+    runs = []
+    sgd_epochs = config.epochs * config.sgd_epoch_multiplier
+    for seed in range(config.seeds):
+        runs.append((f"sam_seed{seed}", "sam", rho, config.epochs, seed))
+        runs.append((f"sgd_seed{seed}", "sgd", 0.0, sgd_epochs, seed))
+    return runs
 
-    if mixed_precision not in (None, "bfloat16", "float16"):
-        raise ValueError(
-            "`mixed_precision` must be None, 'bfloat16' or 'float16', got "
-            f"{mixed_precision!r}."
+
+def _train_final_runs(runs_dir, splits, config, runs):
+    """Trains every run not yet recorded in `runs_dir/<name>.json`.
+
+    A run in progress is backed up in `runs_dir/<name>_backup/` after
+    every epoch, so a killed command started again resumes it.
+    """
+    runs_dir.mkdir(exist_ok=True)
+    for index, (name, optimizer, rho, epochs, seed) in enumerate(runs):
+        path = runs_dir / f"{name}.json"
+        title = (
+            f"[{index + 1}/{len(runs)}] {optimizer.upper()} "
+            f"(rho={rho:g}) seed {seed}, {epochs} epochs"
         )
-    policy = (
-        "float32" if mixed_precision is None else f"mixed_{mixed_precision}"
-    )
-    keras.config.set_dtype_policy(policy)
+        if path.is_file():
+            print(f"{title}: done before, kept", flush=True)
+            continue
+        print(f"{title}", flush=True)
+        result = _final_run(
+            splits, config, rho, epochs, seed, runs_dir / f"{name}_backup"
+        )
+        record = {
+            "run": name,
+            "optimizer": optimizer,
+            "rho": rho,
+            "seed": seed,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "weight_decay": config.weight_decay,
+            **result,
+            "date": _run_records.now(),
+        }
+        _run_records.write_json(path, record)
+        print(f"{title}: test error {result['test_error']:.2f}%", flush=True)
 
 
-def _final_run(splits, settings, rho, epochs, seed, backup_dir, verbose):
+def _final_run(splits, config, rho, epochs, seed, backup_dir):
     from keras_sam.experiments import data_pipeline
 
     pipelines = data_pipeline.make_pipelines(
         splits,
-        batch_size=settings["batch_size"],
-        augment=settings["augment"],
+        batch_size=config.batch_size,
+        augment=config.augment,
         seed=seed,
     )
     result = training.train_and_evaluate(
-        pipelines,
-        settings["model"],
-        rho,
-        epochs,
-        learning_rate=settings["learning_rate"],
-        momentum=settings["momentum"],
-        nesterov=settings["nesterov"],
-        weight_decay=settings["weight_decay"],
-        seed=seed,
-        backup_dir=backup_dir,
-        verbose=verbose,
+        pipelines, config, rho, epochs, seed=seed, backup_dir=backup_dir
     )
     shutil.rmtree(backup_dir, ignore_errors=True)
     return result
 
 
-def _select_rho(output_dir, dataset, load_options, settings, verbose, command):
+def _select_rho(output_dir, config):
     """Grid search over `rho` on the held-out split; returns the best."""
     from keras_sam.experiments import tuning
 
     best_path = output_dir / "rho_selection_best.json"
-    splits = datasets.load_splits(
-        dataset,
-        validation_fraction=settings["validation_fraction"],
-        **load_options,
-    )
+    splits = config.load_splits()
     hypermodel = tuning.SAMHyperModel(
         splits,
-        settings["model"],
-        rho_values=settings["rho_grid"],
-        batch_sizes=(settings["batch_size"],),
-        learning_rates=(settings["learning_rate"],),
-        weight_decays=(settings["weight_decay"],),
-        epochs=settings["select_epochs"],
-        augment=settings["augment"],
-        momentum=settings["momentum"],
-        nesterov=settings["nesterov"],
+        config.replace(epochs=config.select_epochs or config.epochs),
+        tuning.SearchSpace(rho_values=config.rho_grid),
         evaluate_test=False,
     )
     tuner = tuning.make_tuner(
@@ -422,15 +226,15 @@ def _select_rho(output_dir, dataset, load_options, settings, verbose, command):
         "grid",
         directory=output_dir,
         project_name="rho_selection",
-        seeds=tuple(range(settings["select_seeds"])),
+        seeds=tuple(range(config.select_seeds)),
     )
     print(
-        f"Choosing rho from {settings['rho_grid']} on "
+        f"Choosing rho from {list(config.rho_grid)} on "
         f"{len(splits.y_validation)} held-out images "
-        f"({settings['select_seeds']} seed(s) each)",
+        f"({config.select_seeds} seed(s) each)",
         flush=True,
     )
-    tuner.search(verbose=verbose)
+    tuner.search(verbose=config.verbose)
     tuning.export_results(
         tuner, output_dir / "rho_selection.csv", best_path=best_path
     )
@@ -456,11 +260,6 @@ def _write_results_csv(path, records):
             writer.writerow({k: record.get(k, "") for k in RESULT_FIELDS})
 
 
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_table(output_dir):
     """Writes `summary.json` and `table.md` from `results.csv`.
 
@@ -476,7 +275,7 @@ def write_table(output_dir):
         half-width), `seeds`, `epochs`, `rho`.
     """
     output_dir = pathlib.Path(output_dir)
-    rows = _read_csv(output_dir / "results.csv")
+    rows = _run_records.read_csv(output_dir / "results.csv")
     settings = json.loads((output_dir / "settings.json").read_text())
     info = json.loads((output_dir / "run_info.json").read_text())
     summary = {}
@@ -498,7 +297,7 @@ def write_table(output_dir):
         settings["dataset"],
         settings["epochs"],
     )
-    _write_json(
+    _run_records.write_json(
         output_dir / "summary.json",
         {
             "summary": summary,
@@ -510,14 +309,14 @@ def write_table(output_dir):
     lines = _table_lines(settings, info, summary, paper_row, same_setting)
     selection = output_dir / "rho_selection.csv"
     if selection.is_file():
-        lines += _selection_lines(_read_csv(selection))
+        lines += _selection_lines(_run_records.read_csv(selection))
     (output_dir / "table.md").write_text("\n".join(lines) + "\n")
     return summary
 
 
 def _table_lines(settings, info, summary, paper_row, same_setting):
+    """`table.md`: this run's row, the paper's, then the notes."""
     sam, sgd = summary["sam"], summary["sgd"]
-    environment = info["environment"]
     setting = (
         f"{settings['model']}, {settings['augment']}, {settings['dataset']}"
     )
@@ -555,12 +354,21 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
             "this run is not a reproduction of it."
         )
         lines.append("")
+    lines += _notes_lines(settings, info)
+    if "JPEG" in info["data"] or "sample" in info["data"]:
+        lines += ["", _JPEG_CAVEAT]
+    return lines
+
+
+def _notes_lines(settings, info):
+    """The table's notes: data, recipe, rho, machine and command."""
+    environment = info["environment"]
     subset = []
     if settings["train_size"]:
         subset.append(f"{info['train_images']} training images")
     if settings["test_size"]:
         subset.append(f"{info['test_images']} test images")
-    lines += [
+    return [
         f"- Data: {info['data']}; "
         + (
             "class-balanced subset of " + " and ".join(subset)
@@ -597,9 +405,6 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         + f"finished {info['date']}.",
         f"- Command: `{info['command']}`",
     ]
-    if "JPEG" in info["data"] or "sample" in info["data"]:
-        lines += ["", _JPEG_CAVEAT]
-    return lines
 
 
 def _precision_label(settings):

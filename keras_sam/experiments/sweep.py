@@ -5,42 +5,19 @@ import json
 import pathlib
 import sys
 
-from keras_sam.experiments import datasets, training
-from keras_sam.experiments.reproduce import (
-    _environment,
-    _now,
-    _read_csv,
-    _set_precision,
-    _write_json,
-    mean_and_interval,
-)
+from keras_sam.experiments import _run_records
+from keras_sam.experiments.config import RunConfig
+from keras_sam.experiments.reproduce import mean_and_interval
 
 
 def run_sweep(
     output_dir,
-    dataset="cifar10",
-    data_dir=None,
-    source="auto",
-    model_name="resnet-20",
-    augment="basic",
-    epochs=200,
-    rho_values=(0.0, *training.PAPER_RHO_GRID),
-    batch_sizes=(training.PAPER_DEFAULTS["batch_size"],),
-    learning_rates=(training.PAPER_DEFAULTS["learning_rate"],),
-    weight_decays=(training.PAPER_DEFAULTS["weight_decay"],),
+    config=None,
+    space=None,
     seeds=(0,),
     tuner="grid",
     max_trials=None,
-    momentum=training.PAPER_DEFAULTS["momentum"],
-    nesterov=training.PAPER_DEFAULTS["nesterov"],
-    validation_fraction=training.PAPER_DEFAULTS["validation_fraction"],
-    train_size=None,
-    test_size=None,
-    split_seed=0,
     evaluate_test=True,
-    mixed_precision=None,
-    verbose=1,
-    command=None,
 ):
     """A KerasTuner sweep; writes `trials.csv`, `best.json`, `sweep.png`.
 
@@ -50,25 +27,19 @@ def run_sweep(
 
     Args:
         output_dir: folder of the results and the tuner state.
-        dataset, data_dir, source, train_size, test_size, split_seed,
-            validation_fraction: see `experiments.datasets.load_splits`.
-        model_name: a `keras_sam.models` name. Defaults to `"resnet-20"`.
-        augment: see `experiments.datasets.load`. Defaults to `"basic"`.
-        epochs: epochs of every trial. Defaults to `200`.
-        rho_values, batch_sizes, learning_rates, weight_decays: the
-            searched values (see `keras_sam.experiments.tuning.SAMHyperModel`).
+        config: a `keras_sam.experiments.config.RunConfig`: the data, the
+            network, the `epochs` of every trial and the recipe (see
+            `keras_sam.experiments.tuning.SAMHyperModel`). Defaults to
+            `None` (`RunConfig(model="resnet-20")`).
+        space: the searched values, a
+            `keras_sam.experiments.tuning.SearchSpace`. Defaults to `None`
+            (`SearchSpace()`: `rho` over 0 and the paper's grid).
         seeds: seeds of every trial. Defaults to `(0,)`.
         tuner: `"grid"`, `"random"` or `"bayesian"`. Defaults to
             `"grid"`.
         max_trials: trial budget (required unless grid). Defaults to
             `None`.
-        momentum: SGD momentum. Defaults to `0.9`.
-        nesterov: Nesterov momentum. Defaults to `True`.
         evaluate_test: whether to record test errors. Defaults to `True`.
-        mixed_precision: `None`, `"bfloat16"` or `"float16"` (see
-            `run_reproduction`). Defaults to `None`.
-        verbose: Keras `fit` verbosity. Defaults to `1`.
-        command: the command line to record. Defaults to `None`.
 
     Returns:
         A dict with `rows` (the CSV rows, `None` on a worker), `best`
@@ -76,31 +47,14 @@ def run_sweep(
     """
     from keras_sam.experiments import tuning
 
+    config = RunConfig(model="resnet-20") if config is None else config
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _set_precision(mixed_precision)
-    environment, started = _environment(), _now()
-    splits = datasets.load_splits(
-        dataset,
-        data_dir=data_dir,
-        source=source,
-        validation_fraction=validation_fraction,
-        train_size=train_size,
-        test_size=test_size,
-        split_seed=split_seed,
-    )
+    _run_records.set_precision(config.mixed_precision)
+    environment, started = _run_records.environment(), _run_records.now()
+    splits = config.load_splits()
     hypermodel = tuning.SAMHyperModel(
-        splits,
-        model_name,
-        rho_values=rho_values,
-        batch_sizes=batch_sizes,
-        learning_rates=learning_rates,
-        weight_decays=weight_decays,
-        epochs=epochs,
-        augment=augment,
-        momentum=momentum,
-        nesterov=nesterov,
-        evaluate_test=evaluate_test,
+        splits, config, space, evaluate_test=evaluate_test
     )
     search = tuning.make_tuner(
         hypermodel,
@@ -110,7 +64,7 @@ def run_sweep(
         max_trials=max_trials,
         seeds=seeds,
     )
-    search.search(verbose=verbose)
+    search.search(verbose=config.verbose)
     paths = {
         "trials": output_dir / "trials.csv",
         "best": output_dir / "best.json",
@@ -120,25 +74,9 @@ def run_sweep(
     if not tuning.is_chief_or_single():
         return {"rows": None, "best": None, "paths": {}}
     rows = tuning.export_results(search, paths["trials"], paths["best"])
-    _write_json(
+    _run_records.write_json(
         paths["info"],
-        {
-            "dataset": dataset,
-            "data": splits.source,
-            "model": model_name,
-            "augment": augment,
-            "epochs": epochs,
-            "tuner": tuner,
-            "seeds": list(seeds),
-            "mixed_precision": mixed_precision,
-            "train_images": len(splits.y_train),
-            "validation_images": len(splits.y_validation),
-            "test_images": len(splits.y_test),
-            "environment": environment,
-            "command": command or " ".join(sys.argv),
-            "started": started,
-            "date": _now(),
-        },
+        _sweep_info(config, splits, tuner, seeds, environment, started),
     )
     if evaluate_test:
         plot_sweep(paths["trials"], paths["plot"])
@@ -146,6 +84,27 @@ def run_sweep(
         paths.pop("plot")
     best = json.loads(paths["best"].read_text())
     return {"rows": rows, "best": best, "paths": paths}
+
+
+def _sweep_info(config, splits, tuner, seeds, environment, started):
+    """`sweep_info.json`: the data, the settings, the machine, the dates."""
+    return {
+        "dataset": config.dataset,
+        "data": splits.source,
+        "model": config.model,
+        "augment": config.augment,
+        "epochs": config.epochs,
+        "tuner": tuner,
+        "seeds": list(seeds),
+        "mixed_precision": config.mixed_precision,
+        "train_images": len(splits.y_train),
+        "validation_images": len(splits.y_validation),
+        "test_images": len(splits.y_test),
+        "environment": environment,
+        "command": config.command or " ".join(sys.argv),
+        "started": started,
+        "date": _run_records.now(),
+    }
 
 
 def sweep_errors(rows):
@@ -187,7 +146,7 @@ def plot_sweep(csv_path, png_path, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    errors = sweep_errors(_read_csv(csv_path))
+    errors = sweep_errors(_run_records.read_csv(csv_path))
     figure, axis = plt.subplots(figsize=(6, 4))
     for batch_size, by_rho in errors.items():
         rhos = sorted(by_rho)

@@ -5,8 +5,9 @@ momentum 0.9, a cosine learning-rate schedule (peak 0.1, decayed to zero
 over the run, no warm-up), batch size 256, L2 weight decay 5e-4 added to
 the gradient (coupled, so momentum sees it), and choose `rho` from
 {0.01, 0.02, 0.05, 0.1, 0.2, 0.5} on 10% of the training set held out;
-the non-SAM baseline gets twice the epochs. `PAPER_DEFAULTS` holds these
-settings; every function here takes them as overridable arguments.
+the non-SAM baseline gets twice the epochs. These settings are the
+defaults of `keras_sam.experiments.config.RunConfig`, which
+`train_and_evaluate` reads; the building blocks take them as arguments.
 """
 
 import math
@@ -15,28 +16,17 @@ import time
 import keras
 
 from keras_sam import models
+from keras_sam.experiments.config import RunConfig
 from keras_sam.sam_model import SAMModel
 
-PAPER_RHO_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-
-PAPER_DEFAULTS = {
-    "batch_size": 256,
-    "learning_rate": 0.1,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "rho_grid": PAPER_RHO_GRID,
-    "validation_fraction": 0.1,
-    "seeds": 5,
-    "sgd_epoch_multiplier": 2,
-}
+_PAPER = RunConfig()
 
 
 def build_model(
     model_name,
     rho,
     num_classes=10,
-    weight_decay=PAPER_DEFAULTS["weight_decay"],
+    weight_decay=_PAPER.weight_decay,
     input_shape=(32, 32, 3),
     adaptive=False,
 ):
@@ -75,9 +65,9 @@ def build_model(
 def compile_model(
     model,
     total_steps,
-    learning_rate=PAPER_DEFAULTS["learning_rate"],
-    momentum=PAPER_DEFAULTS["momentum"],
-    nesterov=PAPER_DEFAULTS["nesterov"],
+    learning_rate=_PAPER.learning_rate,
+    momentum=_PAPER.momentum,
+    nesterov=_PAPER.nesterov,
 ):
     """Compiles `model` with the paper's optimizer and loss.
 
@@ -139,18 +129,7 @@ class DataEpoch(keras.callbacks.Callback):
 
 
 def train_and_evaluate(
-    pipelines,
-    model_name,
-    rho,
-    epochs,
-    learning_rate=PAPER_DEFAULTS["learning_rate"],
-    momentum=PAPER_DEFAULTS["momentum"],
-    nesterov=PAPER_DEFAULTS["nesterov"],
-    weight_decay=PAPER_DEFAULTS["weight_decay"],
-    seed=0,
-    backup_dir=None,
-    callbacks=None,
-    verbose=1,
+    pipelines, config, rho, epochs, seed=0, backup_dir=None, callbacks=None
 ):
     """Trains one model with the paper's recipe and measures test error.
 
@@ -159,21 +138,18 @@ def train_and_evaluate(
     augmentation are those of `pipelines` (built with its own seed).
 
     Args:
-        pipelines: a `keras_sam.experiments.data_pipeline.CifarPipelines`; its
-            `validation` split, if any, is evaluated after every epoch.
-        model_name: a name known to `keras_sam.models.get_model`.
+        pipelines: a `keras_sam.experiments.data_pipeline.CifarPipelines`;
+            its `validation` split, if any, is evaluated after every epoch.
+        config: a `keras_sam.experiments.config.RunConfig`; its `model`,
+            `learning_rate`, `momentum`, `nesterov`, `weight_decay` and
+            `verbose` are used.
         rho: SAM radius; `0` trains the plain model (the SGD baseline).
         epochs: training epochs.
-        learning_rate: peak of the cosine schedule. Defaults to `0.1`.
-        momentum: SGD momentum. Defaults to `0.9`.
-        nesterov: Nesterov momentum. Defaults to `True`.
-        weight_decay: coupled L2 coefficient. Defaults to `5e-4`.
         seed: seed of the initial weights. Defaults to `0`.
         backup_dir: folder for `keras.callbacks.BackupAndRestore`, so that
             a killed run resumes at its last finished epoch; `None` for no
             backup. Defaults to `None`.
         callbacks: more Keras callbacks. Defaults to `None`.
-        verbose: `fit` verbosity (1: progress bars). Defaults to `1`.
 
     Returns:
         A dict of floats: `test_accuracy`, `test_error` (percent),
@@ -185,14 +161,19 @@ def train_and_evaluate(
     keras.utils.set_random_seed(seed)
     splits = pipelines.splits
     model = build_model(
-        model_name,
+        config.model,
         rho,
         num_classes=splits.num_classes,
-        weight_decay=weight_decay,
+        weight_decay=config.weight_decay,
         input_shape=splits.x_train.shape[1:],
     )
-    total_steps = epochs * pipelines.steps_per_epoch
-    compile_model(model, total_steps, learning_rate, momentum, nesterov)
+    compile_model(
+        model,
+        epochs * pipelines.steps_per_epoch,
+        config.learning_rate,
+        config.momentum,
+        config.nesterov,
+    )
     all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
     if backup_dir is not None:
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
@@ -203,7 +184,7 @@ def train_and_evaluate(
         epochs=epochs,
         callbacks=all_callbacks,
         shuffle=False,  # the pipeline shuffles
-        verbose=verbose,
+        verbose=config.verbose,
     )
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(

@@ -19,6 +19,7 @@ serves the oracle and worker processes run the trials.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import keras_tuner
 import numpy as np
 
 from keras_sam.experiments import _kerastuner_compat, data_pipeline, training
+from keras_sam.experiments.config import PAPER_RHO_GRID, RunConfig
 
 TUNERS = ("grid", "random", "bayesian")
 OBJECTIVE = "val_accuracy"
@@ -55,6 +57,55 @@ RESULT_FIELDS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The values a sweep searches; `None` fixes one at the config's.
+
+    Args:
+        rho_values: values of `rho` (`0`: the plain model). Defaults to
+            `0` and the paper's grid `(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`.
+        batch_sizes: values of the batch size, or `None` for the
+            config's `batch_size` only. Defaults to `None`.
+        learning_rates: values of the peak learning rate, or `None` for
+            the config's `learning_rate`. Defaults to `None`.
+        weight_decays: values of the coupled L2 coefficient, or `None`
+            for the config's `weight_decay`. Defaults to `None`.
+    """
+
+    rho_values: tuple = (0.0, *PAPER_RHO_GRID)
+    batch_sizes: tuple | None = None
+    learning_rates: tuple | None = None
+    weight_decays: tuple | None = None
+
+    def values(self, config):
+        """`{hyperparameter: checked tuple of values}` for `config`."""
+
+        def searched(values, fixed):
+            return (fixed,) if values is None else values
+
+        return {
+            "rho": _check_values("rho_values", self.rho_values, float, 0.0),
+            "batch_size": _check_values(
+                "batch_sizes",
+                searched(self.batch_sizes, config.batch_size),
+                int,
+                1,
+            ),
+            "learning_rate": _check_values(
+                "learning_rates",
+                searched(self.learning_rates, config.learning_rate),
+                float,
+                0.0,
+            ),
+            "weight_decay": _check_values(
+                "weight_decays",
+                searched(self.weight_decays, config.weight_decay),
+                float,
+                0.0,
+            ),
+        }
+
+
 class SAMHyperModel(keras_tuner.HyperModel):
     """The paper's CIFAR training run as a KerasTuner `HyperModel`.
 
@@ -70,23 +121,16 @@ class SAMHyperModel(keras_tuner.HyperModel):
 
     Args:
         splits: a `experiments.datasets.CifarSplits` with a validation split.
-        model_name: a name known to `keras_sam.models.get_model`.
-            Defaults to `"resnet-20"`.
-        rho_values: values of `rho`. Defaults to `0` and the paper's grid
-            `(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`.
-        batch_sizes: values of the batch size. Defaults to `(256,)`.
-        learning_rates: values of the peak learning rate. Defaults to
-            `(0.1,)`.
-        weight_decays: values of the coupled L2 coefficient. Defaults to
-            `(5e-4,)`.
-        epochs: training epochs of every trial. Defaults to `200`.
+        config: a `keras_sam.experiments.config.RunConfig`: the `model`,
+            the `epochs` of every trial, the `augment`ation, `momentum`,
+            `nesterov`, and the `batch_size`, `learning_rate` and
+            `weight_decay` that `space` does not search. Defaults to
+            `None` (`RunConfig()`).
+        space: a `SearchSpace`. Defaults to `None` (`SearchSpace()`:
+            `rho` over 0 and the paper's grid).
         baseline_epoch_multiplier: epochs of `rho = 0` trials are
             `epochs` times this (the paper gives SGD twice the epochs).
             Defaults to `1` (equal epochs, to compare along `rho`).
-        augment: training augmentation, see `experiments.datasets.load`.
-            Defaults to `"basic"`.
-        momentum: SGD momentum. Defaults to `0.9`.
-        nesterov: Nesterov momentum. Defaults to `True`.
         evaluate_test: whether to measure the test split after training
             (recorded, never used by the search). Defaults to `True`.
         record_dir: folder for the per-seed JSON records; `make_tuner`
@@ -97,7 +141,10 @@ class SAMHyperModel(keras_tuner.HyperModel):
     ```python
     splits = keras_sam.experiments.datasets.load_splits("cifar10", data_dir=...)
     hypermodel = keras_sam.experiments.tuning.SAMHyperModel(
-        splits, "wrn-16-8", rho_values=(0.0, 0.05, 0.1), epochs=100)
+        splits,
+        RunConfig(model="wrn-16-8", epochs=100),
+        SearchSpace(rho_values=(0.0, 0.05, 0.1)),
+    )
     tuner = keras_sam.experiments.tuning.make_tuner(
         hypermodel, "grid", directory="sweeps", seeds=(0, 1))
     tuner.search(verbose=1)
@@ -109,16 +156,9 @@ class SAMHyperModel(keras_tuner.HyperModel):
     def __init__(
         self,
         splits,
-        model_name="resnet-20",
-        rho_values=(0.0, *training.PAPER_RHO_GRID),
-        batch_sizes=(training.PAPER_DEFAULTS["batch_size"],),
-        learning_rates=(training.PAPER_DEFAULTS["learning_rate"],),
-        weight_decays=(training.PAPER_DEFAULTS["weight_decay"],),
-        epochs=200,
+        config=None,
+        space=None,
         baseline_epoch_multiplier=1,
-        augment="basic",
-        momentum=training.PAPER_DEFAULTS["momentum"],
-        nesterov=training.PAPER_DEFAULTS["nesterov"],
         evaluate_test=True,
         record_dir=None,
     ):
@@ -128,25 +168,18 @@ class SAMHyperModel(keras_tuner.HyperModel):
                 "`splits` has no validation split: the objective is the "
                 "held-out accuracy. Load it with validation_fraction > 0."
             )
+        config = RunConfig() if config is None else config
+        space = SearchSpace() if space is None else space
         self.splits = splits
-        self.model_name = model_name
-        self.values = {
-            "rho": _check_values("rho_values", rho_values, float, 0.0),
-            "batch_size": _check_values("batch_sizes", batch_sizes, int, 1),
-            "learning_rate": _check_values(
-                "learning_rates", learning_rates, float, 0.0
-            ),
-            "weight_decay": _check_values(
-                "weight_decays", weight_decays, float, 0.0
-            ),
-        }
-        self.epochs = _check_positive("epochs", epochs)
+        self.model_name = config.model
+        self.values = space.values(config)
+        self.epochs = _check_positive("epochs", config.epochs)
         self.baseline_epoch_multiplier = _check_positive(
             "baseline_epoch_multiplier", baseline_epoch_multiplier
         )
-        self.augment = data_pipeline.check_augment(augment)
-        self.momentum = momentum
-        self.nesterov = nesterov
+        self.augment = data_pipeline.check_augment(config.augment)
+        self.momentum = config.momentum
+        self.nesterov = config.nesterov
         self.evaluate_test = evaluate_test
         self.record_dir = record_dir
 
@@ -251,7 +284,10 @@ class SAMHyperModel(keras_tuner.HyperModel):
 def _check_values(argument, values, kind, minimum):
     values = tuple(values)
     if not values:
-        raise ValueError(f"`{argument}` must not be empty.")
+        raise ValueError(
+            f"Argument `{argument}` must not be empty. Received: "
+            f"{argument}={values!r}."
+        )
     checked = []
     for value in values:
         if (
@@ -262,19 +298,24 @@ def _check_values(argument, values, kind, minimum):
             or (kind is int and value != int(value))
         ):
             raise ValueError(
-                f"`{argument}` must hold numbers >= {minimum}"
-                f"{' (integers)' if kind is int else ''}, got {values!r}."
+                f"Argument `{argument}` must hold numbers >= {minimum}"
+                f"{' (integers)' if kind is int else ''}. Received: "
+                f"{argument}={values!r}."
             )
         checked.append(kind(value))
     if len(set(checked)) != len(checked):
-        raise ValueError(f"`{argument}` has repeated values: {values!r}.")
+        raise ValueError(
+            f"Argument `{argument}` must not have repeated values. "
+            f"Received: {argument}={values!r}."
+        )
     return tuple(checked)
 
 
 def _check_positive(argument, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"`{argument}` must be a positive integer, got {value!r}."
+            f"Argument `{argument}` must be a positive integer. Received: "
+            f"{argument}={value!r}."
         )
     return value
 

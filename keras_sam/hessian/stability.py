@@ -98,7 +98,48 @@ class _NoiseBatches:
                 ]
             self.index_sets = self.index_sets[:count]
         self.factor = _finite_population_factor(n, size)
+        self.curvature = curvature
         self.batches = [curvature.batches(s) for s in self.index_sets]
+
+    def squared_terms(self, v):
+        """Returns `(H v, H^2 v, mean over the sets of H_b^2 v)`."""
+        hvp = self.curvature.hvp
+        if self.exact:
+            singles = [hvp(v, b) for b in self.batches]
+            hv = np.mean(singles, axis=0)
+            mean_square = np.mean(
+                [hvp(u, b) for u, b in zip(singles, self.batches)], axis=0
+            )
+        else:
+            hv = hvp(v)
+            mean_square = np.mean(
+                [hvp(hvp(v, b), b) for b in self.batches], axis=0
+            )
+        return hv, hvp(hv), mean_square
+
+    def sigma(self, v):
+        """`Sigma v`, the per-sample Hessians' variance applied to `v`."""
+        if self.factor == 0.0:
+            return np.zeros(self.curvature.dim)
+        _, h2v, mean_square = self.squared_terms(v)
+        return (mean_square - h2v) / self.factor
+
+
+def _growth_operator(noise, learning_rate, train_factor):
+    """`v -> (M - I) v = -2 lr H v + lr^2 (H^2 v + train_factor Sigma v)`,
+    with `train_factor = (N - B) / (B (N - 1))` of the training set."""
+    hvp = noise.curvature.hvp
+
+    def growth(v):
+        if train_factor == 0.0 or noise.factor == 0.0:
+            hv = hvp(v)
+            second = hvp(hv)
+        else:
+            hv, h2v, mean_square = noise.squared_terms(v)
+            second = h2v + train_factor * (mean_square - h2v) / noise.factor
+        return -2.0 * learning_rate * hv + learning_rate**2 * second
+
+    return growth
 
 
 def linear_stability(
@@ -217,47 +258,17 @@ def linear_stability(
     rng = _rng(seed)
     curvature = _prepare(model, data, probe_batch_size)
     population = _dataset_size(dataset_size, batch_size, curvature)
-    train_factor = _finite_population_factor(population, batch_size)
     noise = _NoiseBatches(
         curvature, batch_size, max_exact_samples, num_noise_batches, rng
     )
+    growth_operator = _growth_operator(
+        noise,
+        learning_rate,
+        _finite_population_factor(population, batch_size),
+    )
     dim = curvature.dim
-
-    def squared_terms(v):
-        """Returns `(H v, H^2 v, mean over noise sets of H_b^2 v)`."""
-        if noise.exact:
-            singles = [curvature.hvp(v, b) for b in noise.batches]
-            hv = np.mean(singles, axis=0)
-            mean_square = np.mean(
-                [curvature.hvp(u, b) for u, b in zip(singles, noise.batches)],
-                axis=0,
-            )
-        else:
-            hv = curvature.hvp(v)
-            mean_square = np.mean(
-                [curvature.hvp(curvature.hvp(v, b), b) for b in noise.batches],
-                axis=0,
-            )
-        return hv, curvature.hvp(hv), mean_square
-
-    def sigma(v):
-        if noise.factor == 0.0:
-            return np.zeros(dim)
-        _, h2v, mean_square = squared_terms(v)
-        return (mean_square - h2v) / noise.factor
-
-    def growth_operator(v):
-        """`(M - I) v = -2 lr H v + lr^2 (H^2 v + train_factor Sigma v)`."""
-        if train_factor == 0.0 or noise.factor == 0.0:
-            hv = curvature.hvp(v)
-            second = curvature.hvp(hv)
-        else:
-            hv, h2v, mean_square = squared_terms(v)
-            second = h2v + train_factor * (mean_square - h2v) / noise.factor
-        return -2.0 * learning_rate * hv + learning_rate**2 * second
-
     sharpness = float(_lanczos(curvature.hvp, dim, num_iterations, rng)[-1])
-    sigma_top = float(_lanczos(sigma, dim, num_iterations, rng)[-1])
+    sigma_top = float(_lanczos(noise.sigma, dim, num_iterations, rng)[-1])
     growth = float(_lanczos(growth_operator, dim, num_iterations, rng)[-1])
     threshold = gd_stability_threshold(learning_rate, momentum, nesterov)
     return {

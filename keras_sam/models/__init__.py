@@ -8,15 +8,13 @@ by its short name.
 
 import re
 
-import keras
-
-from keras_sam.models.preact_resnet import _preact_resnet, preact_resnet
-from keras_sam.models.pyramidnet import _pyramidnet, pyramidnet
-from keras_sam.models.resnet import _resnet, resnet
-from keras_sam.models.shake_shake import _shake_shake, shake_shake
-from keras_sam.models.small_cnn import _small_cnn, small_cnn
+from keras_sam.models.preact_resnet import preact_resnet
+from keras_sam.models.pyramidnet import pyramidnet
+from keras_sam.models.resnet import resnet
+from keras_sam.models.shake_shake import shake_shake
+from keras_sam.models.small_cnn import small_cnn
 from keras_sam.models.stochastic import ShakeDrop, ShakeShake
-from keras_sam.models.wide_resnet import _wide_resnet, wide_resnet
+from keras_sam.models.wide_resnet import wide_resnet
 
 MODEL_NAMES = (
     "small-cnn",
@@ -47,16 +45,16 @@ def _parse_name(name):
         raise ValueError(f"`name` must be a model name, got {name!r}.")
     key = name.strip().lower().replace("_", "-")
     if key == "small-cnn":
-        return _small_cnn, {}, {"width": 16}, "small_cnn"
+        return small_cnn, {}, {"width": 16}, "small_cnn"
     match = re.fullmatch(r"pre-?act-resnet-?(\d+)", key)
     if match:
         depth = int(match.group(1))
-        return _preact_resnet, {"depth": depth}, {}, f"preact_resnet_{depth}"
+        return preact_resnet, {"depth": depth}, {}, f"preact_resnet_{depth}"
     match = re.fullmatch(r"shake-shake-?(\d+)-2x(\d+)d", key)
     if match:
         depth, width = int(match.group(1)), int(match.group(2))
         return (
-            _shake_shake,
+            shake_shake,
             {"depth": depth, "width": width},
             {"seed": None},
             f"shake_shake_{depth}_2x{width}d",
@@ -73,7 +71,7 @@ def _parse_name(name):
         if shakedrop:
             overridable["final_drop_rate"] = 0.5
         return (
-            _pyramidnet,
+            pyramidnet,
             {"depth": depth, "alpha": alpha, "shakedrop": shakedrop},
             overridable,
             f"pyramidnet_{depth}_{alpha}" + ("_shakedrop" if shakedrop else ""),
@@ -81,13 +79,13 @@ def _parse_name(name):
     match = re.fullmatch(r"resnet-?(\d+)", key)
     if match:
         depth = int(match.group(1))
-        return _resnet, {"depth": depth}, {}, f"resnet_{depth}"
+        return resnet, {"depth": depth}, {}, f"resnet_{depth}"
     match = re.fullmatch(r"(?:wrn|wide-resnet)-?(\d+)-(\d+)", key)
     if match:
         depth, width = int(match.group(1)), int(match.group(2))
         fixed = {"depth": depth, "width": width}
         return (
-            _wide_resnet,
+            wide_resnet,
             fixed,
             {"dropout_rate": 0.0},
             f"wrn_{depth}_{width}",
@@ -130,12 +128,6 @@ def get_model(name, /, **kwargs):
     >>> model = keras_sam.models.get_model(
     ...     "wrn-16-8", num_classes=100, weight_decay=5e-4)
     """
-    return _build(keras, name, **kwargs)
-
-
-def _build(api, name, /, **kwargs):
-    """Builds `name` with the layers of `api` (`keras`, or `tf_keras` for
-    the benchmark against tf-keras's SAM only)."""
     builder, fixed, overridable, default_name = _parse_name(name)
     for key in fixed:
         if key in kwargs:
@@ -153,7 +145,7 @@ def _build(api, name, /, **kwargs):
     options = {**_DEFAULTS, **overridable, **kwargs, **fixed}
     if options["name"] is None:
         options["name"] = default_name
-    return builder(api, **options)
+    return builder(**options)
 
 
 __all__ = [

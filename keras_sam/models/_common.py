@@ -1,11 +1,10 @@
 """Pieces shared by the architectures in `keras_sam.models` (private).
 
-Builders take `api`, the Keras module that makes the layers: `keras`
-(Keras 3) for the public functions, `tf_keras` (Keras 2) only for the
-benchmark that compares with tf-keras's own SAM. They use public layers
-that exist in both.
+Every piece is made of standard Keras layers (no `Lambda`, no custom
+layer), so the networks serialize by their config alone.
 """
 
+import keras
 
 from keras_sam import _validation
 
@@ -67,7 +66,7 @@ def check_depth(depth, multiple, offset, examples):
 # Layers.
 
 
-def kernel_regularizer(api, weight_decay):
+def kernel_regularizer(weight_decay):
     """Coupled L2 whose gradient is `weight_decay * kernel`, or None.
 
     Keras' `L2(l2)` adds `l2 * sum(kernel ** 2)` to the loss, whose gradient
@@ -76,40 +75,43 @@ def kernel_regularizer(api, weight_decay):
     """
     if not weight_decay:
         return None
-    return api.regularizers.L2(weight_decay / 2.0)
+    return keras.regularizers.L2(weight_decay / 2.0)
 
 
-def conv(api, filters, kernel_size, strides, weight_decay, name):
-    return api.layers.Conv2D(
+def conv(filters, kernel_size, strides, weight_decay, name):
+    return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
-        kernel_regularizer=kernel_regularizer(api, weight_decay),
+        kernel_regularizer=kernel_regularizer(weight_decay),
         name=name,
     )
 
 
-def batch_norm(api, name):
+def batch_norm(name):
     # Momentum 0.9 and epsilon 1e-5 as in the PyTorch and JAX references.
-    return api.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, name=name
+    )
 
 
-def bn_relu(api, x, bn_name, relu_name):
+def bn_relu(x, bn_name, relu_name):
     """BatchNorm, then ReLU."""
-    x = batch_norm(api, bn_name)(x)
-    return api.layers.Activation("relu", name=relu_name)(x)
+    x = batch_norm(bn_name)(x)
+    return keras.layers.Activation("relu", name=relu_name)(x)
 
 
-def pad_channels(api, x, before, after, prefix):
+def pad_channels(x, before, after, prefix):
     """Adds `before` and `after` zero channels on either side of `x`'s.
 
     Built from standard layers only (no Lambda, no custom layer) so that
-    it serializes and builds in Keras 3 and Keras 2 alike.
+    the network serializes by its config alone (and `benchmarks/` can
+    rebuild it in tf-keras for a timing comparison).
     """
-    layers = api.layers
+    layers = keras.layers
     # Swap width and channels, zero-pad the (new) width axis, swap back.
     x = layers.Permute((1, 3, 2), name=f"{prefix}_to_hcw")(x)
     x = layers.ZeroPadding2D(
@@ -123,14 +125,14 @@ def pad_channels(api, x, before, after, prefix):
 # Network parts.
 
 
-def stem(api, input_shape, filters, weight_decay):
+def stem(input_shape, filters, weight_decay):
     """The `"images"` input and its 3x3 `"stem_conv"` convolution.
 
     Returns:
         `(inputs, x)`: the input tensor and the convolution's output.
     """
-    inputs = api.Input(shape=input_shape, name="images")
-    x = conv(api, filters, 3, 1, weight_decay, "stem_conv")(inputs)
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = conv(filters, 3, 1, weight_decay, "stem_conv")(inputs)
     return inputs, x
 
 
@@ -156,43 +158,41 @@ def changes_shape(x, filters, strides):
     return strides != 1 or x.shape[-1] != filters
 
 
-def preact_block(
-    api, x, filters, strides, weight_decay, prefix, dropout_rate=0.0
-):
+def preact_block(x, filters, strides, weight_decay, prefix, dropout_rate=0.0):
     """Pre-activation basic block (WRN, PreAct ResNet).
 
     BatchNorm, ReLU, 3x3 convolution, BatchNorm, ReLU, optional dropout,
     3x3 convolution, added to the input, or where the shape changes to a
     1x1 convolution of the pre-activated input.
     """
-    layers = api.layers
-    pre = bn_relu(api, x, f"{prefix}_bn1", f"{prefix}_relu1")
+    layers = keras.layers
+    pre = bn_relu(x, f"{prefix}_bn1", f"{prefix}_relu1")
     shortcut = x
     if changes_shape(x, filters, strides):
         shortcut = conv(
-            api, filters, 1, strides, weight_decay, f"{prefix}_shortcut"
+            filters, 1, strides, weight_decay, f"{prefix}_shortcut"
         )(pre)
-    y = conv(api, filters, 3, strides, weight_decay, f"{prefix}_conv1")(pre)
-    y = bn_relu(api, y, f"{prefix}_bn2", f"{prefix}_relu2")
+    y = conv(filters, 3, strides, weight_decay, f"{prefix}_conv1")(pre)
+    y = bn_relu(y, f"{prefix}_bn2", f"{prefix}_relu2")
     if dropout_rate:
         y = layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
-    y = conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
+    y = conv(filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
     return layers.Add(name=f"{prefix}_add")([shortcut, y])
 
 
-def classifier(api, x, num_classes, weight_decay, classifier_activation):
+def classifier(x, num_classes, weight_decay, classifier_activation):
     """Global average pooling, dense logits, then the activation computed
     in float32.
 
     The final activation layer has dtype float32 so that outputs are
     float32 under a mixed precision policy.
     """
-    x = api.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = api.layers.Dense(
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dense(
         num_classes,
-        kernel_regularizer=kernel_regularizer(api, weight_decay),
+        kernel_regularizer=kernel_regularizer(weight_decay),
         name="logits",
     )(x)
-    return api.layers.Activation(
+    return keras.layers.Activation(
         classifier_activation or "linear", dtype="float32", name="predictions"
     )(x)

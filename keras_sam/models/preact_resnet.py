@@ -4,6 +4,8 @@ import keras
 
 from keras_sam.models import _common
 
+_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
 
 def preact_resnet(
     depth=18,
@@ -48,29 +50,6 @@ def preact_resnet(
         - [He et al., 2016. Identity Mappings in Deep Residual Networks](
           https://arxiv.org/abs/1603.05027)
     """
-    return _preact_resnet(
-        keras,
-        depth=depth,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        name=name,
-    )
-
-
-_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-
-
-def _preact_resnet(
-    api,
-    depth,
-    input_shape,
-    num_classes,
-    weight_decay,
-    classifier_activation,
-    name,
-):
     if depth not in _BLOCKS:
         raise ValueError(
             f"`depth` must be one of {sorted(_BLOCKS)}, got {depth!r}."
@@ -79,14 +58,14 @@ def _preact_resnet(
         input_shape, num_classes, weight_decay
     )
 
-    inputs, x = _common.stem(api, input_shape, 64, weight_decay)
+    inputs, x = _common.stem(input_shape, 64, weight_decay)
     for stage, prefix, strides in _common.residual_blocks(
         _BLOCKS[depth], strides=(1, 2, 2, 2)
     ):
         filters = 64 * 2**stage
-        x = _common.preact_block(api, x, filters, strides, weight_decay, prefix)
-    x = _common.bn_relu(api, x, "final_bn", "final_relu")
+        x = _common.preact_block(x, filters, strides, weight_decay, prefix)
+    x = _common.bn_relu(x, "final_bn", "final_relu")
     outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
+        x, num_classes, weight_decay, classifier_activation
     )
-    return api.Model(inputs, outputs, name=name or f"preact_resnet_{depth}")
+    return keras.Model(inputs, outputs, name=name or f"preact_resnet_{depth}")

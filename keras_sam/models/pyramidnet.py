@@ -77,19 +77,50 @@ def pyramidnet(
         - [Cubuk et al., 2019. AutoAugment: Learning Augmentation
           Strategies from Data](https://arxiv.org/abs/1805.09501)
     """
-    return _pyramidnet(
-        keras,
-        depth=depth,
-        alpha=alpha,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        shakedrop=shakedrop,
-        final_drop_rate=final_drop_rate,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        seed=seed,
-        name=name,
+    blocks_per_stage = _check_depth(depth)
+    if not _common.is_number(alpha) or alpha < 0:
+        raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
+    input_shape, weight_decay = _common.check_model_args(
+        input_shape, num_classes, weight_decay
     )
+    layers = keras.layers
+    widths = bottleneck_widths(depth, alpha)
+
+    inputs, x = _common.stem(input_shape, 16, weight_decay)
+    x = _common.batch_norm("stem_bn")(x)
+    for index, (_, prefix, strides) in enumerate(
+        _common.residual_blocks(3 * (blocks_per_stage,))
+    ):
+        planes = widths[index]
+        y = _common.batch_norm(f"{prefix}_bn1")(x)
+        y = _common.conv(planes, 1, 1, weight_decay, f"{prefix}_conv1")(y)
+        y = _common.bn_relu(y, f"{prefix}_bn2", f"{prefix}_relu1")
+        y = _common.conv(planes, 3, strides, weight_decay, f"{prefix}_conv2")(y)
+        y = _common.bn_relu(y, f"{prefix}_bn3", f"{prefix}_relu2")
+        y = _common.conv(4 * planes, 1, 1, weight_decay, f"{prefix}_conv3")(y)
+        y = _common.batch_norm(f"{prefix}_bn4")(y)
+        if shakedrop:
+            drop_rate = final_drop_rate * (index + 1) / len(widths)
+            layer_seed = None if seed is None else seed + index
+            y = ShakeDrop(drop_rate, seed=layer_seed, name=f"{prefix}_drop")(y)
+        shortcut = x
+        if strides != 1:
+            shortcut = layers.AveragePooling2D(
+                2, strides=2, padding="same", name=f"{prefix}_pool"
+            )(shortcut)
+        if 4 * planes != x.shape[-1]:
+            shortcut = _common.pad_channels(
+                shortcut, 0, 4 * planes - x.shape[-1], prefix
+            )
+        x = layers.Add(name=f"{prefix}_add")([shortcut, y])
+    x = _common.bn_relu(x, "final_bn", "final_relu")
+    outputs = _common.classifier(
+        x, num_classes, weight_decay, classifier_activation
+    )
+    default_name = f"pyramidnet_{depth}_{alpha:g}"
+    if shakedrop:
+        default_name += "_shakedrop"
+    return keras.Model(inputs, outputs, name=name or default_name)
 
 
 def _check_depth(depth):
@@ -108,68 +139,3 @@ def bottleneck_widths(depth, alpha):
     """
     total = 3 * _check_depth(depth)
     return [int(round(16 + alpha * k / total)) for k in range(1, total + 1)]
-
-
-def _pyramidnet(
-    api,
-    depth,
-    alpha,
-    input_shape,
-    num_classes,
-    shakedrop,
-    weight_decay,
-    classifier_activation,
-    seed,
-    name,
-    final_drop_rate=0.5,
-):
-    if api is not keras and shakedrop:
-        raise ValueError("ShakeDrop needs Keras 3 (`keras`), not tf_keras.")
-    blocks_per_stage = _check_depth(depth)
-    if not _common.is_number(alpha) or alpha < 0:
-        raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
-    input_shape, weight_decay = _common.check_model_args(
-        input_shape, num_classes, weight_decay
-    )
-    layers = api.layers
-    widths = bottleneck_widths(depth, alpha)
-
-    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
-    x = _common.batch_norm(api, "stem_bn")(x)
-    for index, (_, prefix, strides) in enumerate(
-        _common.residual_blocks(3 * (blocks_per_stage,))
-    ):
-        planes = widths[index]
-        y = _common.batch_norm(api, f"{prefix}_bn1")(x)
-        y = _common.conv(api, planes, 1, 1, weight_decay, f"{prefix}_conv1")(y)
-        y = _common.bn_relu(api, y, f"{prefix}_bn2", f"{prefix}_relu1")
-        y = _common.conv(
-            api, planes, 3, strides, weight_decay, f"{prefix}_conv2"
-        )(y)
-        y = _common.bn_relu(api, y, f"{prefix}_bn3", f"{prefix}_relu2")
-        y = _common.conv(
-            api, 4 * planes, 1, 1, weight_decay, f"{prefix}_conv3"
-        )(y)
-        y = _common.batch_norm(api, f"{prefix}_bn4")(y)
-        if shakedrop:
-            drop_rate = final_drop_rate * (index + 1) / len(widths)
-            layer_seed = None if seed is None else seed + index
-            y = ShakeDrop(drop_rate, seed=layer_seed, name=f"{prefix}_drop")(y)
-        shortcut = x
-        if strides != 1:
-            shortcut = layers.AveragePooling2D(
-                2, strides=2, padding="same", name=f"{prefix}_pool"
-            )(shortcut)
-        if 4 * planes != x.shape[-1]:
-            shortcut = _common.pad_channels(
-                api, shortcut, 0, 4 * planes - x.shape[-1], prefix
-            )
-        x = layers.Add(name=f"{prefix}_add")([shortcut, y])
-    x = _common.bn_relu(api, x, "final_bn", "final_relu")
-    outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
-    )
-    default_name = f"pyramidnet_{depth}_{alpha:g}"
-    if shakedrop:
-        default_name += "_shakedrop"
-    return api.Model(inputs, outputs, name=name or default_name)

@@ -52,34 +52,14 @@ def resnet(
         - [He et al., 2016. Deep Residual Learning for Image Recognition](
           https://arxiv.org/abs/1512.03385)
     """
-    return _resnet(
-        keras,
-        depth=depth,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        name=name,
-    )
-
-
-def _resnet(
-    api,
-    depth,
-    input_shape,
-    num_classes,
-    weight_decay,
-    classifier_activation,
-    name,
-):
     blocks_per_stage = _common.check_depth(depth, 6, 2, "20, 32, 44, 56, 110")
     input_shape, weight_decay = _common.check_model_args(
         input_shape, num_classes, weight_decay
     )
-    layers = api.layers
+    layers = keras.layers
 
-    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
-    x = _common.bn_relu(api, x, "stem_bn", "stem_relu")
+    inputs, x = _common.stem(input_shape, 16, weight_decay)
+    x = _common.bn_relu(x, "stem_bn", "stem_relu")
     for stage, prefix, strides in _common.residual_blocks(
         3 * (blocks_per_stage,)
     ):
@@ -87,34 +67,32 @@ def _resnet(
         shortcut = x
         if _common.changes_shape(x, filters, strides):
             shortcut = _zero_pad_shortcut(
-                api, x, strides, filters - x.shape[-1], prefix
+                x, strides, filters - x.shape[-1], prefix
             )
-        y = _common.conv(
-            api, filters, 3, strides, weight_decay, f"{prefix}_conv1"
-        )(x)
-        y = _common.bn_relu(api, y, f"{prefix}_bn1", f"{prefix}_relu1")
-        y = _common.conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
-        y = _common.batch_norm(api, f"{prefix}_bn2")(y)
+        y = _common.conv(filters, 3, strides, weight_decay, f"{prefix}_conv1")(
+            x
+        )
+        y = _common.bn_relu(y, f"{prefix}_bn1", f"{prefix}_relu1")
+        y = _common.conv(filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
+        y = _common.batch_norm(f"{prefix}_bn2")(y)
         x = layers.Add(name=f"{prefix}_add")([shortcut, y])
         x = layers.Activation("relu", name=f"{prefix}_out")(x)
     outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
+        x, num_classes, weight_decay, classifier_activation
     )
-    return api.Model(inputs, outputs, name=name or f"resnet_{depth}")
+    return keras.Model(inputs, outputs, name=name or f"resnet_{depth}")
 
 
-def _zero_pad_shortcut(api, x, strides, extra_channels, prefix):
+def _zero_pad_shortcut(x, strides, extra_channels, prefix):
     """Option A shortcut: `x[:, ::s, ::s, :]` with zero channels on both
     sides, built from standard layers only (no Lambda, no custom layer) so
-    that it serializes and builds in Keras 3 and Keras 2 alike."""
+    that the network serializes by its config alone."""
     if strides != 1:
         # A 1x1 pooling window with stride s keeps x[:, ::s, ::s, :].
-        x = api.layers.MaxPooling2D(
+        x = keras.layers.MaxPooling2D(
             pool_size=1, strides=strides, name=f"{prefix}_subsample"
         )(x)
     if extra_channels:
         before = extra_channels // 2
-        x = _common.pad_channels(
-            api, x, before, extra_channels - before, prefix
-        )
+        x = _common.pad_channels(x, before, extra_channels - before, prefix)
     return x

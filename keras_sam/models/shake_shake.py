@@ -59,86 +59,54 @@ def shake_shake(
         - [Gastaldi, 2017. Shake-Shake regularization](
           https://arxiv.org/abs/1705.07485)
     """
-    return _shake_shake(
-        keras,
-        depth=depth,
-        width=width,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        seed=seed,
-        name=name,
-    )
-
-
-def _shake_shake(
-    api,
-    depth,
-    width,
-    input_shape,
-    num_classes,
-    weight_decay,
-    classifier_activation,
-    seed,
-    name,
-):
-    if api is not keras:
-        raise ValueError("Shake-Shake needs Keras 3 (`keras`), not tf_keras.")
     blocks_per_stage = _common.check_depth(depth, 6, 2, "8, 14, 20, 26")
     _common.check_positive_int("width", width)
     input_shape, weight_decay = _common.check_model_args(
         input_shape, num_classes, weight_decay
     )
-    layers = api.layers
+    layers = keras.layers
 
-    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
-    x = _common.batch_norm(api, "stem_bn")(x)
+    inputs, x = _common.stem(input_shape, 16, weight_decay)
+    x = _common.batch_norm("stem_bn")(x)
     for index, (stage, prefix, strides) in enumerate(
         _common.residual_blocks(3 * (blocks_per_stage,))
     ):
         filters = width * 2**stage
         relu = layers.Activation("relu", name=f"{prefix}_relu")(x)
         branches = [
-            _branch(api, relu, filters, strides, weight_decay, prefix, b)
+            _branch(relu, filters, strides, weight_decay, prefix, b)
             for b in (1, 2)
         ]
         layer_seed = None if seed is None else seed + index
         shaken = ShakeShake(seed=layer_seed, name=f"{prefix}_shake")(branches)
         shortcut = x
         if _common.changes_shape(x, filters, strides):
-            shortcut = _shortcut(
-                api, relu, filters, strides, weight_decay, prefix
-            )
+            shortcut = _shortcut(relu, filters, strides, weight_decay, prefix)
         x = layers.Add(name=f"{prefix}_add")([shortcut, shaken])
     x = layers.Activation("relu", name="final_relu")(x)
     outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
+        x, num_classes, weight_decay, classifier_activation
     )
     default_name = f"shake_shake_{depth}_2x{width}d"
-    return api.Model(inputs, outputs, name=name or default_name)
+    return keras.Model(inputs, outputs, name=name or default_name)
 
 
-def _branch(api, x, filters, strides, weight_decay, prefix, index):
+def _branch(x, filters, strides, weight_decay, prefix, index):
     prefix = f"{prefix}_branch{index}"
-    y = _common.conv(api, filters, 3, strides, weight_decay, f"{prefix}_conv1")(
-        x
-    )
-    y = _common.bn_relu(api, y, f"{prefix}_bn1", f"{prefix}_relu")
-    y = _common.conv(api, filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
-    return _common.batch_norm(api, f"{prefix}_bn2")(y)
+    y = _common.conv(filters, 3, strides, weight_decay, f"{prefix}_conv1")(x)
+    y = _common.bn_relu(y, f"{prefix}_bn1", f"{prefix}_relu")
+    y = _common.conv(filters, 3, 1, weight_decay, f"{prefix}_conv2")(y)
+    return _common.batch_norm(f"{prefix}_bn2")(y)
 
 
-def _shortcut(api, x, filters, strides, weight_decay, prefix):
+def _shortcut(x, filters, strides, weight_decay, prefix):
     """Two 1x1-convolved paths, the second shifted by one pixel."""
-    layers = api.layers
+    layers = keras.layers
     half = filters // 2
     first = layers.AveragePooling2D(
         1, strides=strides, name=f"{prefix}_skip1_pool"
     )(x)
-    first = _common.conv(api, half, 1, 1, weight_decay, f"{prefix}_skip1")(
-        first
-    )
+    first = _common.conv(half, 1, 1, weight_decay, f"{prefix}_skip1")(first)
     # x[:, 1:, 1:, :] padded back with zeros at the bottom and right.
     second = layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{prefix}_pad")(x)
     second = layers.Cropping2D(((1, 0), (1, 0)), name=f"{prefix}_shift")(second)
@@ -146,7 +114,7 @@ def _shortcut(api, x, filters, strides, weight_decay, prefix):
         1, strides=strides, name=f"{prefix}_skip2_pool"
     )(second)
     second = _common.conv(
-        api, filters - half, 1, 1, weight_decay, f"{prefix}_skip2"
+        filters - half, 1, 1, weight_decay, f"{prefix}_skip2"
     )(second)
     y = layers.Concatenate(name=f"{prefix}_skip_concat")([first, second])
-    return _common.batch_norm(api, f"{prefix}_skip_bn")(y)
+    return _common.batch_norm(f"{prefix}_skip_bn")(y)

@@ -45,40 +45,20 @@ def small_cnn(
     >>> model.output_shape
     (None, 10)
     """
-    return _small_cnn(
-        keras,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        width=width,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        name=name,
-    )
-
-
-def _small_cnn(
-    api,
-    input_shape,
-    num_classes,
-    width,
-    weight_decay,
-    classifier_activation,
-    name,
-):
     input_shape, weight_decay = _common.check_model_args(
         input_shape, num_classes, weight_decay
     )
     _common.check_positive_int("width", width)
-    inputs = api.Input(shape=input_shape, name="images")
+    inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     for stage, filters in enumerate((width, 2 * width, 4 * width)):
         for index in range(2):
             prefix = f"stage{stage + 1}_conv{index + 1}"
-            x = _common.conv(api, filters, 3, 1, weight_decay, prefix)(x)
-            x = _common.bn_relu(api, x, f"{prefix}_bn", f"{prefix}_relu")
+            x = _common.conv(filters, 3, 1, weight_decay, prefix)(x)
+            x = _common.bn_relu(x, f"{prefix}_bn", f"{prefix}_relu")
         if stage < 2:
-            x = api.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
+            x = keras.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
     outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
+        x, num_classes, weight_decay, classifier_activation
     )
-    return api.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, outputs, name=name)

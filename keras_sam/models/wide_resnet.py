@@ -61,30 +61,6 @@ def wide_resnet(
         - [Foret et al., 2020. Sharpness-Aware Minimization for Efficiently
           Improving Generalization](https://arxiv.org/abs/2010.01412)
     """
-    return _wide_resnet(
-        keras,
-        depth=depth,
-        width=width,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        dropout_rate=dropout_rate,
-        weight_decay=weight_decay,
-        classifier_activation=classifier_activation,
-        name=name,
-    )
-
-
-def _wide_resnet(
-    api,
-    depth,
-    width,
-    input_shape,
-    num_classes,
-    dropout_rate,
-    weight_decay,
-    classifier_activation,
-    name,
-):
     blocks_per_group = _common.check_depth(depth, 6, 4, "10, 16, 22, 28, 40")
     _common.check_positive_int("width", width)
     input_shape, weight_decay = _common.check_model_args(
@@ -95,16 +71,16 @@ def _wide_resnet(
             f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}."
         )
 
-    inputs, x = _common.stem(api, input_shape, 16, weight_decay)
+    inputs, x = _common.stem(input_shape, 16, weight_decay)
     for group, prefix, strides in _common.residual_blocks(
         3 * (blocks_per_group,), group="group"
     ):
         filters = 16 * 2**group * width
         x = _common.preact_block(
-            api, x, filters, strides, weight_decay, prefix, dropout_rate
+            x, filters, strides, weight_decay, prefix, dropout_rate
         )
-    x = _common.bn_relu(api, x, "final_bn", "final_relu")
+    x = _common.bn_relu(x, "final_bn", "final_relu")
     outputs = _common.classifier(
-        api, x, num_classes, weight_decay, classifier_activation
+        x, num_classes, weight_decay, classifier_activation
     )
-    return api.Model(inputs, outputs, name=name or f"wrn_{depth}_{width}")
+    return keras.Model(inputs, outputs, name=name or f"wrn_{depth}_{width}")

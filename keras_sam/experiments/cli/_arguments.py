@@ -1,0 +1,270 @@
+"""Arguments and helpers shared by the `keras-sam` subcommands (private).
+
+The argument types (`positive_int`, `float_list`, ...), the option groups
+that several subcommands declare (`--backend`; the data; the recipe), and
+`run_config`, which turns the options of `sweep` and `reproduce` into the
+`RunConfig` handed down to the experiment.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DATASETS = ("cifar10", "cifar100")
+SOURCES = ("auto", "npz", "folder", "tfds", "sample")
+AUGMENTS = ("basic", "cutout", "randaugment", "autoaugment", "none")
+# The SAM paper's rho grid (`keras_sam.experiments.config.PAPER_RHO_GRID`,
+# repeated so that parsing the arguments imports no Keras).
+PAPER_RHO_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def common_arguments():
+    """Options shared by every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help=(
+            "Keras backend to run on (sets KERAS_BACKEND before Keras is "
+            "imported). Defaults to $KERAS_BACKEND, else Keras' own default."
+        ),
+    )
+    return common
+
+
+def _add_data_arguments(parser):
+    """`--dataset`, `--data-dir`, `--source`, `--augment`, the subsets
+    and the held-out split."""
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="cifar10",
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=(
+            "folder with train.npz/test.npz (JPEG npz), an image folder "
+            "tree {train,test}/<class>/, or a tfds data directory "
+            "(default: tfds' own; --quick: the shipped sample)"
+        ),
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=None,
+        help="where to read the data from (default: auto, trying npz, "
+        "folder, then tfds)",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default="basic",
+        help=(
+            "basic: 4-pixel pad, random crop, flip; cutout: basic + 16x16 "
+            "cutout; randaugment: basic + Keras RandAugment + cutout "
+            "(default: %(default)s; autoaugment is not in Keras 3)"
+        ),
+    )
+    parser.add_argument(
+        "--train-size",
+        type=positive_int,
+        default=None,
+        help="class-balanced subset of the training images (default: all)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=positive_int,
+        default=None,
+        help="class-balanced subset of the test images (default: all)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=fraction,
+        default=0.1,
+        help="training images held out for the objective (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the subsets and of the held-out split (default: 0)",
+    )
+
+
+def _add_recipe_arguments(parser, many):
+    """Optimizer settings; `many`: lists to search (sweep)."""
+    kind = float_list if many else non_negative_float
+    parser.add_argument(
+        "--learning-rate",
+        type=kind,
+        default=None,
+        help="peak of the cosine schedule (default: 0.1)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=kind,
+        default=None,
+        help="coupled L2: gradient weight_decay * w (default: 5e-4)",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=non_negative_float,
+        default=0.9,
+        help="SGD momentum (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-nesterov",
+        dest="nesterov",
+        action="store_false",
+        help="plain instead of Nesterov momentum",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="train under Keras' mixed_<dtype> policy (GPU; default: float32)",
+    )
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser):
+    """`--verbose`: Keras `fit` verbosity."""
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras fit verbosity; 1 shows progress bars (default: 1)",
+    )
+
+
+def add_training_parser(subparsers, common, name, model_help, **kwargs):
+    """A sweep or reproduce subparser with the data options and `--model`."""
+    parser = subparsers.add_parser(name, parents=[common], **kwargs)
+    _add_data_arguments(parser)
+    parser.add_argument("--model", default=None, help=model_help)
+    return parser
+
+
+def add_run_arguments(parser, many, output_dir_help, quick_help):
+    """`--output-dir`, the recipe options and `--quick`, in this order."""
+    parser.add_argument("--output-dir", default=None, help=output_dir_help)
+    _add_recipe_arguments(parser, many=many)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def run_config(args, model, **settings):
+    """The `RunConfig` of a `sweep` or `reproduce` command line.
+
+    The data options, `--model` (else the small CNN under `--quick`, else
+    `model`), `--epochs` (else 1 under `--quick`, else 200), the recipe
+    options the two commands share, `--verbose` and the command line;
+    then `settings`, the command's own.
+    """
+    from keras_sam.experiments.config import RunConfig
+
+    quick = args.quick
+    return RunConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        source=_source(args),
+        model=args.model or ("small-cnn" if quick else model),
+        augment=args.augment,
+        epochs=args.epochs or (1 if quick else 200),
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        validation_fraction=args.validation_fraction,
+        train_size=args.train_size or (512 if quick else None),
+        test_size=args.test_size or (256 if quick else None),
+        split_seed=args.split_seed,
+        mixed_precision=args.mixed_precision,
+        verbose=args.verbose,
+        command=command_line(args.argv),
+        **settings,
+    )
+
+
+def output_dir(args, command, name):
+    """`--output-dir`, else `keras_sam_runs/<command>/<name>`."""
+    return args.output_dir or os.path.join("keras_sam_runs", command, name)
+
+
+def error(command, message):
+    """Prints `message` as an error of `command`; returns exit status 2."""
+    print(f"keras-sam {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def print_paths(paths):
+    """Prints one `name: path` line per written file."""
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def _source(args):
+    if args.source is not None:
+        return args.source
+    if args.quick and args.data_dir is None:
+        return "sample"
+    return "auto"
+
+
+def float_list(text):
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values or any(not v >= 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected finite numbers >= 0, got {text!r}"
+        )
+    return values
+
+
+def int_list(text):
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected integers >= 0, got {text!r}"
+        )
+    return values
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number >= 0, got {text}"
+        )
+    return value
+
+
+def command_line(argv):
+    return shlex.join(["keras-sam", *argv])

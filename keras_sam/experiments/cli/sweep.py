@@ -1,0 +1,126 @@
+"""`keras-sam sweep`: its options and what it runs."""
+
+import json
+
+from keras_sam.experiments.cli import _arguments
+
+TUNERS = ("grid", "random", "bayesian")
+
+
+def add_command(subparsers, common):
+    """Declares `keras-sam sweep` and its options."""
+    parser = _arguments.add_training_parser(
+        subparsers,
+        common,
+        "sweep",
+        model_help="default: resnet-20 (--quick: small-cnn)",
+        help="KerasTuner sweep over rho and batch size on CIFAR",
+        description=(
+            "Train the model once per trial and seed with the SAM paper's "
+            "recipe, searching rho (0 = plain SGD) and batch size (and the "
+            "learning rate and weight decay if given several values) by "
+            "accuracy on the held-out split. Writes trials.csv (one row "
+            "per trial and seed), best.json and sweep.png (test error "
+            "against rho per batch size) into --output-dir; the raw tuner "
+            "state in its tuner/ folder lets the same command resume. With "
+            "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
+            "KERASTUNER_ORACLE_PORT set, runs as the chief or a worker of "
+            "a distributed search."
+        ),
+    )
+    parser.add_argument(
+        "--rho",
+        type=_arguments.float_list,
+        default=None,
+        help="comma-separated values (default: 0 and the paper's grid "
+        "0.01,0.02,0.05,0.1,0.2,0.5)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_arguments.int_list,
+        default=None,
+        help="comma-separated values (default: 256)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_arguments.positive_int,
+        default=None,
+        help="default: 200",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_arguments.int_list,
+        default=None,
+        help="seeds of every trial, comma-separated (default: 0)",
+    )
+    parser.add_argument(
+        "--tuner",
+        choices=TUNERS,
+        default="grid",
+        help="search algorithm (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-trials",
+        type=_arguments.positive_int,
+        default=None,
+        help="trial budget (required for random and bayesian)",
+    )
+    parser.add_argument(
+        "--no-test",
+        dest="evaluate_test",
+        action="store_false",
+        help="do not measure the test error of each trial",
+    )
+    _arguments.add_run_arguments(
+        parser,
+        many=True,
+        output_dir_help="default: keras_sam_runs/sweep/<dataset>_<model>",
+        quick_help="small CNN on 512 images of the shipped sample, 1 epoch, "
+        "rho 0,0.05, batch 64,128 (runs the whole path in about a minute)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args):
+    """Runs `keras-sam sweep`; returns the exit status."""
+    from keras_sam.experiments import data_pipeline
+
+    quick = args.quick
+    try:
+        data_pipeline.check_augment(args.augment)
+        if args.tuner != "grid" and args.max_trials is None:
+            raise ValueError(f"--tuner {args.tuner} needs --max-trials.")
+    except ValueError as error:
+        return _arguments.error("sweep", error)
+    config = _arguments.run_config(args, "resnet-20")
+    output_dir = _arguments.output_dir(
+        args, "sweep", f"{config.dataset}_{config.model}"
+    )
+
+    from keras_sam.experiments import sweep, tuning
+
+    space = tuning.SearchSpace(
+        rho_values=tuple(
+            args.rho
+            or ((0.0, 0.05) if quick else (0.0, *_arguments.PAPER_RHO_GRID))
+        ),
+        batch_sizes=tuple(args.batch_size or ((64, 128) if quick else (256,))),
+        learning_rates=tuple(args.learning_rate or (0.1,)),
+        weight_decays=tuple(args.weight_decay or (5e-4,)),
+    )
+    result = sweep.run_sweep(
+        output_dir,
+        config,
+        space,
+        seeds=tuple(args.seeds or (0,)),
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        evaluate_test=args.evaluate_test,
+    )
+    if result["rows"] is None:
+        print("Worker finished; the chief writes the results.")
+        return 0
+    print()
+    print(f"Best: {json.dumps(result['best'])}")
+    _arguments.print_paths(result["paths"])
+    return 0
