@@ -44,10 +44,19 @@ class Variant:
     they keep state.
     """
 
+    # Whether `first_point` reads the optimizer's momentum buffers.
+    uses_momentum = False
+    # Whether the rule ever makes the ascent (and so logs sam_sharpness).
+    measures_sharpness = True
+
     def state_shapes(self, perturbed, trainable):
         """Shapes of the float32 state the rule keeps, given the variables
         it perturbs and all trainable variables. Defaults to none."""
         return []
+
+    def first_point(self, weights, rho, momentum):
+        """Where the first pass is taken: `w` (the clean pass)."""
+        return weights
 
     def ascends_at(self, step, state):
         """Whether step `step` (the optimizer's `iterations` before the
@@ -386,6 +395,36 @@ class LateSAM(SAM):
 
     def get_config(self):
         return {"start_step": self.start_step}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class MomentumSAM(Variant):
+    """Momentum-SAM (Becker et al., 2024): the perturbation along the
+    optimizer's momentum, so one gradient per step.
+
+    With Keras's SGD momentum buffer `m` (`m <- mu m - lr g`, the
+    direction of the coming update), the step's only pass is at
+    `w + rho m / ||m||` (the authors' `w - rho v / ||v||` for their
+    `v <- mu v + g`); its gradient is applied at `w` and its BatchNorm
+    updates are kept. `loss` is then the loss at that point; no sharpness
+    is measured (`fit` logs no `sam_sharpness`). The paper uses a larger `rho` than SAM's (0.3 and up on
+    CIFAR). Needs `keras.optimizers.SGD(momentum > 0)` (clear error
+    otherwise); `m = 0` (the first step) gives the plain step.
+
+    Reference:
+        Becker, Altrock and Risse, 2024. Momentum-SAM: Sharpness Aware
+        Minimization without Computational Overhead.
+        https://arxiv.org/abs/2401.12033
+    """
+
+    uses_momentum = True
+    measures_sharpness = False
+
+    def first_point(self, weights, rho, momentum):
+        return ascent_maths.perturbed_weights(momentum, weights, rho)
+
+    def ascends_at(self, step, state):
+        return False
 
 
 def get(variant, adaptive=False, eta=0.01):

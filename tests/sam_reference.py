@@ -161,6 +161,25 @@ def cheap_sam_gradient(params, x, y, rho, ascend, looksam=None):
     return grads, 0.0
 
 
+def momentum_sam_run(params, x, y, rho, learning_rate, momentum, steps):
+    """Momentum-SAM (Becker et al. 2024) with Keras's SGD buffer
+    `m <- mu m - lr g`: each step's gradient at `w + rho m/||m||`
+    (`w` at `m = 0`), applied at `w`. Returns the weights after each step
+    and the loss at each step's point."""
+    m = [np.zeros_like(p) for p in params]
+    history, losses = [], []
+    for _ in range(steps):
+        norm = np.sqrt(_dot(m, m))
+        point = params if norm == 0 else [
+            p + rho * mi / norm for p, mi in zip(params, m)]
+        loss, grads = forward_backward(point, x, y)
+        m = [momentum * mi - learning_rate * g for mi, g in zip(m, grads)]
+        params = [p + mi for p, mi in zip(params, m)]
+        history.append(params)
+        losses.append(loss)
+    return history, losses
+
+
 class SGD:
     """Keras SGD: `v = m v - lr g; w += v` (plain when m = 0)."""
 

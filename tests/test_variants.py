@@ -203,7 +203,7 @@ def test_save_load_keeps_rule_state_and_training_continues_identically(
     variants.FriendlySAM(sigma=0.4, decay=0.7),
     variants.LookSAM(every=3, alpha=0.5),
     variants.RandomizedSAM(probability=0.3, seed=4, period=100),
-    variants.LateSAM(start_step=7),
+    variants.LateSAM(start_step=7), variants.MomentumSAM(),
 ])
 def test_every_variant_and_argument_survives_get_config(variant):
     _, _, params = make_problem()
@@ -392,3 +392,33 @@ def test_a_skipped_ascent_costs_one_pass():
 def test_bad_cheaper_rule_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@multi_backend
+def test_momentum_sam_matches_numpy_with_one_pass_per_step():
+    x, y, params = make_problem(seed=12)
+    want, losses = ref.momentum_sam_run(
+        [p.astype("float64") for p in params], x.astype("float64"),
+        y.astype("float64"), rho=0.3, learning_rate=0.1, momentum=0.9,
+        steps=4,
+    )
+    _, got, history = keras_steps(
+        params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), 4,
+        rho=0.3, variant=variants.MomentumSAM(),
+    )
+    assert_steps_close(got, want)
+    np.testing.assert_allclose(history["loss"], losses, rtol=1e-5)
+    assert "sam_sharpness" not in history
+
+
+@pytest.mark.parametrize("optimizer,message", [
+    (lambda: keras.optimizers.Adam(0.01), "Received: optimizer=Adam"),
+    (lambda: keras.optimizers.SGD(0.1), "with momentum=0.0"),
+])
+def test_momentum_sam_needs_sgd_with_momentum(optimizer, message):
+    x, y, params = make_problem(seed=13)
+    sam = keras_sam.SAMModel(make_mlp(params), rho=0.3,
+                             variant=variants.MomentumSAM())
+    sam.compile(optimizer=optimizer(), loss="mse")
+    with pytest.raises(ValueError, match=message):
+        sam.fit(x, y, epochs=1, verbose=0)

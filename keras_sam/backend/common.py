@@ -68,23 +68,69 @@ def ascends(model):
     return isinstance(model.rho, Schedule) or model.rho > 0.0
 
 
+def momentum_values(model, optimizer_values=None):
+    """The optimizer's momentum buffers (aligned with the trainable
+    variables) for a rule that reads them (MomentumSAM), else `None`.
+    `optimizer_values`: the optimizer's state in a stateless step (JAX)."""
+    if not model.variant.uses_momentum:
+        return None
+    optimizer = model.optimizer
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    buffers = getattr(inner, "momentums", None)
+    if not isinstance(inner, keras.optimizers.SGD) or not buffers:
+        raise ValueError(
+            f"{type(model.variant).__name__} perturbs along the momentum "
+            "of `keras.optimizers.SGD(momentum > 0)`. Received: optimizer="
+            f"{type(inner).__name__}"
+            + (f" with momentum={inner.momentum}" if hasattr(
+                inner, "momentum") else "") + "."
+        )
+    if optimizer_values is None:
+        return [buffer.value for buffer in buffers]
+    index = {id(v): i for i, v in enumerate(optimizer.variables)}
+    return [optimizer_values[index[id(buffer)]] for buffer in buffers]
+
+
+def first_pass_point(model, weights, rho, momentum):
+    """Step 1's point: `w`, or the rule's (MomentumSAM: `w` moved along
+    the momentum, on the perturbed variables only)."""
+    if momentum is None:
+        return model.variant.first_point(weights, rho, momentum)
+    mask = rule_state.perturbed_mask(model, model.trainable_variables)
+
+    def chosen(values):
+        return [v for v, keep in zip(values, mask) if keep]
+
+    points = iter(model.variant.first_point(
+        chosen(weights), rho, chosen(momentum)
+    ))
+    return [next(points) if keep else w for w, keep in zip(weights, mask)]
+
+
 def maybe_ascend(model, step, state, gradients, with_ascent):
     """`with_ascent(state) -> (applied, sharpness, state)` on steps where
     the rule ascends; otherwise the rule's one-pass step (`between`),
     with sharpness 0. The rule's decision is `True` (every step: no
-    branch in the graph) or a boolean tensor (`keras.ops.cond`: one branch
-    runs, no retracing)."""
+    branch in the graph), `False`, or a boolean tensor (`keras.ops.cond`:
+    one branch runs, no retracing). Returns `(applied, sharpness,
+    ascended, state)`, `ascended` 1.0 or 0.0."""
+
+    def with_ascent_flagged():
+        applied, sharpness, new_state = with_ascent(state)
+        return applied, sharpness, ops.ones(()), new_state
 
     def without_ascent():
         applied, new_state = model.variant.between(gradients, state)
-        return applied, ops.zeros(()), new_state
+        return applied, ops.zeros(()), ops.zeros(()), new_state
 
     if not ascends(model):
         return without_ascent()
     decision = model.variant.ascends_at(step, state)
     if decision is True:
-        return with_ascent(state)
-    return ops.cond(decision, lambda: with_ascent(state), without_ascent)
+        return with_ascent_flagged()
+    if decision is False:
+        return without_ascent()
+    return ops.cond(decision, with_ascent_flagged, without_ascent)
 
 
 def ascend(model, gradients, weights, rho, state, gradient_scale,
@@ -129,9 +175,10 @@ def with_rule_state(model, non_trainable_variables, non_trainable_values,
 
 
 def pass_result(gradients, clean_aux, sharpness, grad_norm,
-                non_trainable=None):
+                non_trainable=None, ascended=1.0):
     """The outcome of the two passes over one chunk of a batch;
-    `non_trainable` defaults to the clean pass's."""
+    `non_trainable` defaults to the clean pass's; `ascended` is 1 where
+    the ascent was made (and `sharpness` measured)."""
     loss, y_pred, clean_non_trainable, metrics = clean_aux
     if non_trainable is None:
         non_trainable = clean_non_trainable
@@ -143,6 +190,7 @@ def pass_result(gradients, clean_aux, sharpness, grad_norm,
         "loss": loss,
         "sam_sharpness": sharpness,
         "grad_norm": grad_norm,
+        "ascended": ascended,
     }
 
 
@@ -203,7 +251,7 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
         ),
         **{
             name: sum(w * p[name] for w, p in zip(weights, parts))
-            for name in ("loss", "sam_sharpness", "grad_norm")
+            for name in ("loss", "sam_sharpness", "grad_norm", "ascended")
         },
     }
 
@@ -228,8 +276,10 @@ def update_metrics(model, x, y, sample_weight, result, rho=None):
     tracker = _keras_compat.loss_tracker(model)
     if tracker is not None:
         tracker.update_state(result["loss"], sample_weight=batch_size)
+    # Averaged over the steps that made the ascent (and measured it).
     model.sharpness_tracker.update_state(
-        result["sam_sharpness"], sample_weight=batch_size
+        result["sam_sharpness"],
+        sample_weight=ops.cast(batch_size, "float32") * result["ascended"],
     )
     model.grad_norm_tracker.update_state(
         result["grad_norm"], sample_weight=batch_size
@@ -239,6 +289,8 @@ def update_metrics(model, x, y, sample_weight, result, rho=None):
     )
     if isinstance(model.rho, Schedule):
         logs["rho"] = rho
+    if not model.variant.measures_sharpness:
+        logs.pop("sam_sharpness", None)
     return logs
 
 

@@ -161,6 +161,9 @@ class SAMTrainer:
         unit = common.loss_scale(scale_loss)
         step = self.optimizer.iterations
         rho = common.current_rho(self, step)
+        first_point = common.first_pass_point(
+            self, trainable, rho, common.momentum_values(self)
+        )
         loss_and_grads = value_and_grad(
             common.scaled_loss(self, scale_loss, variables)
         )
@@ -168,8 +171,9 @@ class SAMTrainer:
         def sam_pass(non_trainable, metrics, batch):
             rng_before = _TorchGlobalRNG.get_state()
             # 1. Clean pass at w: L(w) and g; its state updates are kept.
+            # (MomentumSAM's only pass: at w moved along the momentum.)
             (_, clean), gradients = loss_and_grads(
-                trainable, non_trainable, metrics, *batch
+                first_point, non_trainable, metrics, *batch
             )
             norm = ForeachAscent.global_norm(gradients)
             state = common.rule_state_values(self, variables[1], non_trainable)
@@ -196,12 +200,13 @@ class SAMTrainer:
 
             # Steps 2-3 where the rule ascends (every step for SAM);
             # else its one-pass step.
-            applied, sharpness, state = common.maybe_ascend(
+            applied, sharpness, ascended, state = common.maybe_ascend(
                 self, step, state, gradients, with_ascent
             )
             return common.pass_result(
                 applied, clean, sharpness, norm / unit,
                 common.with_rule_state(self, variables[1], clean[2], state),
+                ascended,
             )
 
         result = common.over_chunks(
