@@ -408,8 +408,9 @@ class MomentumSAM(Variant):
     `v <- mu v + g`); its gradient is applied at `w` and its BatchNorm
     updates are kept. `loss` is then the loss at that point; no sharpness
     is measured (`fit` logs no `sam_sharpness`). The paper uses a larger
-    `rho` than SAM's (0.3 and up on CIFAR). Needs `keras.optimizers.SGD(momentum > 0)` (clear error
-    otherwise); `m = 0` (the first step) gives the plain step.
+    `rho` than SAM's (0.3 and up on CIFAR). Needs
+    `keras.optimizers.SGD(momentum > 0)` (clear error otherwise); `m = 0`
+    (the first step) gives the plain step.
 
     Reference:
         Becker, Altrock and Risse, 2024. Momentum-SAM: Sharpness Aware
