@@ -73,8 +73,9 @@ class SAMModel(SAMTrainer, keras.Model):
             Each chunk's clean pass starts from the pre-step BatchNorm
             statistics, and the statistics move once, by the chunk-size
             weighted average of the `k` updates (for the moving mean this
-            equals one update with the whole batch's mean). Defaults to
-            `None` (one chunk).
+            equals one update with the whole batch's mean). A batch with
+            fewer than `k` rows (a ragged last batch) is split into
+            one-row chunks. Defaults to `None` (one chunk).
         perturbation: `"replica"` or `"global"`. Under a
             `tf.distribute` strategy, `"replica"` lets each replica perturb
             with its own gradient, as the paper's 8-accelerator runs did;
@@ -130,6 +131,12 @@ class SAMModel(SAMTrainer, keras.Model):
                 "Argument `model` must be a `keras.Model`. Received: "
                 f"model={_validation.short_repr(model)} of type "
                 f"{type(model).__name__}."
+            )
+        if isinstance(model, SAMModel):
+            raise ValueError(
+                "Argument `model` is already a SAMModel: SAM inside SAM "
+                "would make the ascent twice per step. Wrap the inner model "
+                f"(`model.model`). Received: model={model.name!r}."
             )
         _validation.check_bool("adaptive", adaptive)
         variant = variants.get(variant, adaptive=adaptive, eta=eta)

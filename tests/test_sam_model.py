@@ -127,11 +127,12 @@ def test_asam_matches_numpy(eta):
 
 
 @multi_backend
-@pytest.mark.parametrize("n,splits", [(12, 2), (10, 3), (12, 12)])
+@pytest.mark.parametrize("n,splits", [(12, 2), (10, 3), (12, 12), (3, 8)])
 def test_batch_splits_average_per_chunk_gradients(n, splits):
     x, y, params = make_problem(n=n, seed=2)
+    # Fewer rows than splits: one-row chunks.
     expected, logs = reference_run(
-        params, x, y, ref.SGD(0.2), 2, rho=0.2, splits=splits
+        params, x, y, ref.SGD(0.2), 2, rho=0.2, splits=min(splits, n)
     )
     sam, history = keras_run(
         params, x, y, keras.optimizers.SGD(0.2), 2, rho=0.2,
@@ -143,6 +144,29 @@ def test_batch_splits_average_per_chunk_gradients(n, splits):
 
 
 @multi_backend
+@multi_backend
+def test_ragged_last_batch_smaller_than_the_splits_gets_one_row_chunks():
+    """Batches of 8 and a last one of 2 rows, 4 splits: the 2-row batch is
+    two one-row chunks (no NaN from empty chunks)."""
+    x, y, params = make_problem(n=10, seed=16)
+    optimizer = ref.SGD(0.1, momentum=0.9)
+    expected = [p.astype("float64") for p in params]
+    for _ in range(2):
+        for start, stop in ((0, 8), (8, 10)):
+            grads, *_ = ref.sam_gradient(
+                expected, x[start:stop].astype("float64"),
+                y[start:stop].astype("float64"), rho=0.1,
+                splits=min(4, stop - start),
+            )
+            expected = optimizer.apply(expected, grads)
+    sam, history = keras_run(params, x, y,
+                             keras.optimizers.SGD(0.1, momentum=0.9), 2,
+                             batch_size=8, rho=0.1, num_batch_splits=4)
+    assert_weights_close(sam, expected)
+    assert np.all(np.isfinite(history["loss"]))
+    assert np.all(np.isfinite(history["sam_sharpness"]))
+
+
 def test_regularizers_and_sample_weights_enter_both_passes():
     x, y, params = make_problem(seed=3)
     sample_weight = np.linspace(0.2, 2.0, len(x)).astype("float32")
@@ -517,6 +541,12 @@ def test_bad_arguments_raise_naming_argument_and_value(kwargs, message):
         keras_sam.SAMModel(keras.Sequential([keras.layers.Dense(1)]),
                            **kwargs)
     assert f"`{message.split('=')[0]}`" in str(err.value)
+
+
+def test_a_sam_model_cannot_wrap_a_sam_model():
+    inner = keras_sam.SAMModel(keras.Sequential([keras.layers.Dense(1)]))
+    with pytest.raises(ValueError, match="already a SAMModel.*\\.model"):
+        keras_sam.SAMModel(inner)
 
 
 def test_model_argument_must_be_a_keras_model():

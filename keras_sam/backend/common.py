@@ -214,6 +214,8 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
     for index in range(num_splits):
         start = (index * batch_size) // num_splits
         stop = ((index + 1) * batch_size) // num_splits
+        if isinstance(stop, int) and stop == start:
+            continue  # an empty chunk of a batch with fewer rows than k
         state = [
             snapshot if float_ else counter
             for snapshot, counter, float_ in zip(
@@ -221,10 +223,15 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
             )
         ]
         part = sam_pass(state, metrics, _slice_batch(batch, start, stop))
-        counters, metrics = part["non_trainable"], part["metrics"]
-        weights.append(
+        weight = (
             ops.cast(stop - start, "float32") / ops.cast(batch_size, "float32")
         )
+        # With a dynamic batch size (TensorFlow), a batch with fewer rows
+        # than chunks has empty chunks, whose mean loss is 0/0: they
+        # count for nothing.
+        part = _without_empty_chunk(part, weight > 0.0, metrics)
+        counters, metrics = part["non_trainable"], part["metrics"]
+        weights.append(weight)
         parts.append(part)
 
     def weighted_mean(values, like):
@@ -254,6 +261,30 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
             for name in ("loss", "sam_sharpness", "grad_norm", "ascended")
         },
     }
+
+
+def _without_empty_chunk(part, non_empty, previous_metrics):
+    """`part` with every float value zeroed (metrics: kept as they were)
+    where its chunk has no rows; exactly `part` otherwise."""
+
+    def keep(value, fallback=None):
+        if not hasattr(value, "dtype") or not _is_float(value):
+            return value
+        other = ops.zeros_like(value) if fallback is None else fallback
+        return ops.where(non_empty, value, other)
+
+    part = dict(part)
+    for name in ("loss", "sam_sharpness", "grad_norm", "ascended"):
+        # Keras's loss of an empty batch can have shape (0,): sum it.
+        value = part[name]
+        part[name] = keep(ops.sum(value) if hasattr(value, "dtype") else value)
+    part["gradients"] = [keep(g) for g in part["gradients"]]
+    part["non_trainable"] = [keep(v) for v in part["non_trainable"]]
+    part["metrics"] = [
+        keep(value, previous)
+        for value, previous in zip(part["metrics"], previous_metrics)
+    ]
+    return part
 
 
 def per_batch_scalars(result, num_replicas=1, global_gradients=False):
