@@ -51,6 +51,8 @@ def arms(rho):
             {"rho": rho, "variant": variants.RandomizedSAM(0.5)}, 1.55),
         "LateSAM, before start": (
             {"rho": rho, "variant": variants.LateSAM(10**9)}, None),
+        "MomentumSAM": (
+            {"rho": 6 * rho, "variant": variants.MomentumSAM()}, 1.10),
     }
 
 
