@@ -52,7 +52,7 @@ def add_command(subparsers, common):
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_arguments.integer,
         default=0,
         help="seed of the initial weights and data order (default: 0)",
     )
