@@ -243,3 +243,25 @@ def test_help_shows_percent_signs_and_model_names(capsys):
     model_help = text.split("--model MODEL")[-1]
     for name in ("small-cnn", "resnet-20", "wrn-28-10", "pyramidnet-272-200"):
         assert name in model_help
+
+
+@pytest.mark.parametrize(
+    "backend, package, extra",
+    [("jax", "jax", "jax"), ("torch", "torch", "torch")],
+)
+def test_a_missing_backend_says_what_to_install(
+    monkeypatch, capsys, backend, package, extra
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == package else find_spec(name),
+    )
+    assert cli.main(["demo", "--quick", "--backend", backend]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("keras-sam demo: error: argument --backend")
+    assert f"pip install -e '.[{extra}]'" in error
+    assert len(error.strip().splitlines()) == 1
