@@ -17,12 +17,14 @@ def _read_history(path):
         return list(csv.DictReader(f))
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    output = tmp_path / "demo"
-    status = cli.main(
-        ["demo", "--quick", "--output-dir", str(output), "--verbose", "0"]
-    )
+def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
+    # The default folder: --quick has its own, so it never overwrites the
+    # full demo's results.
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "keras_sam_runs" / "demo_quick"
+    status = cli.main(["demo", "--quick", "--verbose", "0"])
     assert status == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["demo_quick"]
     printed = capsys.readouterr().out
     for label in (
         "SGD",
