@@ -17,12 +17,14 @@ def _read_history(path):
         return list(csv.DictReader(f))
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    output = tmp_path / "demo"
-    status = cli.main(
-        ["demo", "--quick", "--output-dir", str(output), "--verbose", "0"]
-    )
+def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
+    # The default folder: --quick has its own, so it never overwrites the
+    # full demo's results.
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "keras_sam_runs" / "demo_quick"
+    status = cli.main(["demo", "--quick", "--verbose", "0"])
     assert status == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["demo_quick"]
     printed = capsys.readouterr().out
     for label in (
         "SGD",
@@ -144,3 +146,124 @@ def test_demo_quick_on_another_backend_through_the_console_command(
     record = json.loads((tmp_path / "summary.json").read_text())
     assert record["backend"] == backend
     assert "test accuracy" in result.stdout
+
+
+def _bad_run(command, output, *arguments):
+    """`keras-sam <command> --quick ...` that must fail before writing."""
+    return [
+        command,
+        "--quick",
+        "--output-dir",
+        str(output),
+        "--verbose",
+        "0",
+        *arguments,
+    ]
+
+
+def _bad_data_dir(tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    (folder / "train.npz").write_bytes(os.urandom(3000))
+    (folder / "test.npz").write_bytes(os.urandom(3000))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (["--model", "nope"], ["argument --model", "'nope'"]),
+        (
+            ["--validation-fraction", "0"],
+            ["argument --validation-fraction", "got 0"],
+        ),
+        (["--data-dir", "/nonexistent"], ["argument --data-dir", "'/nonexi"]),
+        (["--train-size", "5"], ["argument --train-size", "too small", "6"]),
+        (["--dataset", "cifar100"], ["argument --dataset", "'cifar100'"]),
+        ("corrupt", ["train.npz is not a valid npz file"]),
+        ("output under a file", ["argument --output-dir", "is a file"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, capsys, command, case, expected
+):
+    output = tmp_path / "run"
+    if case == "corrupt":
+        case = ["--data-dir", str(_bad_data_dir(tmp_path)), "--source", "npz"]
+    elif case == "output under a file":
+        (tmp_path / "file").write_text("")
+        output = tmp_path / "file" / "run"
+        case = []
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(_bad_run(command, output, *case)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"keras-sam {command}: error: ")
+    assert len(error.strip().splitlines()) == 1, error
+    for text in expected:
+        assert text in error
+    # Nothing written: the corrected command is not refused afterwards
+    # as a folder "with other settings".
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["sweep", "--batch-size", "0"], "argument --batch-size"),
+        (["sweep", "--batch-size", "64,0"], "expected integers >= 1"),
+        (["reproduce", "--batch-size", "0"], "must be >= 1, got 0"),
+        (["reproduce", "--validation-fraction", "x"], "got 'x'"),
+        (["reproduce", "--rho", "a"], "expected a number, got 'a'"),
+        (["demo", "--epochs", "1.5"], "expected an integer, got '1.5'"),
+        (["sweep", "--split-seed", "s"], "expected an integer, got 's'"),
+        (["reproduce", "--augment", "autoaugment"], "invalid choice"),
+    ],
+)
+def test_parser_errors_name_the_option_not_internal_names(
+    capsys, arguments, expected
+):
+    with pytest.raises(SystemExit) as error:
+        cli.main(arguments)
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected in message
+    # argparse names the type function when it raises a plain ValueError.
+    assert " value: " not in message and "_" not in message.split(":")[-1]
+
+
+def test_help_shows_percent_signs_and_model_names(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "10% of the training set" in text and "95% intervals" in text
+    assert "%%" not in text
+    assert "autoaugment" not in text.split("--augment")[1].split("}")[0]
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    model_help = text.split("--model MODEL")[-1]
+    for name in ("small-cnn", "resnet-20", "wrn-28-10", "pyramidnet-272-200"):
+        assert name in model_help
+
+
+@pytest.mark.parametrize(
+    "backend, package, extra",
+    [("jax", "jax", "jax"), ("torch", "torch", "torch")],
+)
+def test_a_missing_backend_says_what_to_install(
+    monkeypatch, capsys, backend, package, extra
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == package else find_spec(name),
+    )
+    assert cli.main(["demo", "--quick", "--backend", backend]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("keras-sam demo: error: argument --backend")
+    assert f"pip install -e '.[{extra}]'" in error
+    assert len(error.strip().splitlines()) == 1

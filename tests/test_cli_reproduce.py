@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from keras_sam.experiments import cli, paper_results, reproduce
+from keras_sam.experiments import cli, paper_results, reproduce, sweep
+from keras_sam.experiments.config import RunConfig
 
 pytest.importorskip("tensorflow")
 
@@ -151,8 +152,10 @@ def test_reproduce_quick_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_reproduce_rejects_autoaugment_and_bad_values(capsys):
-    assert cli.main(["reproduce", "--augment", "autoaugment"]) == 2
-    assert "AutoAugment" in capsys.readouterr().err
+    # Not offered: Keras 3 has no AutoAugment, so it could only fail.
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--augment", "autoaugment"])
+    assert "invalid choice: 'autoaugment'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "--rho-grid", "0.1,x"])
     with pytest.raises(SystemExit):
@@ -278,3 +281,28 @@ def test_reproduce_killed_mid_run_resumes_to_the_uninterrupted_result(
             assert float(row[key]) == pytest.approx(
                 float(reference_row[key]), abs=1e-4
             )
+
+
+@pytest.mark.parametrize("run", ["reproduce", "sweep"])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model": "nope"}, "Unknown model name='nope'"),
+        ({"dataset": "cifar100"}, "CIFAR-10 only"),
+        ({"source": "npz", "data_dir": "/nonexistent"}, "missing"),
+    ],
+)
+def test_a_run_that_cannot_start_leaves_no_folder(
+    tmp_path, run, settings, message
+):
+    # Called as a library, without the command line's checks: a folder
+    # (or its settings.json) left behind would refuse the corrected run.
+    config = RunConfig(source="sample", model="small-cnn", train_size=100)
+    config = config.replace(**settings)
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        if run == "reproduce":
+            reproduce.run_reproduction(output, config)
+        else:
+            sweep.run_sweep(output, config)
+    assert not output.exists()

@@ -275,3 +275,65 @@ def test_sources_module_imports_without_tensorflow_or_keras():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_load_jpeg_npz_names_a_file_that_is_not_an_npz(tmp_path):
+    path = tmp_path / "train.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(ValueError, match="is not a valid npz") as error:
+        datasets.load_jpeg_npz(path)
+    assert str(path) in str(error.value)
+    assert "allow_pickle" not in str(error.value)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(path)
+    with pytest.raises(ValueError, match="is not a valid npz"):
+        datasets.load_jpeg_npz(path)
+
+
+def test_load_jpeg_npz_refuses_float_labels(tmp_path):
+    path = tmp_path / "train.npz"
+    _write_jpeg_npz(path, _smooth_images(2), [0, 1])
+    with np.load(path) as arrays:
+        arrays = dict(arrays)
+    # 1.7 would silently become class 1.
+    np.savez(path, **{**arrays, "y": np.array([0.0, 1.7], np.float32)})
+    with pytest.raises(ValueError, match="integer class labels.*float32"):
+        datasets.load_jpeg_npz(path)
+
+
+def _write_copy(folder, images, labels):
+    folder.mkdir()
+    _write_jpeg_npz(folder / "train.npz", images, labels)
+    _write_jpeg_npz(folder / "test.npz", images, labels)
+    return folder
+
+
+def test_load_splits_refuses_images_of_another_shape(tmp_path):
+    folder = _write_copy(
+        tmp_path / "copy", _smooth_images(4, size=16), range(4)
+    )
+    with pytest.raises(ValueError, match=r"\(32, 32, 3\).*\(16, 16, 3\)"):
+        datasets.load_splits("cifar10", data_dir=folder, source="npz")
+
+
+def test_minimum_train_size_against_counting():
+    # Smallest N with 1 <= round(f * N) < N, by brute force.
+    for fraction in (0.1, 0.25, 0.5, 0.01, 0.9):
+        expected = next(
+            n for n in range(1, 10_000) if 1 <= round(fraction * n) < n
+        )
+        assert datasets.minimum_train_size(fraction) == expected
+    assert datasets.minimum_train_size(0.0) == 1
+
+
+def test_load_splits_says_the_training_set_is_too_small(tmp_path):
+    folder = _write_copy(tmp_path / "copy", _smooth_images(10), range(10))
+    # 5 images, 10% held out: round(0.5) = 0 images.
+    with pytest.raises(ValueError, match="too small.*train_size >= 6"):
+        datasets.load_splits(
+            "cifar10", data_dir=folder, source="npz", train_size=5
+        )
+    splits = datasets.load_splits(
+        "cifar10", data_dir=folder, source="npz", train_size=6
+    )
+    assert (len(splits.y_train), len(splits.y_validation)) == (5, 1)

@@ -142,7 +142,15 @@ def test_grid_search_rows_match_trials_and_seeds(tiny_splits, tmp_path):
     best = json.loads((tmp_path / "best.json").read_text())
     scores = {r["rho"]: r["score"] for r in rows}
     assert best["hyperparameters"]["rho"] == max(scores, key=scores.get)
-    assert best["score"] == pytest.approx(best["score_check"], abs=1e-7)
+    # best.json explains its score: the per-seed values it averages.
+    best_rows = [r for r in rows if r["trial_id"] == best["trial_id"]]
+    assert best["seed_scores"] == {
+        str(r["seed"]): r["val_accuracy"] for r in best_rows
+    }
+    assert best["score"] == pytest.approx(
+        np.mean(list(best["seed_scores"].values())), abs=1e-7
+    )
+    assert "score_check" not in best
     assert best["seeds"] == [3, 7]
 
 

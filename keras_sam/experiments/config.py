@@ -176,7 +176,7 @@ class RunConfig:
         )
 
 
-def check_same_settings(path, config):
+def check_same_settings(path, config, write=True):
     """Writes `config.settings()` to `path`, or checks it against the file.
 
     A folder holds the runs of one set of settings: starting a run into
@@ -185,6 +185,9 @@ def check_same_settings(path, config):
     Args:
         path: the `settings.json` of a run folder.
         config: the `RunConfig` of the run being started.
+        write: whether to write the settings when `path` does not exist
+            yet. `False` only checks, so that a run that fails before it
+            starts leaves nothing behind. Defaults to `True`.
 
     Raises:
         ValueError: when `path` holds other settings; the message names
@@ -193,7 +196,8 @@ def check_same_settings(path, config):
     path = pathlib.Path(path)
     settings = config.settings()
     if not path.is_file():
-        write_json(path, settings)
+        if write:
+            write_json(path, settings)
         return
     saved = json.loads(path.read_text())
     changed = sorted(

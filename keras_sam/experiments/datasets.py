@@ -24,6 +24,8 @@ from keras_sam.experiments.sources import (
 
 DATASET_NAMES = ("cifar10", "cifar100")
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+# Height, width, channels of every CIFAR image.
+IMAGE_SHAPE = (32, 32, 3)
 
 
 class CifarSplits:
@@ -145,6 +147,34 @@ def _check_size(argument, size, available):
     return size
 
 
+def minimum_train_size(validation_fraction):
+    """The fewest training images that `validation_fraction` can split.
+
+    `load_splits` holds out `round(validation_fraction * N)` of `N`
+    training images; both the held-out and the remaining part must keep
+    at least one image.
+
+    Args:
+        validation_fraction: fraction held out, in `[0, 1)`.
+
+    Returns:
+        The smallest `N` that leaves both parts non-empty (`1` when
+        `validation_fraction` is `0`: nothing is held out).
+
+    Example:
+
+    >>> keras_sam.experiments.datasets.minimum_train_size(0.1)
+    6
+    """
+    validation_fraction = _check_fraction(validation_fraction)
+    if validation_fraction == 0:
+        return 1
+    size = max(2, int(0.5 / validation_fraction))
+    while not 1 <= round(validation_fraction * size) < size:
+        size += 1
+    return size
+
+
 def _subset(x, y, size, seed):
     """The first `size` rows of a balanced order, kept in file order."""
     rows = np.sort(balanced_order(y, seed)[:size])
@@ -240,6 +270,12 @@ def load_splits(
                 f"{num_classes}) for {name}, got {labels.min()} to "
                 f"{labels.max()}."
             )
+    for split, images in (("train", x_train), ("test", x_test)):
+        if images.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(
+                f"{description}: {split} images must have shape "
+                f"{IMAGE_SHAPE} for {name}, got {images.shape[1:]}."
+            )
     train_size = _check_size("train_size", train_size, len(y_train))
     test_size = _check_size("test_size", test_size, len(y_test))
     if train_size < len(y_train):
@@ -247,6 +283,14 @@ def load_splits(
     if test_size < len(y_test):
         x_test, y_test = _subset(x_test, y_test, test_size, split_seed + 1)
     held_out = round(validation_fraction * len(y_train))
+    if validation_fraction and not 1 <= held_out < len(y_train):
+        raise ValueError(
+            f"The training set ({len(y_train)} images) is too small for "
+            f"validation_fraction={validation_fraction}: it would hold out "
+            f"{held_out} of them. Use train_size >= "
+            f"{minimum_train_size(validation_fraction)} or another "
+            "validation_fraction."
+        )
     order = balanced_order(y_train, split_seed + 2)
     validation_rows = np.sort(order[:held_out])
     train_rows = np.sort(order[held_out:])
@@ -341,6 +385,7 @@ def load(
 __all__ = [
     "CIFAR10_CLASS_NAMES",
     "DATASET_NAMES",
+    "IMAGE_SHAPE",
     "SOURCES",
     "CifarSplits",
     "balanced_order",
@@ -349,4 +394,5 @@ __all__ = [
     "load_cifar10_sample",
     "load_jpeg_npz",
     "load_splits",
+    "minimum_train_size",
 ]

@@ -103,17 +103,27 @@ def run_reproduction(output_dir, config=None):
         A dict with `summary` (per optimizer: mean test error, interval,
         seeds), `rho` and `paths` (the files written).
     """
+    from keras_sam import models
+
     config = RunConfig() if config is None else config
     output_dir = pathlib.Path(output_dir)
+    settings_path = output_dir / "settings.json"
+    # Everything that can fail on the settings (another run in the folder,
+    # the model name, the data) fails before anything is written, so the
+    # corrected command is not refused as "other settings".
+    check_same_settings(settings_path, config, write=False)
+    models.check_model_name(config.model)
+    rho = config.rho
+    selection_splits = config.load_splits() if rho is None else None
+    final_splits = config.load_splits(validation_fraction=0.0)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_same_settings(output_dir / "settings.json", config)
+    check_same_settings(settings_path, config)
     _run_records.set_precision(config.mixed_precision)
     # The code that runs is the code at the start: record it now.
     environment, started = _run_records.environment(), _run_records.now()
-    rho = config.rho
     if rho is None:
-        rho = _select_rho(output_dir, config)
-    final_splits = config.load_splits(validation_fraction=0.0)
+        rho = _select_rho(output_dir, config, selection_splits)
+        del selection_splits
     runs = _final_runs(config, rho)
     _train_final_runs(output_dir / "runs", final_splits, config, runs)
     records = [
@@ -209,12 +219,12 @@ def _final_run(splits, config, rho, epochs, seed, backup_dir):
     return result
 
 
-def _select_rho(output_dir, config):
-    """Grid search over `rho` on the held-out split; returns the best."""
+def _select_rho(output_dir, config, splits):
+    """Grid search over `rho` on the held-out split of `splits`; returns
+    the best."""
     from keras_sam.experiments import tuning
 
     best_path = output_dir / "rho_selection_best.json"
-    splits = config.load_splits()
     hypermodel = tuning.SAMHyperModel(
         splits,
         config.replace(epochs=config.select_epochs or config.epochs),

@@ -14,6 +14,7 @@ Keras. `keras_sam.experiments.datasets` turns what it reads into splits.
 
 import io
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def load_jpeg_npz(path, split=None):
     if split is not None and not isinstance(split, str):
         raise ValueError(f"`split` must be a string or None, got {split!r}.")
     prefix = "" if split is None else f"{split}_"
-    with np.load(path, allow_pickle=False) as arrays:
+    with _open_npz(path) as arrays:
         keys = [prefix + key for key in _REQUIRED_KEYS]
         missing = [key for key in keys if key not in arrays.files]
         if missing:
@@ -116,6 +117,23 @@ def load_jpeg_npz(path, split=None):
     return x, labels.astype(np.int64)
 
 
+def _open_npz(path):
+    """`np.load(path)` of an `.npz` archive, or a ValueError naming it."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a valid npz file (a NumPy .npz archive): "
+            f"{type(error).__name__} while reading it."
+        ) from error
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} is not a valid npz file: it holds a single array "
+            "(a .npy file), not an archive of arrays."
+        )
+    return arrays
+
+
 def _check_layout(path, data, offsets, labels):
     if data.dtype != np.uint8 or data.ndim != 1:
         raise ValueError(
@@ -125,6 +143,11 @@ def _check_layout(path, data, offsets, labels):
     if labels.ndim != 1:
         raise ValueError(
             f"In {path}, `y` must be 1-D, got shape {labels.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"In {path}, `y` must hold integer class labels, got dtype "
+            f"{labels.dtype} (float labels would be truncated)."
         )
     if offsets.shape != (labels.shape[0] + 1,):
         raise ValueError(

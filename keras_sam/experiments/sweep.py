@@ -45,17 +45,20 @@ def run_sweep(
         A dict with `rows` (the CSV rows, `None` on a worker), `best`
         and `paths`.
     """
+    from keras_sam import models
     from keras_sam.experiments import tuning
 
     config = RunConfig(model="resnet-20") if config is None else config
     output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _run_records.set_precision(config.mixed_precision)
-    environment, started = _run_records.environment(), _run_records.now()
+    # A wrong model name or data fails before anything is written.
+    models.check_model_name(config.model)
     splits = config.load_splits()
     hypermodel = tuning.SAMHyperModel(
         splits, config, space, evaluate_test=evaluate_test
     )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _run_records.set_precision(config.mixed_precision)
+    environment, started = _run_records.environment(), _run_records.now()
     search = tuning.make_tuner(
         hypermodel,
         tuner,

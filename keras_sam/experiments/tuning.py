@@ -28,7 +28,6 @@ import time
 
 import keras
 import keras_tuner
-import numpy as np
 
 from keras_sam.experiments import _kerastuner_compat, data_pipeline, training
 from keras_sam.experiments.config import PAPER_RHO_GRID, RunConfig
@@ -530,27 +529,26 @@ def best_configuration(tuner):
     Returns:
         A dict with `trial_id`, `hyperparameters`, `objective` (its name),
         `score` (KerasTuner's objective: the mean over seeds of the final
-        `val_accuracy`), `score_check` (the same mean recomputed from the
-        per-seed records) and `seeds`; `None` when no trial completed.
+        `val_accuracy`), `seed_scores` (that `val_accuracy` per seed, as
+        `{seed: value}`, the values `score` averages) and `seeds`; `None`
+        when no trial completed.
     """
     best = tuner.oracle.get_best_trials(1)
     if not best:
         return None
     trial = best[0]
-    scores = [
-        json.loads(path.read_text())["val_accuracy"]
-        for seed in tuner.seeds
-        if (
-            path := _record_path(
-                tuner.hypermodel.record_dir, trial.trial_id, seed
-            )
-        ).is_file()
-    ]
+    seed_scores = {}
+    for seed in tuner.seeds:
+        path = _record_path(tuner.hypermodel.record_dir, trial.trial_id, seed)
+        if path.is_file():
+            seed_scores[str(seed)] = json.loads(path.read_text())[
+                "val_accuracy"
+            ]
     return {
         "trial_id": trial.trial_id,
         "hyperparameters": dict(trial.hyperparameters.values),
         "objective": OBJECTIVE,
         "score": trial.score,
-        "score_check": float(np.mean(scores)) if scores else None,
+        "seed_scores": seed_scores,
         "seeds": list(tuner.seeds),
     }

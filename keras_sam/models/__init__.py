@@ -98,6 +98,28 @@ def _parse_name(name):
     )
 
 
+def check_model_name(name):
+    """Checks a model name without building the model.
+
+    Args:
+        name: a name `get_model` accepts (case-insensitive).
+
+    Returns:
+        The name of the model `get_model(name)` builds, e.g. `"wrn_28_10"`
+        for `"wrn-28-10"`.
+
+    Raises:
+        ValueError: for a name `get_model` does not know; the message
+            lists the known names and patterns.
+
+    Example:
+
+    >>> keras_sam.models.check_model_name("WRN-28-10")
+    'wrn_28_10'
+    """
+    return _parse_name(name)[3]
+
+
 def get_model(name, /, **kwargs):
     """Builds an architecture by its short name.
 
@@ -152,6 +174,7 @@ __all__ = [
     "MODEL_NAMES",
     "ShakeDrop",
     "ShakeShake",
+    "check_model_name",
     "get_model",
     "preact_resnet",
     "pyramidnet",

@@ -19,6 +19,7 @@ imported.
 """
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -51,6 +52,29 @@ def build_parser():
     for command in _COMMANDS:
         command.add_command(subparsers, common)
     return parser
+
+
+# What to install for each backend (setup.cfg's extras).
+_BACKEND_PACKAGES = {
+    "tensorflow": ("tensorflow", "cpu"),
+    "jax": ("jax", "jax"),
+    "torch": ("torch", "torch"),
+}
+
+
+def _missing_backend(backend):
+    """`None` if `backend`'s package is installed, else the error."""
+    if backend is None:
+        return None
+    package, extra = _BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return (
+        f"argument --backend: {backend!r} needs the {package} package, "
+        f"which is not installed; install it with `pip install "
+        f"'keras-sam[{extra}]'` (from a clone: `pip install -e "
+        f"'.[{extra}]'`) or `pip install {package}`"
+    )
 
 
 def _use_backend(backend, argv):
@@ -91,6 +115,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    missing = _missing_backend(args.backend)
+    if missing is not None:
+        return _arguments.error(args.command, missing)
     status = _use_backend(args.backend, argv)
     if status is not None:
         return status

@@ -4,6 +4,9 @@ import os
 
 from keras_sam.experiments.cli import _arguments
 
+FULL_OUTPUT_DIR = os.path.join("keras_sam_runs", "demo")
+QUICK_OUTPUT_DIR = os.path.join("keras_sam_runs", "demo_quick")
+
 
 def add_command(subparsers, common):
     """Declares `keras-sam demo` and its options."""
@@ -22,8 +25,10 @@ def add_command(subparsers, common):
     )
     parser.add_argument(
         "--output-dir",
-        default=os.path.join("keras_sam_runs", "demo"),
-        help="folder for the results (default: %(default)s)",
+        default=None,
+        help=f"folder for the results (default: {FULL_OUTPUT_DIR}; "
+        f"--quick: {QUICK_OUTPUT_DIR}, so a quick run never overwrites the "
+        "full demo's results)",
     )
     parser.add_argument(
         "--epochs",
@@ -52,7 +57,7 @@ def add_command(subparsers, common):
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_arguments.integer,
         default=0,
         help="seed of the initial weights and data order (default: 0)",
     )
@@ -85,7 +90,8 @@ def run(args):
         probe_batches = 1
     result = demo.run_demo(
         config,
-        output_dir=args.output_dir,
+        output_dir=args.output_dir
+        or (QUICK_OUTPUT_DIR if args.quick else FULL_OUTPUT_DIR),
         seed=args.seed,
         probe_batches=probe_batches,
     )

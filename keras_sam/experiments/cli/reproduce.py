@@ -13,19 +13,20 @@ def add_command(subparsers, common):
         subparsers,
         common,
         "reproduce",
-        model_help="wrn-28-10, shake-shake-26-2x96d, pyramidnet-272-200, "
-        "pyramidnet-272-200-shakedrop, or any keras_sam.models name "
-        "(default: wrn-28-10; --quick: small-cnn)",
+        model_help="the paper's: wrn-28-10, shake-shake-26-2x96d, "
+        "pyramidnet-272-200, pyramidnet-272-200-shakedrop; or "
+        + _arguments.MODEL_HELP
+        + " (default: wrn-28-10; --quick: small-cnn)",
         help="reproduce a row of the SAM paper's CIFAR table",
         description=(
             "The SAM paper's protocol for one row of Table 1 (defaults "
             "are the paper's: WRN-28-10, basic augmentation, 200 epochs, "
             "batch 256, SGD with Nesterov momentum 0.9, cosine schedule "
             "from 0.1, coupled L2 5e-4, rho chosen from "
-            "0.01,0.02,0.05,0.1,0.2,0.5 on 10%% of the training set held "
+            "0.01,0.02,0.05,0.1,0.2,0.5 on 10% of the training set held "
             "out, 5 seeds, the SGD baseline with twice the epochs). Writes "
             "results.csv (one row per run), summary.json and table.md "
-            "(means and 95%% intervals next to the paper's row) into "
+            "(means and 95% intervals next to the paper's row) into "
             "--output-dir. Finished runs are kept and the running one is "
             "backed up every epoch: the same command resumes."
         ),
@@ -115,21 +116,21 @@ def run(args):
         weight_decay=5e-4 if args.weight_decay is None else args.weight_decay,
         sgd_epoch_multiplier=args.sgd_epoch_multiplier,
     )
-    if config.rho is None and not config.validation_fraction:
-        return _arguments.error(
-            "reproduce",
-            "choosing rho needs --validation-fraction > 0 (or give --rho).",
-        )
     output_dir = _arguments.output_dir(
         args,
         "reproduce",
         f"{config.dataset}_{config.model}_{config.augment}",
     )
+    problem = _arguments.check_run(
+        args, config, output_dir, needs_validation=config.rho is None
+    )
+    if problem is not None:
+        return _arguments.error("reproduce", problem)
     from keras_sam.experiments import reproduce
 
     try:
         result = reproduce.run_reproduction(output_dir, config)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         return _arguments.error("reproduce", error)
     print()
     print(result["paths"]["table"].read_text())

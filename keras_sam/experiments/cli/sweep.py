@@ -13,7 +13,8 @@ def add_command(subparsers, common):
         subparsers,
         common,
         "sweep",
-        model_help="default: resnet-20 (--quick: small-cnn)",
+        model_help=_arguments.MODEL_HELP
+        + " (default: resnet-20; --quick: small-cnn)",
         help="KerasTuner sweep over rho and batch size on CIFAR",
         description=(
             "Train the model once per trial and seed with the SAM paper's "
@@ -37,7 +38,7 @@ def add_command(subparsers, common):
     )
     parser.add_argument(
         "--batch-size",
-        type=_arguments.int_list,
+        type=_arguments.positive_int_list,
         default=None,
         help="comma-separated values (default: 256)",
     )
@@ -96,6 +97,11 @@ def run(args):
     output_dir = _arguments.output_dir(
         args, "sweep", f"{config.dataset}_{config.model}"
     )
+    problem = _arguments.check_run(
+        args, config, output_dir, needs_validation=True
+    )
+    if problem is not None:
+        return _arguments.error("sweep", problem)
 
     from keras_sam.experiments import sweep, tuning
 
@@ -108,15 +114,18 @@ def run(args):
         learning_rates=tuple(args.learning_rate or (0.1,)),
         weight_decays=tuple(args.weight_decay or (5e-4,)),
     )
-    result = sweep.run_sweep(
-        output_dir,
-        config,
-        space,
-        seeds=tuple(args.seeds or (0,)),
-        tuner=args.tuner,
-        max_trials=args.max_trials,
-        evaluate_test=args.evaluate_test,
-    )
+    try:
+        result = sweep.run_sweep(
+            output_dir,
+            config,
+            space,
+            seeds=tuple(args.seeds or (0,)),
+            tuner=args.tuner,
+            max_trials=args.max_trials,
+            evaluate_test=args.evaluate_test,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        return _arguments.error("sweep", error)
     if result["rows"] is None:
         print("Worker finished; the chief writes the results.")
         return 0
