@@ -384,7 +384,11 @@ def _check_docstrings(config):
                         )
 
     for identifier in identifiers:
-        walk(package[identifier.removeprefix(PACKAGE + ".")])
+        try:
+            obj = package[identifier.removeprefix(PACKAGE + ".")]
+        except KeyError:
+            continue  # mkdocstrings reports the unknown identifier
+        walk(obj)
     for path in missing:
         log.warning("no docstring: %s", path)
 
