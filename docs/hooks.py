@@ -138,7 +138,8 @@ def _rewrite_links(text, source, page_uri):
         if uri is None and repo_path.lower().endswith(IMAGE_SUFFIXES):
             uri = _add_asset(repo_path)
         if uri is None:
-            if label.strip("`") == repo_path:
+            shown = label.strip("`").rstrip("/")
+            if repo_path == shown or repo_path.startswith(shown + "/"):
                 return f"`{repo_path}` (in the repository)"
             return f"{label} (`{repo_path}` in the repository)"
         link = posixpath.relpath(uri, posixpath.dirname(page_uri) or ".")
