@@ -22,6 +22,10 @@ NORMALIZATION_LAYERS = tuple(
                  "GroupNormalization", "RMSNormalization")
     if hasattr(keras.layers, name)
 )
+"""The normalization layer classes of the installed Keras
+(`BatchNormalization`, `LayerNormalization`, `GroupNormalization`,
+`RMSNormalization`, those it has): `SAMModel(perturb=NORMALIZATION_LAYERS)`
+is SAM-ON, the ascent on the normalization layers only."""
 
 
 def check_perturb(perturb):
@@ -79,6 +83,16 @@ def perturbed_mask(perturb, model, trainable_variables):
 
 
 def serialize_perturb(perturb):
+    """The JSON-able config of a `perturb` value, for `get_config`.
+
+    Args:
+        perturb: A value `check_perturb` accepts.
+
+    Returns:
+        `None` for `None`, `{"layer_classes": [registered names]}` for a
+        tuple of layer classes, else `{"function": serialized callable}`;
+        `check_perturb` turns each back into the value.
+    """
     if perturb is None:
         return None
     if isinstance(perturb, tuple):

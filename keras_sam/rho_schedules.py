@@ -96,6 +96,15 @@ def check_rho(rho):
 
 
 def serialize_rho(rho):
+    """The JSON-able config of a `rho` value, for `get_config`.
+
+    Args:
+        rho: A value `check_rho` accepts.
+
+    Returns:
+        A schedule's Keras serialization, or the float itself;
+        `check_rho` turns either back into the value.
+    """
     if isinstance(rho, Schedule):
         return keras.saving.serialize_keras_object(rho)
     return rho

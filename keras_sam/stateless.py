@@ -31,7 +31,9 @@ def stateless_loss(
         trainable_values: Values of `model.trainable_variables`, in order.
         non_trainable_values: Values of `model.non_trainable_variables`.
         metrics_values: Values of `model.metrics_variables`.
-        x, y, sample_weight: The batch.
+        x: The batch's inputs.
+        y: The batch's targets, if any.
+        sample_weight: The batch's sample weights, if any.
         training: Boolean, the mode of the forward pass. Defaults to
             `True` (BatchNorm normalizes with batch statistics and updates
             its moving ones; dropout on).

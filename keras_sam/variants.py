@@ -91,10 +91,13 @@ class Variant:
         return perturbed_gradients, state
 
     def get_config(self):
+        """The rule's constructor arguments, as a JSON-able dict (saved
+        with the `SAMModel` that uses it)."""
         return {}
 
     @classmethod
     def from_config(cls, config):
+        """The rule that `get_config` describes."""
         return cls(**config)
 
     def __repr__(self):

@@ -7,8 +7,8 @@ import numpy as np
 
 from keras_sam._validation import short_repr
 
-# Default size of the microbatches the probe data is split into.
 DEFAULT_PROBE_BATCH_SIZE = 128
+"""Default size of the microbatches the probe data is split into."""
 
 
 class ProbeSet:

@@ -14,11 +14,13 @@ from keras_sam.hessian.curvature import _prepare
 from keras_sam.hessian.linalg import _lanczos, _rng
 from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
 
-# Probe sets up to this size use exact per-sample products in
-# `linear_stability` and `noise_alignment`.
 DEFAULT_MAX_EXACT_SAMPLES = 64
-# `sgd_stable` is `sgd_growth <= DEFAULT_STABILITY_TOLERANCE`.
+"""Probe sets up to this size use exact per-sample products in
+`linear_stability` and `noise_alignment`."""
+
 DEFAULT_STABILITY_TOLERANCE = 1e-3
+"""`linear_stability`'s default `tolerance`: `sgd_stable` is
+`sgd_growth <= DEFAULT_STABILITY_TOLERANCE`."""
 
 
 def gd_stability_threshold(learning_rate, momentum=0.0, nesterov=False):

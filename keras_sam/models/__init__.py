@@ -28,6 +28,8 @@ MODEL_NAMES = (
     "pyramidnet-272-200",
     "pyramidnet-272-200-shakedrop",
 )
+"""The names of the SAM paper's architectures that `get_model` builds
+(it also takes the patterns its docstring lists)."""
 
 _DEFAULTS = {
     "input_shape": (32, 32, 3),
