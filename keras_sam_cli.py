@@ -6,12 +6,15 @@ whatever `TF_CPP_MIN_LOG_LEVEL` says. So it applies `--backend NAME` to
 `KERAS_BACKEND`, says what to install if the backend's package is
 missing, sends native (C++) output on stderr to /dev/null unless
 `--tf-logs` is given (Python's own errors and warnings still print), and
-then runs `keras_sam.experiments.cli.main`.
+then runs `keras_sam.experiments.cli.main`. `--help` and `--version`
+answer without importing Keras at all (`answer_without_keras`).
 """
 
+import ast
 import importlib.util
 import os
 import sys
+import types
 
 # The package of each Keras backend, and the setup.cfg extra that has it.
 BACKEND_PACKAGES = {
@@ -58,11 +61,54 @@ def quiet_native_stderr():
     sys.stderr = python_stderr
 
 
+# Arguments that only ask for help or the version (with command names).
+_HELP_ONLY = {"-h", "--help", "--version", "demo", "sweep", "reproduce"}
+
+
+def answer_without_keras(argv):
+    """Prints `--help` or `--version` (or the missing-command error) with
+    the parser loaded from `keras_sam/experiments/cli/` but without
+    running `keras_sam/__init__.py`, which imports Keras and its backend
+    (seconds, and TensorFlow's logs). Exits there; returns only when
+    `argv` asks for more, or if the parser cannot be loaded that way."""
+    if not set(argv) <= _HELP_ONLY:
+        return
+    spec = importlib.util.find_spec("keras_sam")
+    if spec is None or spec.origin is None:
+        return
+    package = types.ModuleType("keras_sam")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__version__ = _version(spec.origin)
+    sys.modules["keras_sam"] = package
+    try:
+        from keras_sam.experiments.cli import build_parser
+
+        parser = build_parser()
+    except Exception:  # noqa: BLE001 - fall back to the full import
+        for name in [m for m in sys.modules
+                     if m == "keras_sam" or m.startswith("keras_sam.")]:
+            del sys.modules[name]
+        return
+    parser.parse_args(argv)  # exits: help, version or a usage error
+
+
+def _version(init_path):
+    with open(init_path) as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and any(
+                getattr(target, "id", None) == "__version__"
+                for target in node.targets
+            ):
+                return node.value.value
+    return "unknown"
+
+
 def main(argv=None):
     """Runs `keras-sam ARGS`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     native_logs = "--tf-logs" in argv
     argv = [a for a in argv if a != "--tf-logs"]
+    answer_without_keras(argv)
     backend = requested_backend(argv)
     if backend in BACKEND_PACKAGES:
         os.environ["KERAS_BACKEND"] = backend

@@ -29,12 +29,26 @@ def test_a_missing_backend_package_says_what_to_install():
     assert keras_sam_cli.missing_backend("nope") is None
 
 
-def _help(*extra):
+def _console(*argv):
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     return subprocess.run(
-        [sys.executable, "-m", "keras_sam_cli", *extra, "--help"],
+        [sys.executable, "-m", "keras_sam_cli", *argv],
         capture_output=True, text=True, env=env, timeout=300,
     )
+
+
+def test_help_and_version_answer_without_importing_keras():
+    code = (
+        "import sys, keras_sam_cli\n"
+        "try:\n"
+        "    keras_sam_cli.main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    print('keras' in sys.modules, exit.code)\n"
+    )
+    for argv in (["--help"], ["sweep", "--help"], ["--version"]):
+        result = subprocess.run([sys.executable, "-c", code, *argv],
+                                capture_output=True, text=True, timeout=120)
+        assert result.stdout.splitlines()[-1] == "False 0", result.stderr
 
 
 tensorflow_only = pytest.mark.skipif(
@@ -44,15 +58,18 @@ tensorflow_only = pytest.mark.skipif(
 
 
 @tensorflow_only
-def test_help_prints_no_native_log_lines():
-    quiet = _help()
-    assert quiet.returncode == 0 and "usage: keras-sam" in quiet.stdout
-    assert quiet.stderr == ""
+def test_an_argument_error_after_importing_tensorflow_has_no_native_logs():
+    quiet = _console("demo", "--epochs", "-1")
+    assert quiet.returncode == 2
+    lines = quiet.stderr.strip().splitlines()
+    assert lines[0].startswith("usage: keras-sam demo"), quiet.stderr
+    assert lines[-1].startswith("keras-sam demo: error: argument --epochs")
+    assert not any("oneDNN" in line or "absl" in line for line in lines)
 
 
 @tensorflow_only
 @pytest.mark.slow
 def test_tf_logs_brings_the_native_log_lines_back():
-    loud = _help("--tf-logs")
-    assert loud.returncode == 0 and "usage: keras-sam" in loud.stdout
+    loud = _console("--tf-logs", "demo", "--epochs", "-1")
+    assert loud.returncode == 2
     assert "oneDNN" in loud.stderr or "absl" in loud.stderr
