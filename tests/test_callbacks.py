@@ -175,10 +175,23 @@ def test_linear_stability_batch_size_from_dataset_size():
     # B = ceil(64 / STEPS) = 16.
     _, _, growth = dense_growth(x, 0.3, 16, 64)
     assert history.history["sgd_growth"][0] == pytest.approx(growth, abs=1e-5)
-    with pytest.raises(ValueError, match="batch size"):
-        fit(model, x, y, [callbacks.LinearStability((x, y))], epochs=1)
-    with pytest.raises(ValueError, match="batch size"):
-        fit(model, x, y, [callbacks.NoiseAlignment((x, y))], epochs=1)
+
+
+def test_stability_callbacks_without_sizes_fail_at_construction():
+    x, y = problem()
+    for callback in (callbacks.LinearStability, callbacks.NoiseAlignment):
+        with pytest.raises(ValueError, match="batch_size=None, dataset_size"):
+            callback((x, y))
+
+
+def test_probe_data_that_does_not_fit_fails_at_train_begin():
+    x, y = problem()
+    model = linear_model(keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="has no targets `y`"):
+        fit(model, x, y, [callbacks.Sharpness(x)], epochs=1)
+    wrong = callbacks.HessianTrace((x[:, :2], y), max_overhead=None)
+    with pytest.raises(ValueError, match=r"does not fit the model.*\(2,\)"):
+        fit(model, x, y, [wrong], epochs=1)
 
 
 @multi_backend

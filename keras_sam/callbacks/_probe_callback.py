@@ -100,6 +100,7 @@ class ProbeCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._reset()
+        self._check_probe_fits_model()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -180,7 +181,45 @@ class ProbeCallback(keras.callbacks.Callback):
             dataset_size = batch_size * steps if steps else None
         return batch_size, dataset_size
 
+    @staticmethod
+    def check_sizes_given(owner, batch_size, dataset_size):
+        """At construction: one of `batch_size` and `dataset_size` is
+        needed (Keras does not pass the batch size to callbacks)."""
+        if batch_size is None and dataset_size is None:
+            raise ValueError(
+                f"{owner} needs the SGD batch size, which Keras does not "
+                "pass to callbacks: give `batch_size` (or `dataset_size`, "
+                "with `fit`'s steps per epoch known). Received: "
+                "batch_size=None, dataset_size=None."
+            )
+
     # Internals -------------------------------------------------------------
+
+    def _check_probe_fits_model(self):
+        """Runs the model on one probe sample, so that probe data of the
+        wrong shape, or without the targets the compiled loss needs,
+        fails here with a clear message instead of inside a compiled
+        Hessian-vector product."""
+        name = type(self).__name__
+        if self.probe.y is None and getattr(self.model, "loss", None):
+            raise ValueError(
+                f"{name}'s `probe_data` has no targets `y`, but the model's "
+                f"compiled loss ({self.model.loss!r}) needs them: pass "
+                "`(x, y)` or `(x, y, sample_weight)`."
+            )
+        x = self.probe.take(slice(0, 1))[0]
+        try:
+            self.model(x, training=False)
+        except Exception as error:
+            shapes = keras.tree.map_structure(
+                lambda a: tuple(a.shape[1:]), self.probe.x
+            )
+            raise ValueError(
+                f"{name}'s `probe_data` does not fit the model: its inputs "
+                f"have per-sample shapes {shapes}, and calling the model on "
+                f"one of them failed with {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}"
+            ) from error
 
     def _reset(self):
         self._start = time.perf_counter()
