@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from keras_sam.experiments import cli
@@ -267,3 +268,49 @@ def test_a_missing_backend_says_what_to_install(
     assert error.startswith("keras-sam demo: error: argument --backend")
     assert f"pip install -e '.[{extra}]'" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_demo_progress_counts_the_runs_epochs(capsys):
+    from keras_sam.experiments import demo
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    for epoch in range(3):
+        model.fit(x, y, epochs=epoch + 1, initial_epoch=epoch, verbose=2,
+                  callbacks=[demo._RunProgress(3)])
+    printed = capsys.readouterr().out
+    headers = [line for line in printed.splitlines()
+               if line.startswith("Epoch ")]
+    assert headers == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+
+
+def test_demo_plot_labels_axes_and_names_rho(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from keras_sam.experiments import demo
+
+    path = tmp_path / "history.csv"
+    rows = [{"optimizer": name, "epoch": 1, "loss": 1.0,
+             "test_accuracy": 0.5, "probe_sharpness": 0.1}
+            for name in ("sgd", "sam")]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = []
+    original = plt.close
+    plt.close = lambda figure=None: figures.append(figure)
+    try:
+        demo.plot_history(path, tmp_path / "curves.png",
+                          labels={"sgd": "SGD", "sam": "SAM (rho=0.05)"})
+    finally:
+        plt.close = original
+    axes = figures[0].axes
+    assert all(axis.get_ylabel() for axis in axes)
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["SGD", "SAM (rho=0.05)"]
+    assert list(axes[0].get_xticks()) == [1]

@@ -108,7 +108,9 @@ class LinearStability(ProbeCallback):
         )
         self.batch_size = optional_int("batch_size", batch_size)
         self.dataset_size = optional_int("dataset_size", dataset_size)
-        self.check_sizes_given("LinearStability", self.batch_size, self.dataset_size)
+        self.check_sizes_given(
+            "LinearStability", self.batch_size, self.dataset_size
+        )
         self.learning_rate = optional_learning_rate(learning_rate)
         self.momentum = optional_momentum(momentum)
         self.num_iterations = _validation.check_int(

@@ -83,7 +83,9 @@ class NoiseAlignment(ProbeCallback):
         )
         self.batch_size = optional_int("batch_size", batch_size)
         self.dataset_size = optional_int("dataset_size", dataset_size)
-        self.check_sizes_given("NoiseAlignment", self.batch_size, self.dataset_size)
+        self.check_sizes_given(
+            "NoiseAlignment", self.batch_size, self.dataset_size
+        )
         self.num_samples = _validation.check_int("num_samples", num_samples)
         self.max_exact_samples = _validation.check_int(
             "max_exact_samples", max_exact_samples, 0

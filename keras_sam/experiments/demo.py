@@ -101,6 +101,19 @@ def _probe_sharpness(probe, model, x, y, batch_size):
     return float(history.history["sam_sharpness"][-1])
 
 
+class _RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar for one epoch of a run fitted epoch by epoch:
+    its header counts the run's epochs ("Epoch 3/10"), not the call's."""
+
+    def __init__(self, total_epochs):
+        super().__init__()
+        self.total_epochs = total_epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+
 def _train(
     label,
     model,
@@ -125,6 +138,7 @@ def _train(
             initial_epoch=epoch,
             validation_data=test_data,
             verbose=verbose,
+            callbacks=[_RunProgress(epochs)] if verbose else [],
         )
         seconds = time.perf_counter() - start
         logs = {key: values[-1] for key, values in history.history.items()}
@@ -207,7 +221,7 @@ def run_demo(
         config, summary, seed, (len(train[0]), len(test[0]), probe_size)
     )
     paths["summary"].write_text(json.dumps(record, indent=2) + "\n")
-    plot_history(paths["history"], paths["plot"])
+    plot_history(paths["history"], paths["plot"], labels=dict(runs))
     return {"summary": summary, "history": rows, "paths": paths}
 
 
@@ -331,34 +345,43 @@ def _write_history(path, rows):
         writer.writerows(rows)
 
 
-def plot_history(csv_path, png_path):
+def plot_history(csv_path, png_path, labels=None):
     """Plots the demo's training curves from its `history.csv`.
 
     Args:
         csv_path: the `history.csv` written by `run_demo`.
         png_path: where to write the figure.
+        labels: optional `{optimizer: legend label}`, e.g.
+            `{"sam": "SAM (rho=0.05)"}`; defaults to the CSV's names.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
+    labels = labels or {}
     panels = (
-        ("loss", "train loss (clean)"),
-        ("test_accuracy", "test accuracy"),
-        ("probe_sharpness", "sharpness L(w+eps)-L(w)"),
+        ("loss", "train loss (clean)", "loss"),
+        ("test_accuracy", "test accuracy", "accuracy"),
+        ("probe_sharpness", "sharpness at the weights (probe)",
+         "L(w + eps) - L(w)"),
     )
     figure, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
-    for label in dict.fromkeys(row["optimizer"] for row in rows):
-        own = [row for row in rows if row["optimizer"] == label]
+    for name in dict.fromkeys(row["optimizer"] for row in rows):
+        own = [row for row in rows if row["optimizer"] == name]
         epochs = [int(row["epoch"]) for row in own]
-        for axis, (key, title) in zip(axes, panels):
+        for axis, (key, title, ylabel) in zip(axes, panels):
             values = [float(row[key]) for row in own]
-            axis.plot(epochs, values, marker="o", label=label.upper())
-            axis.set_title(title)
-            axis.set_xlabel("epoch")
+            axis.plot(epochs, values, marker="o",
+                      label=labels.get(name, name.upper()))
+            axis.set(title=title, xlabel="epoch", ylabel=ylabel)
+            # Whole epochs only (one epoch: a single tick, not 0.96-1.04).
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(set(epochs)) == 1:
+                axis.set_xticks(epochs)
     axes[0].legend()
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
