@@ -314,3 +314,11 @@ def test_demo_plot_labels_axes_and_names_rho(tmp_path):
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert legend == ["SGD", "SAM (rho=0.05)"]
     assert list(axes[0].get_xticks()) == [1]
+
+
+def test_the_parsers_model_names_are_the_registrys():
+    """The CLI repeats the names so that `--help` imports no Keras."""
+    from keras_sam import models
+    from keras_sam.experiments.cli import _arguments
+
+    assert _arguments.MODEL_NAMES == models.MODEL_NAMES
