@@ -337,3 +337,17 @@ def test_load_splits_says_the_training_set_is_too_small(tmp_path):
         "cifar10", data_dir=folder, source="npz", train_size=6
     )
     assert (len(splits.y_train), len(splits.y_validation)) == (5, 1)
+
+
+def test_unusable_data_dir_is_one_line_naming_every_attempt(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as error:
+        datasets.load_splits(
+            "cifar10", data_dir=empty, source="auto", download=False
+        )
+    message = str(error.value)
+    assert "\n" not in message
+    for attempt in ("npz: missing", "folder:", "tfds:"):
+        assert attempt in message
+    assert str(empty / "train.npz") in message

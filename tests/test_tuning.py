@@ -389,3 +389,23 @@ def test_kerastuner_check_names_the_version(monkeypatch):
     )
     with pytest.raises(ImportError, match=keras_tuner.__version__):
         _kerastuner_compat.check()
+
+
+def test_trial_begin_names_the_id_the_records_use(
+    tiny_splits, tmp_path, capsys
+):
+    hypermodel = tuning.SAMHyperModel(
+        tiny_splits,
+        RunConfig(model="small-cnn", epochs=1),
+        tuning.SearchSpace(rho_values=(0.05,), batch_sizes=(64,)),
+    )
+    tuner = tuning.make_tuner(
+        hypermodel, "grid", directory=tmp_path, seeds=(3, 7)
+    )
+    trial = keras_tuner.engine.trial.Trial(tuner.oracle.get_space(), "0000")
+    tuner.on_trial_begin(trial)
+    assert "Trial id 0000 (the trial_id column of trials.csv), seeds [3, 7]" \
+        in capsys.readouterr().out
+    tuner.oracle.verbose = 0
+    tuner.on_trial_begin(trial)
+    assert capsys.readouterr().out == ""

@@ -232,10 +232,10 @@ def read_source(name, data_dir, source, download):
             return readers[kind](name, data_dir, download)
         except _SourceUnavailable as error:
             attempts.append(f"{kind}: {error}")
-    tried = "\n".join(f"  - {attempt}" for attempt in attempts)
+    tried = "; ".join(attempts)
     raise ValueError(
         f"Could not load {name!r} (source={source!r}, "
-        f"data_dir={data_dir!r}). Tried:\n{tried}\n"
+        f"data_dir={data_dir!r}). Tried {tried}. "
         "Pass data_dir= a folder with train.npz and test.npz (the JPEG npz "
         "format), or an image folder tree data_dir/{train,test}/<class>/, "
         "or a tfds data directory (downloads need network access); for "

@@ -349,6 +349,17 @@ class _SeededTrials:
         self._executions = {}
         super().__init__(*args, executions_per_trial=len(seeds), **kwargs)
 
+    def on_trial_begin(self, trial):
+        # KerasTuner numbers trials from 1 ("Running Trial #1") and names
+        # them from "0000"; records and trials.csv use the name.
+        super().on_trial_begin(trial)
+        if self.oracle.verbose >= 1:
+            print(
+                f"Trial id {trial.trial_id} (the trial_id column of "
+                f"trials.csv), seeds {list(self.seeds)}",
+                flush=True,
+            )
+
     def run_trial(self, trial, *args, **kwargs):
         self._executions[trial.trial_id] = 0
         return super().run_trial(trial, *args, **kwargs)
