@@ -28,15 +28,23 @@ class ProbeCallback(keras.callbacks.Callback):
     scheduled, or skipped for time) gets NaN, so `History`, `CSVLogger`
     and TensorBoard stay aligned with the epochs.
 
-    Time budget. The callback keeps its own wall time below
-    `max_overhead` times the training time elapsed so far (both measured
-    from `on_train_begin`): a measurement that would go over is skipped
-    (one warning says so) and runs later, once training has earned the
-    time. The cost of a measurement is taken to be that of the previous
-    one; before the first, it is predicted from the training step time
-    (see `_estimate_cost`). The first measurement also compiles the
-    Hessian-vector product (`tf.function`, `jax.jit`), so it costs more
-    than later ones, and the budget is conservative after it.
+    First and last. Whatever `freq` and the budget say, the first epoch
+    and the last epoch of `fit` (the one numbered `epochs`) are measured,
+    so a run always logs where it started and where it ended; with
+    `freq_unit="step"` the first scheduled step is measured, and the
+    last epoch's logs get a measurement at its end unless its last step
+    had one.
+
+    Time budget. Between the first and the last measurement, the callback
+    keeps its own wall time below `max_overhead` times the training time
+    elapsed so far (both measured from `on_train_begin`): a measurement that
+    would go over is skipped (one warning says so) and runs later, once
+    training has earned the time. The two forced measurements count toward
+    the budget but are never skipped. The cost of a measurement is taken to
+    be that of the previous one; before the first, it is predicted from the
+    training step time (see `_estimate_cost`). The first measurement also
+    compiles the Hessian-vector product (`tf.function`, `jax.jit`), so it
+    costs more than later ones, and the budget is conservative after it.
     """
 
     log_names = ()
@@ -103,23 +111,34 @@ class ProbeCallback(keras.callbacks.Callback):
         self._check_probe_fits_model()
         self._start = time.perf_counter()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
+        self._measured_this_step = False
         if self.freq_unit == "step" and self._steps % self.freq == 0:
-            values = self._measure_within_budget()
+            values = self._measure_within_budget(force=self._latest is None)
+            self._measured_this_step = values is not None
             if values is not None and logs is not None:
                 logs.update(values)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
+        last = epoch + 1 == (self.params or {}).get("epochs")
+        values = None
         if self.freq_unit == "epoch":
-            values = None
-            if (epoch + 1) % self.freq == 0:
+            first = epoch == self._first_epoch
+            if first or last:
+                values = self._measure_within_budget(force=True)
+            elif (epoch + 1) % self.freq == 0:
                 values = self._measure_within_budget()
-            logs.update(values or self._missing())
         else:
-            logs.update(self._latest or self._missing())
+            if last and not self._measured_this_step:
+                self._measure_within_budget(force=True)
+            values = self._latest
+        if logs is not None:
+            logs.update(values or self._missing())
 
     # Helpers for subclasses ------------------------------------------------
 
@@ -227,12 +246,14 @@ class ProbeCallback(keras.callbacks.Callback):
         self._last_cost = None
         self._steps = 0
         self._latest = None
+        self._first_epoch = None
+        self._measured_this_step = False
 
     def _missing(self):
         return {name: float("nan") for name in self.log_names}
 
-    def _measure_within_budget(self):
-        if self.max_overhead is not None:
+    def _measure_within_budget(self, force=False):
+        if self.max_overhead is not None and not force:
             training = time.perf_counter() - self._start - self._spent
             estimate = self._estimate_cost(training)
             if self._spent + estimate > self.max_overhead * training:
@@ -268,9 +289,10 @@ class ProbeCallback(keras.callbacks.Callback):
             f"{type(self).__name__} skipped a measurement that would have "
             f"taken about {estimate:.3g} s, bringing its time to more than "
             f"max_overhead={self.max_overhead} of the {training:.3g} s of "
-            "training so far. It measures again when the budget allows; "
-            "skipped epochs log NaN. Raise `max_overhead` (or set it to "
-            "None), `freq`, or use fewer probe samples. (Warned once.)",
+            "training so far. It measures again when the budget allows "
+            "and always at the last epoch; skipped epochs log NaN. Raise "
+            "`max_overhead` (or set it to None), `freq`, or use fewer "
+            "probe samples. (Warned once.)",
             stacklevel=2,
         )
 

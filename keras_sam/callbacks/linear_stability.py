@@ -61,7 +61,9 @@ class LinearStability(ProbeCallback):
             `1`.
         freq_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
         max_overhead: Float or `None`, the largest fraction of training
-            wall time this callback may take. Defaults to `0.05`.
+            wall time this callback may take; `None` for no limit. The
+            first and the last epoch are measured regardless. Defaults to
+            `0.05`.
         probe_batch_size: Integer, samples per microbatch. Defaults to
             `128`.
         seed: Integer or `None`. Defaults to `None`.
