@@ -24,6 +24,16 @@ microbatch's gradient `g_b`, then averages the perturbed gradients: SAM
 with `m`-sharpness, `m = B` (the same as `SAMModel(num_batch_splits=k)` on
 a batch of `k B` samples), not one `eps` from the full-batch gradient.
 
+The other choice, one `eps` from the gradient of the whole (virtual)
+batch, needs every microbatch's clean gradient before the first perturbed
+pass, so it accumulates inside one step instead: feed batches of `k B`
+samples to `SAMModel(num_batch_splits=k, split_perturbation="shared")`
+with a plain optimizer. Its `k` clean passes give the batch's gradient,
+one `eps` follows from it (`m = k B`), and its `k` perturbed passes give
+the applied gradient. Both choices cost two passes per microbatch; the
+accumulating optimizer holds one microbatch in memory per `train_step`,
+the shared split one microbatch per pass.
+
 References:
     - Geiping, Goldblum, Pope, Moeller & Goldstein, 2021. Stochastic
       Training is Not Necessary for Generalization.

@@ -8,6 +8,7 @@ from keras_sam.rho_schedules import check_rho, serialize_rho
 from keras_sam.rule_state import RuleState
 
 PERTURBATIONS = ("replica", "global")
+SPLIT_PERTURBATIONS = ("per_split", "shared")
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -76,6 +77,20 @@ class SAMModel(SAMTrainer, keras.Model):
             equals one update with the whole batch's mean). A batch with
             fewer than `k` rows (a ragged last batch) is split into
             one-row chunks. Defaults to `None` (one chunk).
+        split_perturbation: `"per_split"` or `"shared"`, what
+            `num_batch_splits=k` splits. `"per_split"`: each chunk gets
+            its own `eps` (m-sharpness, `m = batch / k`), as above.
+            `"shared"`: gradient accumulation inside the step; the `k`
+            clean passes are accumulated into the whole batch's gradient,
+            one `eps` is taken from it (`m = batch`), and the `k`
+            perturbed passes at `w + eps` are accumulated into the
+            applied gradient. Both cost `2 k` chunk passes, each holding
+            one chunk's activations (torch runs them one after another;
+            on TensorFlow and JAX the compiler schedules them, and the
+            peak memory is not measured here). `"shared"` is SAM on the
+            whole batch for models without BatchNorm (which normalizes
+            each chunk by its own statistics). Defaults to
+            `"per_split"`.
         perturbation: `"replica"` or `"global"`. Under a
             `tf.distribute` strategy, `"replica"` lets each replica perturb
             with its own gradient, as the paper's 8-accelerator runs did;
@@ -122,6 +137,7 @@ class SAMModel(SAMTrainer, keras.Model):
         perturbation="replica",
         variant=None,
         perturb=None,
+        split_perturbation="per_split",
         **kwargs,
     ):
         rho = check_rho(rho)
@@ -145,6 +161,9 @@ class SAMModel(SAMTrainer, keras.Model):
             "num_batch_splits", num_batch_splits
         )
         _validation.check_choice("perturbation", perturbation, PERTURBATIONS)
+        _validation.check_choice(
+            "split_perturbation", split_perturbation, SPLIT_PERTURBATIONS
+        )
         super().__init__(**kwargs)
         self.model = model
         self.rho = rho
@@ -153,6 +172,7 @@ class SAMModel(SAMTrainer, keras.Model):
         self.eta = variant.eta if self.adaptive else eta
         self.num_batch_splits = num_batch_splits
         self.perturbation = perturbation
+        self.split_perturbation = split_perturbation
         self.perturb = perturb
         self.rule_state = RuleState(variant, perturb, name="rule_state")
         self.sharpness_tracker = keras.metrics.Mean(name="sam_sharpness")
@@ -191,6 +211,7 @@ class SAMModel(SAMTrainer, keras.Model):
             "variant": keras.saving.serialize_keras_object(self.variant),
             "num_batch_splits": self.num_batch_splits,
             "perturbation": self.perturbation,
+            "split_perturbation": self.split_perturbation,
             "perturb": perturbed_subset.serialize_perturb(self.perturb),
         }
         return config

@@ -144,6 +144,54 @@ def test_batch_splits_average_per_chunk_gradients(n, splits):
 
 
 @multi_backend
+@pytest.mark.parametrize("n,splits", [(12, 3), (10, 4), (3, 8)])
+def test_shared_split_perturbation_is_sam_on_the_whole_batch(n, splits):
+    """Accumulating the chunks' gradients into one `eps` (and the
+    perturbed ones into one descent) is SAM on the whole batch, sample
+    weights and regularization included."""
+    x, y, params = make_problem(n=n, seed=5)
+    kwargs = {"l2": 0.05, "sample_weight": np.linspace(0.5, 1.5, n)}
+    expected, logs = reference_run(
+        params, x, y, ref.SGD(0.2, momentum=0.9), 2, rho=0.2, **kwargs
+    )
+    sam, history = keras_run(
+        params, x, y, keras.optimizers.SGD(0.2, momentum=0.9), 2,
+        rho=0.2, num_batch_splits=splits, split_perturbation="shared",
+        **{**kwargs, "sample_weight": kwargs["sample_weight"].astype(
+            "float32")},
+    )
+    assert_weights_close(sam, expected)
+    for name, column in (("loss", 0), ("sam_sharpness", 1),
+                         ("grad_norm", 2)):
+        np.testing.assert_allclose(
+            history[name], np.array(logs)[:, column], rtol=1e-4, atol=1e-6
+        )
+    # ... and differs from one `eps` per chunk.
+    per_split, _ = reference_run(
+        params, x, y, ref.SGD(0.2, momentum=0.9), 2, rho=0.2,
+        splits=min(splits, n), **kwargs
+    )
+    assert not np.allclose(per_split[0], expected[0], rtol=1e-4)
+
+
+def test_shared_split_perturbation_with_gsam_and_save(tmp_path):
+    x, y, params = make_problem(n=12, seed=6)
+    expected, _ = reference_run(params, x, y, ref.SGD(0.1), 2, rho=0.1,
+                                alpha=0.3)
+    sam, _ = keras_run(
+        params, x, y, keras.optimizers.SGD(0.1), 2, rho=0.1,
+        num_batch_splits=4, split_perturbation="shared",
+        variant=keras_sam.variants.GSAM(alpha=0.3),
+    )
+    assert_weights_close(sam, expected)
+    sam.save(tmp_path / "shared.keras")
+    loaded = keras.models.load_model(tmp_path / "shared.keras")
+    assert loaded.split_perturbation == "shared"
+    with pytest.raises(ValueError, match="split_perturbation='global'"):
+        keras_sam.SAMModel(make_mlp(params), split_perturbation="global")
+
+
+@multi_backend
 @multi_backend
 def test_ragged_last_batch_smaller_than_the_splits_gets_one_row_chunks():
     """Batches of 8 and a last one of 2 rows, 4 splits: the 2-row batch is

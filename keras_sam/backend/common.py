@@ -194,6 +194,54 @@ def pass_result(gradients, clean_aux, sharpness, grad_norm,
     }
 
 
+def perturbation_splits(model):
+    """The number of chunks that get their own `eps`: `num_batch_splits`
+    with `split_perturbation="per_split"`, else one (the whole batch)."""
+    if model.split_perturbation == "shared":
+        return 1
+    return model.num_batch_splits or 1
+
+
+def split_gradients(model, loss_and_grads, non_trainable_variables):
+    """`loss_and_grads` as the SAM passes call it: on the whole batch, or,
+    with `split_perturbation="shared"` and `num_batch_splits=k`, as the
+    size-weighted mean over `k` chunks, each a pass of its own (gradient
+    accumulation inside the step: one `eps` from the whole batch's
+    gradient, each pass holding one chunk's activations).
+
+    Same signature: `(point, non_trainable, metrics, x, y, sample_weight)
+    -> ((scaled_loss, (loss, y_pred, non_trainable, metrics)), grads)`;
+    the chunks share state as in `over_chunks`.
+    """
+    num_splits = model.num_batch_splits or 1
+    if model.split_perturbation != "shared" or num_splits == 1:
+        return loss_and_grads
+
+    def accumulated(point, non_trainable, metrics, x, y, sample_weight):
+        def chunk_pass(state, metrics, batch):
+            (scaled, aux), grads = loss_and_grads(point, state, metrics, *batch)
+            loss, y_pred, new_state, new_metrics = aux
+            return {
+                "gradients": grads, "non_trainable": new_state,
+                "metrics": new_metrics, "y_pred": y_pred,
+                "loss": loss, "scaled_loss": scaled,
+            }
+
+        result = over_chunks(
+            chunk_pass, num_splits, non_trainable_variables, non_trainable,
+            metrics, (x, y, sample_weight),
+        )
+        aux = (result["loss"], result["y_pred"], result["non_trainable"],
+               result["metrics"])
+        return (result["scaled_loss"], aux), result["gradients"]
+
+    return accumulated
+
+
+# The entries of a pass result that are not scalars averaged over chunks.
+_STRUCTURED = ("gradients", "non_trainable", "metrics", "y_pred")
+
+
 def over_chunks(sam_pass, num_splits, non_trainable_variables,
                 non_trainable_values, metrics_values, batch):
     """Runs `sam_pass(non_trainable, metrics, batch)` on the whole batch,
@@ -203,7 +251,8 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
     statistics), whose new value is the size-weighted mean of the chunks'
     updates; integer state (seed counters) runs on from chunk to chunk, so
     that chunks draw different dropout masks; metrics run on too. The
-    descent gradients and the logged scalars are size-weighted means.
+    descent gradients and the scalars (every other entry of the pass's
+    dict: losses, the logged values) are size-weighted means.
     """
     if num_splits == 1:
         return sam_pass(non_trainable_values, metrics_values, batch)
@@ -258,7 +307,7 @@ def over_chunks(sam_pass, num_splits, non_trainable_variables,
         ),
         **{
             name: sum(w * p[name] for w, p in zip(weights, parts))
-            for name in ("loss", "sam_sharpness", "grad_norm", "ascended")
+            for name in last if name not in _STRUCTURED
         },
     }
 
@@ -274,7 +323,7 @@ def _without_empty_chunk(part, non_empty, previous_metrics):
         return ops.where(non_empty, value, other)
 
     part = dict(part)
-    for name in ("loss", "sam_sharpness", "grad_norm", "ascended"):
+    for name in [name for name in part if name not in _STRUCTURED]:
         # Keras's loss of an empty batch can have shape (0,): sum it.
         value = part[name]
         part[name] = keep(ops.sum(value) if hasattr(value, "dtype") else value)

@@ -65,8 +65,12 @@ class SAMTrainer:
             self, trainable, rho,
             common.momentum_values(self, optimizer_values),
         )
-        loss_and_grads = value_and_grad(
-            common.scaled_loss(self, scale_loss, variables)
+        # On the whole batch, or accumulated over its chunks when they
+        # share one perturbation (`split_perturbation="shared"`).
+        loss_and_grads = common.split_gradients(
+            self, value_and_grad(common.scaled_loss(self, scale_loss,
+                                                    variables)),
+            variables[1],
         )
 
         def sam_pass(non_trainable, metrics, batch):
@@ -107,7 +111,7 @@ class SAMTrainer:
             )
 
         result = common.over_chunks(
-            sam_pass, self.num_batch_splits or 1, variables[1],
+            sam_pass, common.perturbation_splits(self), variables[1],
             non_trainable, metrics, (x, y, sample_weight),
         )
         result = common.per_batch_scalars(

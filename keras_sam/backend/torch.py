@@ -164,8 +164,12 @@ class SAMTrainer:
         first_point = common.first_pass_point(
             self, trainable, rho, common.momentum_values(self)
         )
-        loss_and_grads = value_and_grad(
-            common.scaled_loss(self, scale_loss, variables)
+        # On the whole batch, or accumulated over its chunks when they
+        # share one perturbation (`split_perturbation="shared"`).
+        loss_and_grads = common.split_gradients(
+            self, value_and_grad(common.scaled_loss(self, scale_loss,
+                                                    variables)),
+            variables[1],
         )
 
         def sam_pass(non_trainable, metrics, batch):
@@ -210,7 +214,7 @@ class SAMTrainer:
             )
 
         result = common.over_chunks(
-            sam_pass, self.num_batch_splits or 1, variables[1],
+            sam_pass, common.perturbation_splits(self), variables[1],
             [v.value for v in variables[1]], [v.value for v in variables[2]],
             (x, y, sample_weight),
         )
