@@ -12,8 +12,10 @@ step (per chunk with `num_batch_splits`) runs:
 
 A cheaper rule skips steps 2-3 on some steps: `variant.ascends_at(step,
 state)` is `True` (every step) or a boolean tensor decided inside the
-compiled step (`keras.ops.cond`, the same on every replica), and on the
-other steps the optimizer applies `variant.between(g, state)`, one pass.
+compiled step (`keras.ops.cond`), and on the other steps the optimizer
+applies `variant.between(g, state)`, one pass. A rule that decides from
+the gradient (AE-SAM) first records `||g||` in its state with
+`variant.observe(||g||, state)`.
 
 Rules are pure functions of tensors written in `keras.ops`, the same on
 every backend. A rule with state (Friendly-SAM's moving average) declares
@@ -57,6 +59,12 @@ class Variant:
     def first_point(self, weights, rho, momentum):
         """Where the first pass is taken: `w` (the clean pass)."""
         return weights
+
+    def observe(self, gradient_norm, state):
+        """The state after seeing this step's clean gradient norm `||g||`
+        (true-gradient units, before the decision); unchanged by
+        default."""
+        return state
 
     def ascends_at(self, step, state):
         """Whether step `step` (the optimizer's `iterations` before the
@@ -398,6 +406,98 @@ class LateSAM(SAM):
 
     def get_config(self):
         return {"start_step": self.start_step}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class AESAM(SAM):
+    """SAM where the gradient is unusually large, plain steps elsewhere
+    (AE-SAM, Jiang et al., 2023, Algorithm 1).
+
+    With `n_t = ||g_t||^2` the squared norm of the step's clean gradient,
+    the rule keeps its moving mean and variance,
+
+        mu_t = delta mu_{t-1} + (1 - delta) n_t,
+        s_t = delta s_{t-1} + (1 - delta) (n_t - mu_t)^2,
+
+    from `mu_0 = s_0 = 0`, and makes the SAM step where
+    `n_t >= mu_t + c_t sqrt(s_t)`, the plain step elsewhere. The
+    coefficient `c_t` moves linearly from `lower` at step 0 to `upper` at
+    `total_steps` (and stays there), so SAM steps grow rarer as training
+    goes on. A non-finite norm leaves the statistics as they were and
+    makes no ascent (a mixed-precision loss scale then skips the step).
+    Cost:
+    `1 + f` passes per step, `f` the fraction of SAM steps. With
+    `num_batch_splits`, each chunk decides from its own gradient; under
+    `tf.distribute` with `perturbation="replica"`, each replica decides
+    from its own, as it perturbs with its own (`"global"` for one
+    decision). The defaults `decay=0.9`, `lower=-1`, `upper=1` are this
+    package's; the paper tunes `lower` and `upper` per task.
+
+    Args:
+        total_steps: Positive integer, the step at which `c_t` reaches
+            `upper` (usually the training's number of steps).
+        decay: Float in `[0, 1)`, `delta`. Defaults to `0.9`.
+        lower: Float, `c_0`. Defaults to `-1.0`.
+        upper: Float, `c_t` from `total_steps` on. Defaults to `1.0`.
+
+    Reference:
+        Jiang, Yang, Zhang and Kwok, 2023. An Adaptive Policy to Employ
+        Sharpness-Aware Minimization. ICLR.
+        https://arxiv.org/abs/2304.14647
+    """
+
+    def __init__(self, total_steps, decay=0.9, lower=-1.0, upper=1.0):
+        self.total_steps = _validation.check_int("total_steps", total_steps)
+        if not _validation.is_real(decay) or not 0.0 <= decay < 1.0:
+            raise ValueError(
+                "Argument `decay` must be a number in [0, 1). "
+                f"Received: decay={decay!r}."
+            )
+        for name, value in (("lower", lower), ("upper", upper)):
+            if not _validation.is_real(value) or not np.isfinite(value):
+                raise ValueError(
+                    f"Argument `{name}` must be a finite number. "
+                    f"Received: {name}={value!r}."
+                )
+        self.decay = float(decay)
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def state_shapes(self, perturbed, trainable):
+        # The moving mean and variance of n_t, and n_t itself.
+        return [(), (), ()]
+
+    def observe(self, gradient_norm, state):
+        mean, variance, _ = state
+        squared = ops.square(ops.cast(gradient_norm, "float32"))
+        new_mean = self.decay * mean + (1.0 - self.decay) * squared
+        new_variance = self.decay * variance + (1.0 - self.decay) * ops.square(
+            squared - new_mean
+        )
+        finite = ops.isfinite(squared)
+        return [
+            ops.where(finite, new_mean, mean),
+            ops.where(finite, new_variance, variance),
+            squared,
+        ]
+
+    def coefficient(self, step):
+        """`c_t`, linear from `lower` to `upper` over `total_steps`."""
+        fraction = ops.minimum(
+            ops.cast(step, "float32") / float(self.total_steps), 1.0
+        )
+        return self.lower + (self.upper - self.lower) * fraction
+
+    def ascends_at(self, step, state):
+        mean, variance, squared = state
+        threshold = mean + self.coefficient(step) * ops.sqrt(variance)
+        return ops.logical_and(
+            ops.isfinite(squared), ops.greater_equal(squared, threshold)
+        )
+
+    def get_config(self):
+        return {"total_steps": self.total_steps, "decay": self.decay,
+                "lower": self.lower, "upper": self.upper}
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")

@@ -228,3 +228,24 @@ class Adam:
             p - alpha * m / (np.sqrt(v) + self.eps)
             for p, m, v in zip(params, self.m, self.v)
         ]
+
+
+class AESAMPolicy:
+    """AE-SAM's decision (Jiang et al. 2023, Algorithm 1): moving mean
+    and variance of `n = ||g||^2`, SAM where `n >= mu + c_t sqrt(s)`, `c_t`
+    linear from `lower` to `upper` over `total_steps`."""
+
+    def __init__(self, total_steps, decay, lower, upper):
+        self.total_steps, self.decay = total_steps, decay
+        self.lower, self.upper = lower, upper
+        self.mean = self.variance = 0.0
+
+    def decide(self, step, grads):
+        n = _dot(grads, grads)
+        self.mean = self.decay * self.mean + (1 - self.decay) * n
+        self.variance = (self.decay * self.variance
+                         + (1 - self.decay) * (n - self.mean) ** 2)
+        c = self.lower + (self.upper - self.lower) * min(
+            step / self.total_steps, 1.0)
+        threshold = self.mean + c * np.sqrt(self.variance)
+        return n >= threshold, abs(n - threshold) / n

@@ -204,6 +204,7 @@ def test_save_load_keeps_rule_state_and_training_continues_identically(
     variants.LookSAM(every=3, alpha=0.5),
     variants.RandomizedSAM(probability=0.3, seed=4, period=100),
     variants.LateSAM(start_step=7), variants.MomentumSAM(),
+    variants.AESAM(total_steps=50, decay=0.8, lower=-0.2, upper=2.0),
 ])
 def test_every_variant_and_argument_survives_get_config(variant):
     _, _, params = make_problem()
@@ -243,6 +244,9 @@ def test_bad_arguments_name_the_argument(kwargs, message):
     (lambda: variants.FriendlySAM(decay=1.0), "Received: decay=1.0"),
     (lambda: variants.FriendlySAM(sigma=-1), "Received: sigma=-1"),
     (lambda: variants.ASAM(eta=-1), "Received: eta=-1"),
+    (lambda: variants.AESAM(total_steps=0), "Received: total_steps=0"),
+    (lambda: variants.AESAM(10, decay=1.0), "Received: decay=1.0"),
+    (lambda: variants.AESAM(10, lower=float("nan")), "Received: lower=nan"),
 ])
 def test_bad_rule_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
@@ -422,3 +426,48 @@ def test_momentum_sam_needs_sgd_with_momentum(optimizer, message):
     sam.compile(optimizer=optimizer(), loss="mse")
     with pytest.raises(ValueError, match=message):
         sam.fit(x, y, epochs=1, verbose=0)
+
+
+@multi_backend
+def test_aesam_decides_from_the_gradient_norm_like_numpy():
+    x, y, params = make_problem(seed=10)
+    steps = 8
+    rule = {"total_steps": 8, "decay": 0.5, "lower": -0.5, "upper": 1.0}
+    policy = ref.AESAMPolicy(**rule)
+    weights = [p.astype("float64") for p in params]
+    optimizer = ref.SGD(0.1, momentum=0.9)
+    want, decisions = [], []
+    for step in range(steps):
+        _, grads = ref.forward_backward(
+            weights, x.astype("float64"), y.astype("float64")
+        )
+        decision, margin = policy.decide(step, grads)
+        assert margin > 1e-4  # float32 cannot flip the decision
+        grads, _ = ref.cheap_sam_gradient(
+            weights, x.astype("float64"), y.astype("float64"), 0.1, decision
+        )
+        weights = optimizer.apply(weights, grads)
+        want.append(weights)
+        decisions.append(bool(decision))
+    assert any(decisions) and not all(decisions)
+    model, got, history = keras_steps(
+        params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
+        rho=0.1, variant=variants.AESAM(**rule),
+    )
+    assert_steps_close(got, want)
+    logged = np.array(history["sam_sharpness"])
+    np.testing.assert_array_equal(logged == 0.0, ~np.array(decisions))
+    mean, variance, _ = [float(keras.ops.convert_to_numpy(v))
+                         for v in model.rule_state.weights]
+    np.testing.assert_allclose([mean, variance],
+                               [policy.mean, policy.variance], rtol=1e-5)
+
+
+def test_aesam_ignores_a_non_finite_gradient_norm():
+    rule = variants.AESAM(total_steps=10)
+    state = [keras.ops.convert_to_tensor(v) for v in (2.0, 0.5, 1.0)]
+    kept = rule.observe(float("inf"), state)
+    np.testing.assert_array_equal(
+        [float(keras.ops.convert_to_numpy(v)) for v in kept[:2]], [2.0, 0.5]
+    )
+    assert not bool(keras.ops.convert_to_numpy(rule.ascends_at(3, kept)))

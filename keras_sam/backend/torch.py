@@ -205,7 +205,7 @@ class SAMTrainer:
             # Steps 2-3 where the rule ascends (every step for SAM);
             # else its one-pass step.
             applied, sharpness, ascended, state = common.maybe_ascend(
-                self, step, state, gradients, with_ascent
+                self, step, state, gradients, norm / unit, with_ascent
             )
             return common.pass_result(
                 applied, clean, sharpness, norm / unit,
