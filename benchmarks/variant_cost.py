@@ -49,6 +49,10 @@ def arms(rho):
             {"rho": rho, "variant": variants.LookSAM(every=5)}, 1.25),
         "RandomizedSAM(p=0.5)": (
             {"rho": rho, "variant": variants.RandomizedSAM(0.5)}, 1.55),
+        # Its fraction of SAM steps depends on the gradient norms; the
+        # `sam_step_fraction` column gives it.
+        "AESAM": (
+            {"rho": rho, "variant": variants.AESAM(total_steps=1000)}, None),
         "LateSAM, before start": (
             {"rho": rho, "variant": variants.LateSAM(10**9)}, None),
         "MomentumSAM": (
@@ -70,11 +74,19 @@ def build(kwargs, seed, width, optimizer_momentum=0.9):
 
 
 def time_block(model, x, y, steps):
+    """Seconds for `steps` steps, and the fraction of them that made the
+    ascent (a step without it logs `sam_sharpness` 0)."""
     start = time.perf_counter()
+    sharpness = []
     for _ in range(steps):
         logs = model.train_on_batch(x, y, return_dict=True)
+        sharpness.append(logs.get("sam_sharpness"))
     keras.ops.convert_to_numpy(logs["loss"])
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if sharpness[0] is None:
+        return seconds, 0.0
+    values = [float(keras.ops.convert_to_numpy(v)) for v in sharpness]
+    return seconds, sum(v != 0.0 for v in values) / steps
 
 
 def measure(args):
@@ -88,13 +100,15 @@ def measure(args):
         time_block(model, x, y, args.block)
     rows = []
     for round_index in range(args.rounds):
-        times = {name: time_block(model, x, y, args.block)
-                 for name, model in models.items()}
-        for name, seconds in times.items():
+        blocks = {name: time_block(model, x, y, args.block)
+                  for name, model in models.items()}
+        times = {name: block[0] for name, block in blocks.items()}
+        for name, (seconds, fraction) in blocks.items():
             rows.append({
                 "round": round_index, "arm": name, "seconds": seconds,
                 "step_ms": 1000 * seconds / args.block,
                 "ratio_to_plain": seconds / times["plain"],
+                "sam_step_fraction": fraction,
             })
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{n} {times[n] / times['plain']:.2f}x" for n in times),
@@ -112,6 +126,8 @@ def summarize(rows, specs):
             "arm": name, "median_step_ms": statistics.median(steps),
             "median_ratio": statistics.median(ratios),
             "ratio_q1": quartiles[0], "ratio_q3": quartiles[2],
+            "sam_step_fraction": statistics.mean(
+                r["sam_step_fraction"] for r in rows if r["arm"] == name),
             "target": target,
         })
     return summary
@@ -142,8 +158,9 @@ def write(rows, summary, args, backend):
         f"end {benchmark_env.load_average()}. Rows: "
         f"[variant_cost_{backend}.csv](variant_cost_{backend}.csv).",
         "",
-        "| arm | median step ms | ratio to plain (median, IQR) | target |",
-        "|---|---|---|---|",
+        "| arm | median step ms | ratio to plain (median, IQR) | SAM steps "
+        "| target |",
+        "|---|---|---|---|---|",
     ]
     for s in summary:
         target = "" if s["target"] is None else (
@@ -153,7 +170,8 @@ def write(rows, summary, args, backend):
         lines.append(
             f"| {s['arm']} | {s['median_step_ms']:.1f} | "
             f"{s['median_ratio']:.2f}x ({s['ratio_q1']:.2f}-"
-            f"{s['ratio_q3']:.2f}) | {target} |"
+            f"{s['ratio_q3']:.2f}) | {100 * s['sam_step_fraction']:.0f}% "
+            f"| {target} |"
         )
     lines.append(end)
     benchmark_env.write_readme_section(output, begin, end, "\n".join(lines))

@@ -27,5 +27,8 @@ def test_every_arm_is_timed_every_round_against_plain(tmp_path):
                      if p["arm"] == "plain" and p["round"] == r["round"])
         ratio = float(r["seconds"]) / float(plain["seconds"])
         assert float(r["ratio_to_plain"]) == pytest.approx(ratio)
+    fraction = {r["arm"]: float(r["sam_step_fraction"]) for r in rows}
+    assert fraction["plain"] == fraction["MomentumSAM"] == 0.0
+    assert fraction["SAM"] == 1.0 and fraction["LateSAM, before start"] == 0
     readme = (tmp_path / "README.md").read_text()
     assert all(f"| {name} |" in readme for name in names)
