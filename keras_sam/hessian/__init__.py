@@ -48,14 +48,22 @@ References:
 """
 
 from keras_sam.hessian.alignment import noise_alignment
+from keras_sam.hessian.density import eigenvalue_density, smoothed_density
 from keras_sam.hessian.probe import (
     DEFAULT_PROBE_BATCH_SIZE,
     ProbeSet,
     as_probe_set,
 )
+from keras_sam.hessian.sharpness import (
+    SHARPNESS_KINDS,
+    SHARPNESS_NORMS,
+    adaptive_sharpness,
+    keskar_sharpness,
+)
 from keras_sam.hessian.spectrum import (
     hessian_trace,
     hessian_vector_product,
+    layer_top_eigenvalues,
     top_eigenvalues,
 )
 from keras_sam.hessian.stability import (
@@ -70,11 +78,18 @@ __all__ = [
     "DEFAULT_PROBE_BATCH_SIZE",
     "DEFAULT_STABILITY_TOLERANCE",
     "ProbeSet",
+    "SHARPNESS_KINDS",
+    "SHARPNESS_NORMS",
+    "adaptive_sharpness",
     "as_probe_set",
+    "eigenvalue_density",
     "gd_stability_threshold",
     "hessian_trace",
     "hessian_vector_product",
+    "keskar_sharpness",
+    "layer_top_eigenvalues",
     "linear_stability",
     "noise_alignment",
+    "smoothed_density",
     "top_eigenvalues",
 ]
