@@ -811,3 +811,58 @@ def test_mlp_density_eigenvectors_and_blocks_against_dense_hessian():
         assert tops[layer][0] == pytest.approx(
             np.linalg.eigvalsh(block)[-1], rel=1e-4, abs=1e-6
         )
+
+
+def test_bad_input_of_the_density_and_sharpness_functions():
+    x, y = least_squares_data()
+    model = least_squares_model(3)
+    data = (x, y)
+
+    def raises(match, function, *args, **kwargs):
+        with pytest.raises(ValueError, match=match):
+            function(*args, **kwargs)
+
+    raises("num_steps=0", hessian.eigenvalue_density, model, data, 0)
+    raises("num_runs=0", hessian.eigenvalue_density, model, data, 3, 0)
+    raises("seed=1.5", hessian.eigenvalue_density, model, data, seed=1.5)
+    raises("`density`", hessian.smoothed_density, {"nodes": [1.0]})
+    raises(
+        "same shape", hessian.smoothed_density,
+        {"nodes": [1.0, 2.0], "weights": [1.0]},
+    )
+    density = {"nodes": [1.0, 2.0], "weights": [0.5, 0.5]}
+    raises("sigma=0", hessian.smoothed_density, density, sigma=0)
+    raises("num_points=1", hessian.smoothed_density, density, num_points=1)
+    raises("`grid`", hessian.smoothed_density, density, grid=[[1.0]])
+    raises(
+        "return_eigenvectors=1", hessian.top_eigenvalues, model, data,
+        return_eigenvectors=1,
+    )
+    raises(
+        "per_layer='yes'", hessian.hessian_trace, model, data, per_layer="yes"
+    )
+    raises(
+        "num_iterations=1, k=2", hessian.layer_top_eigenvalues, model, data,
+        k=2, num_iterations=1,
+    )
+    raises("epsilon=0", hessian.keskar_sharpness, model, data, epsilon=0)
+    raises(
+        "max_iterations=0", hessian.keskar_sharpness, model, data,
+        max_iterations=0,
+    )
+    raises("rho=-1", hessian.adaptive_sharpness, model, data, -1)
+    raises("kind='max'", hessian.adaptive_sharpness, model, data, 0.1, "max")
+    raises(
+        "norm='l1'", hessian.adaptive_sharpness, model, data, 0.1, norm="l1"
+    )
+    raises(
+        "adaptive=None", hessian.adaptive_sharpness, model, data, 0.1,
+        adaptive=None,
+    )
+    raises(
+        "batch_size=0", hessian.adaptive_sharpness, model, data, 0.1,
+        batch_size=0,
+    )
+    raises("not compiled", hessian.keskar_sharpness, keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(1)]
+    ), data)

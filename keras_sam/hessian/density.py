@@ -5,7 +5,11 @@ import math
 
 import numpy as np
 
-from keras_sam._validation import check_int, check_positive_float
+from keras_sam._validation import (
+    check_int,
+    check_positive_float,
+    short_repr,
+)
 from keras_sam.hessian.curvature import _prepare
 from keras_sam.hessian.linalg import _lanczos_ritz_pairs, _rng
 from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
@@ -152,7 +156,7 @@ def _quadrature_arrays(density):
         raise ValueError(
             "Argument `density` must be a dict with `nodes` and `weights` "
             "(what `eigenvalue_density` returns). Received: "
-            f"density={density!r:.200}."
+            f"density={short_repr(density)}."
         )
     nodes = np.asarray(density["nodes"], np.float64)
     weights = np.asarray(density["weights"], np.float64)
@@ -165,7 +169,7 @@ def _quadrature_arrays(density):
     if nodes.size == 0 or not np.all(np.isfinite(nodes)):
         raise ValueError(
             "Argument `density` must have finite, non-empty `nodes`. "
-            f"Received: nodes={nodes!r:.200}."
+            f"Received: nodes={short_repr(nodes)}."
         )
     return nodes.ravel(), weights.reshape(-1, nodes.shape[-1])
 
@@ -183,6 +187,6 @@ def _check_grid(grid):
     if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
         raise ValueError(
             "Argument `grid` must be a non-empty 1-D array of finite "
-            f"numbers or None. Received: grid={grid!r:.200}."
+            f"numbers or None. Received: grid={short_repr(grid)}."
         )
     return array

@@ -146,14 +146,14 @@ def adaptive_sharpness(
     (the expectation is linear); it is the mean over `num_samples`
     Gaussian draws on the whole probe set, with its standard error.
 
-    The worst case is found approximately (the paper uses Auto-PGD, 20
-    iterations) by projected gradient ascent in the scaled variable `u =
-    delta / c`, `|u|_p <= rho`: steps along `sign(c * g)` (linf) or
-    `c * g / |c * g|` (l2), `g` the gradient at `w + c * u`, projected
-    back onto the ball. The first step has length `2 rho`; a step that
-    does not raise the loss is rejected and the step length halved, so
-    the loss found never decreases. Each of the `num_steps` steps is one
-    loss-and-gradient evaluation per batch. The ascent starts at a random
+    The worst case is found approximately (the paper uses Auto-PGD) by
+    projected gradient ascent in the scaled variable `u = delta / c`,
+    `|u|_p <= rho`: steps along `sign(c * g)` (linf) or `c * g / |c * g|`
+    (l2), `g` the gradient at `w + c * u`, projected back onto the ball.
+    The step size starts at `2 rho`; a step that does not raise the loss
+    is rejected and the step size halved, so the loss found never
+    decreases. The ascent costs `num_steps` loss-and-gradient
+    evaluations per batch, the start's included. It starts at a random
     point (uniform in the linf ball; at radius `rho / 2` in a uniformly
     random direction for l2), since at a minimum the gradient is zero.
     With `c = |w|`, weights that are exactly zero are not perturbed.
