@@ -866,3 +866,27 @@ def test_bad_input_of_the_density_and_sharpness_functions():
     raises("not compiled", hessian.keskar_sharpness, keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(1)]
     ), data)
+
+
+@multi_backend
+def test_new_measurements_leave_the_model_unchanged():
+    x, y, weights = mlp_data()
+    inner = mlp_with_batchnorm()
+    sam = keras_sam.SAMModel(inner, rho=0.05)
+    sam.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    data = (x, y, weights)
+    before = snapshot(sam)
+    hessian.eigenvalue_density(sam, data, num_steps=3, num_runs=1, seed=0)
+    hessian.top_eigenvalues(
+        sam, data, num_iterations=3, seed=0, return_eigenvectors=True
+    )
+    hessian.layer_top_eigenvalues(sam, data, num_iterations=2, seed=0)
+    hessian.hessian_trace(sam, data, num_samples=1, seed=0, per_layer=True)
+    hessian.keskar_sharpness(sam, data, max_iterations=2, seed=0)
+    for kind in hessian.SHARPNESS_KINDS:
+        hessian.adaptive_sharpness(
+            sam, data, 0.01, kind, num_steps=2, num_samples=2, seed=0
+        )
+    keras_sam.landscape.loss_surface_1d(sam, data, num_points=2, seed=0)
+    for old, new in zip(before, snapshot(sam)):
+        np.testing.assert_array_equal(old, new)
