@@ -121,11 +121,13 @@ def top_eigenvalues(
 
     >>> keras_sam.hessian.top_eigenvalues(model, (x, y), k=2, seed=0)
     array([31.72, 12.05])
-    >>> values, vectors = keras_sam.hessian.top_eigenvalues(
-    ...     model, (x, y), seed=0, return_eigenvectors=True
-    ... )
-    >>> [v.shape for v in vectors[0]]
-    [(3, 4), (4,), (4, 1), (1,)]
+
+    ```python
+    values, vectors = keras_sam.hessian.top_eigenvalues(
+        model, (x, y), seed=0, return_eigenvectors=True
+    )
+    top_vector = vectors[0]  # arrays shaped like the trainable variables
+    ```
 
     References:
         - Lanczos, 1950. https://doi.org/10.6028/jres.045.026
@@ -280,11 +282,13 @@ def hessian_trace(
 
     >>> keras_sam.hessian.hessian_trace(model, (x, y), seed=0)
     {'trace': 152.3, 'trace_stderr': 4.1, 'frobenius_norm': 40.2}
-    >>> result = keras_sam.hessian.hessian_trace(
-    ...     model, (x, y), seed=0, per_layer=True
-    ... )
-    >>> result["per_layer"]["dense"]
-    {'trace': 40.5, 'trace_stderr': 1.9}
+
+    ```python
+    result = keras_sam.hessian.hessian_trace(
+        model, (x, y), seed=0, per_layer=True
+    )
+    result["per_layer"]["dense"]  # {'trace': 40.5, 'trace_stderr': 1.9}
+    ```
 
     References:
         - Hutchinson, 1989.
