@@ -555,3 +555,338 @@ def test_bad_input_raises_value_error():
     raises("not compiled", hessian.top_eigenvalues, uncompiled, data)
     raises("`model` must be", hessian.hessian_trace, "model", data)
     raises("`data`", hessian.top_eigenvalues, model, None)
+
+
+# Eigenvalue density, eigenvectors, per-layer curvature ------------------------
+
+
+def axis_aligned_problem(w_star=(0.5, -1.5, 2.0, 0.0)):
+    """Rows along the axes and targets `x . w_star`: the loss is 0 at
+    `w_star`, with the diagonal Hessian `H_kk = 2 mean_n x_nk^2`."""
+    scales = np.array([1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.3, 1.7])
+    axes = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    dim = len(w_star)
+    x = np.zeros((len(scales), dim), "float32")
+    x[np.arange(len(scales)), axes] = scales
+    w_star = np.asarray(w_star, np.float64)
+    y = (x.astype(np.float64) @ w_star)[:, None].astype("float32")
+    diagonal = np.array(
+        [2 * np.sum(scales[axes == k] ** 2) / len(scales) for k in range(dim)]
+    )
+    return x, y, diagonal
+
+
+@multi_backend
+def test_eigenvalue_density_is_exact_for_a_diagonal_hessian():
+    # A Rademacher start has (v . e_k)^2 = 1 / n: with n Lanczos steps the
+    # quadrature puts mass 1 / n on each eigenvalue, so its first moment
+    # is Tr(H) / n exactly.
+    x, y, diagonal = axis_aligned_problem()
+    model = least_squares_model(4, weights=[0.5, -1.5, 2.0, 0.0])
+    density = hessian.eigenvalue_density(
+        model, (x, y), num_steps=4, num_runs=3, seed=0
+    )
+    assert density["nodes"].shape == density["weights"].shape == (3, 4)
+    for nodes, weights in zip(density["nodes"], density["weights"]):
+        np.testing.assert_allclose(nodes, np.sort(diagonal), rtol=1e-5)
+        np.testing.assert_allclose(weights, 0.25, rtol=1e-5)
+        assert weights @ nodes == pytest.approx(np.mean(diagonal), rel=1e-5)
+
+
+@multi_backend
+def test_eigenvalue_density_moments_and_range():
+    x, y = least_squares_data(n=7, dim=4)
+    model = least_squares_model(4)
+    h = per_sample_hessians(x).mean(axis=0)
+    exact = np.linalg.eigvalsh(h)
+    num_runs = 64
+    density = hessian.eigenvalue_density(
+        model, (x, y), num_steps=3, num_runs=num_runs, seed=1
+    )
+    np.testing.assert_allclose(density["weights"].sum(axis=1), 1.0, rtol=1e-9)
+    assert density["nodes"].min() >= exact[0] * (1 - 1e-5) - 1e-6
+    assert density["nodes"].max() <= exact[-1] * (1 + 1e-5)
+    first_moments = np.sum(density["weights"] * density["nodes"], axis=1)
+    # Per run v^T H v, v a unit Rademacher vector: mean Tr(H) / n and
+    # variance 2 sum_{i != j} H_ij^2 / n^2.
+    spread = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2))) / 4
+    assert abs(first_moments.mean() - np.trace(h) / 4) < 4 * spread / np.sqrt(
+        num_runs
+    )
+
+
+def test_smoothed_density_is_a_normalized_gaussian_mixture():
+    density = {
+        "nodes": np.array([[0.0, 1.0, 4.0], [0.5, 2.0, 4.0]]),
+        "weights": np.array([[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]),
+    }
+    curve = hessian.smoothed_density(density, num_points=4001, sigma=0.05)
+    step = curve["grid"][1] - curve["grid"][0]
+    assert curve["grid"][0] == pytest.approx(-0.25)
+    assert curve["grid"][-1] == pytest.approx(4.25)
+    assert np.sum(curve["density"]) * step == pytest.approx(1.0, rel=1e-6)
+    # At t = 4 both runs have a node (mass (0.25 + 0.6) / 2), the others
+    # are 40 sigma or more away.
+    at_four = hessian.smoothed_density(density, grid=[4.0], sigma=0.05)
+    peak = 0.425 / (0.05 * np.sqrt(2 * np.pi))
+    assert at_four["density"][0] == pytest.approx(peak, rel=1e-9)
+
+
+@multi_backend
+def test_top_eigenvectors_are_eigenvectors():
+    x, y = least_squares_data(n=7, dim=4)
+    model = least_squares_model(4)
+    h = per_sample_hessians(x).mean(axis=0)
+    plain = hessian.top_eigenvalues(
+        model, (x, y), k=2, num_iterations=4, seed=3
+    )
+    values, vectors = hessian.top_eigenvalues(
+        model, (x, y), k=2, num_iterations=4, seed=3, return_eigenvectors=True
+    )
+    np.testing.assert_allclose(values, plain, rtol=1e-12)
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(h)[::-1][:2], 1e-5)
+    for value, vector in zip(values, vectors):
+        assert [v.shape for v in vector] == [(4, 1)]
+        flat = vector[0][:, 0]
+        assert np.linalg.norm(flat) == pytest.approx(1.0, rel=1e-9)
+        np.testing.assert_allclose(h @ flat, value * flat, atol=1e-5)
+
+
+def two_branch_model():
+    """`y = (x . a + b) + x . c`: the Dense `branch/dense_a` (kernel `a`,
+    bias `b`) inside a nested model, and `dense_c` (kernel `c`)."""
+    inputs = keras.Input((3,))
+    branch = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(1, name="dense_a")],
+        name="branch",
+    )
+    other = keras.layers.Dense(1, use_bias=False, name="dense_c")(inputs)
+    outputs = keras.layers.Add()([branch(inputs), other])
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+@multi_backend
+def test_per_layer_traces_and_top_eigenvalues():
+    x, y = least_squares_data(n=9, dim=3, seed=5)
+    model = two_branch_model()
+    # Features of (a, b, c): (x, 1, x); H = 2 Phi^T Phi / n.
+    phi = np.concatenate([x, np.ones((9, 1)), x], axis=1).astype(np.float64)
+    h = 2 * phi.T @ phi / 9
+    blocks = {"branch/dense_a": np.arange(4), "dense_c": np.arange(4, 7)}
+    num_samples = 200
+    result = hessian.hessian_trace(
+        model, (x, y), num_samples, seed=0, per_layer=True
+    )
+    assert list(result["per_layer"]) == list(blocks)
+    layer_sum = sum(r["trace"] for r in result["per_layer"].values())
+    assert layer_sum == pytest.approx(result["trace"], rel=1e-12)
+    plain = hessian.hessian_trace(model, (x, y), num_samples, seed=0)
+    assert plain["trace"] == result["trace"]
+    for name, indices in blocks.items():
+        block = h[np.ix_(indices, indices)]
+        # Var(z_L^T (H z)_L) = 2 sum over the off-diagonal entries of the
+        # rows of L of H_ij^2, the diagonal block's counted twice.
+        rows = h[indices]
+        variance = 2 * (np.sum(rows**2) + np.sum(block**2)) - 4 * np.sum(
+            np.diag(block) ** 2
+        )
+        estimate = result["per_layer"][name]
+        assert abs(estimate["trace"] - np.trace(block)) < 4 * np.sqrt(
+            variance / num_samples
+        )
+        assert estimate["trace_stderr"] > 0
+    tops = hessian.layer_top_eigenvalues(
+        model, (x, y), k=2, num_iterations=4, seed=0
+    )
+    assert list(tops) == list(blocks)
+    for name, indices in blocks.items():
+        exact = np.linalg.eigvalsh(h[np.ix_(indices, indices)])[::-1][:2]
+        np.testing.assert_allclose(tops[name], exact, rtol=1e-5)
+
+
+# Keskar and adaptive sharpness ----------------------------------------------
+
+
+@multi_backend
+def test_keskar_sharpness_at_a_diagonal_quadratic_minimum():
+    # L(w* + y) = sum_k H_kk y_k^2 / 2: the box's maximum is at any
+    # corner, |y_k| = epsilon (|w*_k| + 1).
+    w_star = [0.5, -1.5, 2.0, 0.0]
+    x, y, diagonal = axis_aligned_problem(w_star)
+    model = least_squares_model(4, weights=w_star)
+    before = snapshot(model)
+    epsilon = 1e-2
+    bounds = epsilon * (np.abs(w_star) + 1)
+    maximum = np.sum(diagonal * bounds**2) / 2
+    result = hessian.keskar_sharpness(model, (x, y), epsilon=epsilon, seed=0)
+    assert result["loss"] == pytest.approx(0.0, abs=1e-10)
+    assert result["max_loss"] == pytest.approx(maximum, rel=1e-3)
+    assert result["sharpness"] == pytest.approx(100 * maximum, rel=1e-3)
+    for old, new in zip(before, snapshot(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+@multi_backend
+def test_adaptive_sharpness_at_a_diagonal_quadratic_minimum():
+    w_star = np.array([0.5, -1.5, 2.0, 0.0])
+    x, y, diagonal = axis_aligned_problem(w_star)
+    model = least_squares_model(4, weights=w_star)
+    before = snapshot(model)
+    rho = 0.05
+    # linf: the corner |delta_k| = rho |w*_k|.
+    scaled = diagonal * (rho * w_star) ** 2
+    worst = hessian.adaptive_sharpness(model, (x, y), rho, seed=0)
+    assert worst["sharpness"] == pytest.approx(np.sum(scaled) / 2, rel=1e-3)
+    # l2: rho^2 lambda_max(C H C) / 2, C = diag |w*|; with batches of 4
+    # samples, each batch's own H, averaged.
+    l2 = hessian.adaptive_sharpness(model, (x, y), rho, norm="l2", seed=0)
+    assert l2["sharpness"] == pytest.approx(scaled.max() / 2, rel=1e-3)
+    batched = hessian.adaptive_sharpness(
+        model, (x, y), rho, norm="l2", batch_size=4, num_steps=30, seed=0
+    )
+    row_scales = x.max(axis=1).astype(np.float64)  # one row per axis
+    per_batch = [
+        np.max(2 * row_scales[rows] ** 2 / 4 * (rho * w_star) ** 2) / 2
+        for rows in (np.arange(4), np.arange(4, 8))
+    ]
+    assert batched["sharpness"] == pytest.approx(np.mean(per_batch), 1e-3)
+    # Average case: E[delta^T H delta / 2] = rho^2 sum_k H_kk w*_k^2 / 2,
+    # the variance of one draw sum_k (H_kk rho^2 w*_k^2)^2 / 2.
+    num_samples = 200
+    average = hessian.adaptive_sharpness(
+        model, (x, y), rho, kind="average", num_samples=num_samples, seed=0
+    )
+    spread = np.sqrt(np.sum(scaled**2) / 2 / num_samples)
+    assert abs(average["sharpness"] - np.sum(scaled) / 2) < 4 * spread
+    assert average["sharpness_stderr"] == pytest.approx(spread, rel=0.3)
+    for old, new in zip(before, snapshot(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="nested GradientTape"
+)
+def test_mlp_density_eigenvectors_and_blocks_against_dense_hessian():
+    x, y, weights = mlp_data()
+    model = mlp_with_batchnorm()
+    data = (x, y, weights)
+    h = dense_hessian_tf(model, x, y, weights)
+    h = (h + h.T) / 2
+    exact = np.linalg.eigvalsh(h)
+    density = hessian.eigenvalue_density(
+        model, data, num_steps=20, num_runs=2, seed=0
+    )
+    tolerance = 1e-4 * np.abs(exact).max()
+    assert density["nodes"].min() >= exact[0] - tolerance
+    assert density["nodes"].max() <= exact[-1] + tolerance
+    assert density["nodes"][:, -1] == pytest.approx(
+        [exact[-1]] * 2, rel=1e-3
+    )
+    values, vectors = hessian.top_eigenvalues(
+        model, data, k=2, num_iterations=h.shape[0], seed=0,
+        return_eigenvectors=True,
+    )
+    for value, vector in zip(values, vectors):
+        assert [v.shape for v in vector] == [
+            tuple(v.shape) for v in model.trainable_variables
+        ]
+        flat = np.concatenate([v.ravel() for v in vector])
+        np.testing.assert_allclose(
+            h @ flat, value * flat, atol=1e-4 * abs(value)
+        )
+    sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+    starts = np.cumsum([0] + sizes)
+    blocks = {}
+    for variable, start, size in zip(model.trainable_variables, starts, sizes):
+        layer = variable.path.rsplit("/", 1)[0]
+        blocks.setdefault(layer, []).extend(range(start, start + size))
+    tops = hessian.layer_top_eigenvalues(
+        model, data, num_iterations=20, seed=0
+    )
+    assert list(tops) == list(blocks)
+    for layer, indices in blocks.items():
+        block = h[np.ix_(indices, indices)]
+        assert tops[layer][0] == pytest.approx(
+            np.linalg.eigvalsh(block)[-1], rel=1e-4, abs=1e-6
+        )
+
+
+def test_bad_input_of_the_density_and_sharpness_functions():
+    x, y = least_squares_data()
+    model = least_squares_model(3)
+    data = (x, y)
+
+    def raises(match, function, *args, **kwargs):
+        with pytest.raises(ValueError, match=match):
+            function(*args, **kwargs)
+
+    raises("num_steps=0", hessian.eigenvalue_density, model, data, 0)
+    raises("num_runs=0", hessian.eigenvalue_density, model, data, 3, 0)
+    raises("seed=1.5", hessian.eigenvalue_density, model, data, seed=1.5)
+    raises("`density`", hessian.smoothed_density, {"nodes": [1.0]})
+    raises(
+        "same shape", hessian.smoothed_density,
+        {"nodes": [1.0, 2.0], "weights": [1.0]},
+    )
+    density = {"nodes": [1.0, 2.0], "weights": [0.5, 0.5]}
+    raises("sigma=0", hessian.smoothed_density, density, sigma=0)
+    raises("num_points=1", hessian.smoothed_density, density, num_points=1)
+    raises("`grid`", hessian.smoothed_density, density, grid=[[1.0]])
+    raises(
+        "return_eigenvectors=1", hessian.top_eigenvalues, model, data,
+        return_eigenvectors=1,
+    )
+    raises(
+        "per_layer='yes'", hessian.hessian_trace, model, data, per_layer="yes"
+    )
+    raises(
+        "num_iterations=1, k=2", hessian.layer_top_eigenvalues, model, data,
+        k=2, num_iterations=1,
+    )
+    raises("epsilon=0", hessian.keskar_sharpness, model, data, epsilon=0)
+    raises(
+        "max_iterations=0", hessian.keskar_sharpness, model, data,
+        max_iterations=0,
+    )
+    raises("rho=-1", hessian.adaptive_sharpness, model, data, -1)
+    raises("kind='max'", hessian.adaptive_sharpness, model, data, 0.1, "max")
+    raises(
+        "norm='l1'", hessian.adaptive_sharpness, model, data, 0.1, norm="l1"
+    )
+    raises(
+        "adaptive=None", hessian.adaptive_sharpness, model, data, 0.1,
+        adaptive=None,
+    )
+    raises(
+        "batch_size=0", hessian.adaptive_sharpness, model, data, 0.1,
+        batch_size=0,
+    )
+    raises("not compiled", hessian.keskar_sharpness, keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(1)]
+    ), data)
+
+
+@multi_backend
+def test_new_measurements_leave_the_model_unchanged():
+    x, y, weights = mlp_data()
+    inner = mlp_with_batchnorm()
+    sam = keras_sam.SAMModel(inner, rho=0.05)
+    sam.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    data = (x, y, weights)
+    before = snapshot(sam)
+    hessian.eigenvalue_density(sam, data, num_steps=3, num_runs=1, seed=0)
+    hessian.top_eigenvalues(
+        sam, data, num_iterations=3, seed=0, return_eigenvectors=True
+    )
+    hessian.layer_top_eigenvalues(sam, data, num_iterations=2, seed=0)
+    hessian.hessian_trace(sam, data, num_samples=1, seed=0, per_layer=True)
+    hessian.keskar_sharpness(sam, data, max_iterations=2, seed=0)
+    for kind in hessian.SHARPNESS_KINDS:
+        hessian.adaptive_sharpness(
+            sam, data, 0.01, kind, num_steps=2, num_samples=2, seed=0
+        )
+    keras_sam.landscape.loss_surface_1d(sam, data, num_points=2, seed=0)
+    for old, new in zip(before, snapshot(sam)):
+        np.testing.assert_array_equal(old, new)

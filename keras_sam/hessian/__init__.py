@@ -1,5 +1,7 @@
-"""Curvature of the training loss: Hessian-vector products, top eigenvalues,
-the trace, and the linear stability of GD and SGD at the current weights.
+"""Curvature of the training loss: Hessian-vector products, top eigenvalues
+and eigenvectors, the trace, the eigenvalue density, per-layer curvature,
+perturbation sharpness, and the linear stability of GD and SGD at the
+current weights.
 
 Every function takes a compiled Keras model (a plain `keras.Model` or a
 `keras_sam.SAMModel`) and probe data, and measures the loss that `fit`
@@ -28,6 +30,21 @@ inference-mode sharpness was 130, a GD stability ratio of 1.7, while
 training went on without diverging. For BatchNorm networks read the
 numbers as properties of the inference-mode loss.
 
+Layers. Per-layer results (`hessian_trace(..., per_layer=True)`,
+`layer_top_eigenvalues`) are keyed by the path of the layer that owns the
+variables: a trainable variable's Keras `path` without its last
+component (`[v.path for v in model.trainable_variables]` lists them). The
+path is the name scope Keras was in when it created the variable, so it
+names the parents that built the layer: `"dense"` for `"dense/kernel"`
+of a functional model's own Dense layer; `"sequential/dense"` in a
+Sequential model (it builds its layers in its own scope);
+`"inner/dense_1"` for a Dense inside a nested model `"inner"`;
+`"my_model/block/dense_2"` inside a custom layer `block` of a subclassed
+model. The variables sharing a key (a layer's kernel and bias, a
+BatchNormalization's scale and offset) form one diagonal block of `H`;
+blocks come in the order their first variable has in
+`model.trainable_variables`. A `SAMModel` has its inner model's keys.
+
 Conventions. `H` is the Hessian of the probe loss, `H_i` that of sample
 `i`'s loss (with the regularization, so `H = mean_i H_i`), and
 `Sigma = mean_i H_i^2 - H^2` their variance. Keras's `"mse"` has no `1/2`:
@@ -45,17 +62,33 @@ References:
       https://doi.org/10.1080/03610918908812806
     - Yao et al., 2020. PyHessian: Neural Networks Through the Lens of the
       Hessian. https://arxiv.org/abs/1912.07145
+    - Ghorbani, Krishnan & Xiao, 2019. An Investigation into Neural Net
+      Optimization via Hessian Eigenvalue Density.
+      https://arxiv.org/abs/1901.10159
+    - Keskar et al., 2017. On Large-Batch Training for Deep Learning:
+      Generalization Gap and Sharp Minima. https://arxiv.org/abs/1609.04836
+    - Andriushchenko et al., 2023. A Modern Look at the Relationship
+      between Sharpness and Generalization.
+      https://arxiv.org/abs/2302.07011
 """
 
 from keras_sam.hessian.alignment import noise_alignment
+from keras_sam.hessian.density import eigenvalue_density, smoothed_density
 from keras_sam.hessian.probe import (
     DEFAULT_PROBE_BATCH_SIZE,
     ProbeSet,
     as_probe_set,
 )
+from keras_sam.hessian.sharpness import (
+    SHARPNESS_KINDS,
+    SHARPNESS_NORMS,
+    adaptive_sharpness,
+    keskar_sharpness,
+)
 from keras_sam.hessian.spectrum import (
     hessian_trace,
     hessian_vector_product,
+    layer_top_eigenvalues,
     top_eigenvalues,
 )
 from keras_sam.hessian.stability import (
@@ -70,11 +103,18 @@ __all__ = [
     "DEFAULT_PROBE_BATCH_SIZE",
     "DEFAULT_STABILITY_TOLERANCE",
     "ProbeSet",
+    "SHARPNESS_KINDS",
+    "SHARPNESS_NORMS",
+    "adaptive_sharpness",
     "as_probe_set",
+    "eigenvalue_density",
     "gd_stability_threshold",
     "hessian_trace",
     "hessian_vector_product",
+    "keskar_sharpness",
+    "layer_top_eigenvalues",
     "linear_stability",
     "noise_alignment",
+    "smoothed_density",
     "top_eigenvalues",
 ]

@@ -100,6 +100,7 @@ class _Curvature:
             for v in model.trainable_variables
         ]
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.paths = [v.path for v in model.trainable_variables]
         self.dim = int(sum(self.sizes))
         self._value, self._gradient, self._hvp = _functions(model)
         self._full = None
@@ -122,18 +123,52 @@ class _Curvature:
             total += weight * self.flatten(self._hvp(self.state, batch, vector))
         return total
 
-    def gradient(self, batches=None):
+    def gradient(self, batches=None, weights=None):
+        """The loss gradient at the snapshot, or at the flat `weights`."""
+        state = self.state_at(weights)
         total = np.zeros(self.dim)
         for batch, weight in batches or self.batches():
-            total += weight * self.flatten(self._gradient(self.state, batch))
+            total += weight * self.flatten(self._gradient(state, batch))
         return total
 
-    def loss(self):
+    def loss(self, batches=None, weights=None):
+        """The loss at the snapshot, or at the flat `weights`."""
+        state = self.state_at(weights)
         total = 0.0
-        for batch, weight in self.batches():
-            value = self._value(self.state, batch)
+        for batch, weight in batches or self.batches():
+            value = self._value(state, batch)
             total += weight * float(keras.ops.convert_to_numpy(value))
         return total
+
+    def weights(self):
+        """The snapshot's trainable values, one flat float64 vector."""
+        return self.flatten(self.state[0])
+
+    def state_at(self, weights=None):
+        """The snapshot with the trainable values replaced by the flat
+        `weights` (cast to the variables' dtypes); the snapshot if
+        `None`."""
+        if weights is None:
+            return self.state
+        return (self.unflatten(weights, "weights"), *self.state[1:])
+
+    def layer_blocks(self):
+        """The flat indices of each layer's trainable variables.
+
+        Returns a dict `{layer_path: indices}` in the order the layers
+        first appear in `model.trainable_variables`, `layer_path` being
+        the variable's `path` without its last component (see
+        `keras_sam.hessian`).
+        """
+        blocks, start = {}, 0
+        for path, size in zip(self.paths, self.sizes):
+            indices = np.arange(start, start + size)
+            layer = _layer_path(path)
+            blocks[layer] = np.concatenate(
+                [blocks.get(layer, np.zeros(0, np.int64)), indices]
+            )
+            start += size
+        return blocks
 
     def flatten(self, tensors):
         return np.concatenate(
@@ -143,11 +178,16 @@ class _Curvature:
             ]
         )
 
-    def unflatten(self, flat):
+    def split(self, flat):
+        """A flat float64 vector as NumPy arrays shaped like the variables."""
+        parts = np.split(np.asarray(flat), np.cumsum(self.sizes)[:-1])
+        return [p.reshape(s) for p, s in zip(parts, self.shapes)]
+
+    def unflatten(self, flat, name="vector"):
         flat = np.asarray(flat, dtype=np.float64)
         if flat.shape != (self.dim,):
             raise ValueError(
-                f"Argument `vector` must have {self.dim} entries (the number "
+                f"Argument `{name}` must have {self.dim} entries (the number "
                 "of trainable parameters), or be a list of arrays shaped "
                 f"like `model.trainable_variables`. Received shape "
                 f"{flat.shape}."
@@ -158,6 +198,12 @@ class _Curvature:
             tensors.append(keras.ops.convert_to_tensor(part))
             start += size
         return tensors
+
+
+def _layer_path(variable_path):
+    """`"outer/dense/kernel"` -> `"outer/dense"`: the owning layer's path."""
+    layer, _, _ = variable_path.rpartition("/")
+    return layer or variable_path
 
 
 def _snapshot(variables):

@@ -13,8 +13,7 @@ def _lanczos(matvec, dim, num_iterations, rng):
     """Ritz values of a symmetric operator after `num_iterations` products.
 
     Lanczos with full reorthogonalization (twice, classical Gram-Schmidt)
-    in float64. On an invariant subspace it restarts with a random vector
-    orthogonal to the basis, so repeated eigenvalues are found too.
+    in float64 (see `_lanczos_tridiagonal`).
 
     Args:
         matvec: A function mapping a float64 vector of length `dim` to
@@ -26,11 +25,55 @@ def _lanczos(matvec, dim, num_iterations, rng):
     Returns:
         The Ritz values, a float64 NumPy array in ascending order.
     """
+    alphas, betas, _ = _lanczos_tridiagonal(matvec, dim, num_iterations, rng)
+    return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
+
+
+def _lanczos_ritz_pairs(matvec, dim, num_iterations, rng, start=None):
+    """Ritz values, Ritz vectors and the tridiagonal's eigenvectors.
+
+    Returns `(values, vectors, eigenvectors)`: `values` ascending,
+    `vectors[:, i]` the unit Ritz vector of `values[i]` (the Lanczos
+    basis times the tridiagonal's `i`-th eigenvector) and `eigenvectors`
+    those of the tridiagonal `T = Q diag(values) Q^T`, whose first row
+    gives the Gauss quadrature weights `Q[0, :]^2` of the start vector.
+    """
+    alphas, betas, basis = _lanczos_tridiagonal(
+        matvec, dim, num_iterations, rng, start
+    )
+    values, eigenvectors = scipy_linalg.eigh_tridiagonal(alphas, betas)
+    return values, basis.T @ eigenvectors, eigenvectors
+
+
+def _lanczos_tridiagonal(matvec, dim, num_iterations, rng, start=None):
+    """The Lanczos tridiagonal of a symmetric operator and its basis.
+
+    Lanczos with full reorthogonalization (twice, classical Gram-Schmidt)
+    in float64. On an invariant subspace it restarts with a random vector
+    orthogonal to the basis (the off-diagonal entry is then 0), so
+    repeated eigenvalues are found too.
+
+    Args:
+        matvec: A function mapping a float64 vector of length `dim` to
+            the operator applied to it.
+        dim: The dimension of the operator.
+        num_iterations: The number of products (capped at `dim`).
+        rng: A `numpy.random.Generator` for the start vectors.
+        start: The first basis vector (normalized here), or `None` for a
+            random unit Gaussian vector drawn from `rng`.
+
+    Returns:
+        `(alphas, betas, basis)`: the diagonal and off-diagonal of the
+        tridiagonal `T`, and the orthonormal basis, one vector per row.
+    """
     steps = min(num_iterations, dim)
     basis = np.zeros((steps, dim))
     alphas = np.zeros(steps)
     betas = np.zeros(max(steps - 1, 0))
-    vector = _random_unit(rng, dim, basis[:0])
+    if start is None:
+        vector = _random_unit(rng, dim, basis[:0])
+    else:
+        vector = np.asarray(start, np.float64) / np.linalg.norm(start)
     scale = 0.0
     for j in range(steps):
         basis[j] = vector
@@ -48,7 +91,7 @@ def _lanczos(matvec, dim, num_iterations, rng):
         else:
             vector = product / beta
             betas[j] = beta
-    return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
+    return alphas, betas, basis
 
 
 def _random_unit(rng, dim, basis):
@@ -67,21 +110,41 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
-def _hutchinson(curvature, num_samples, rng):
+def _hutchinson(curvature, num_samples, rng, blocks=None):
+    """Hutchinson's trace and Frobenius norm; per block if `blocks`.
+
+    `blocks`: `{name: flat indices}`; block `B`'s estimate is
+    `z_B . (H z)_B` for the same Rademacher `z`, so the block estimates
+    sum to `z^T H z`, the whole trace's estimate.
+    """
     quadratic = np.zeros(num_samples)
     squared_norms = np.zeros(num_samples)
+    block_quadratic = {name: np.zeros(num_samples) for name in blocks or {}}
     for i in range(num_samples):
         z = rng.choice([-1.0, 1.0], size=curvature.dim)
         product = curvature.hvp(z)
         quadratic[i] = z @ product
         squared_norms[i] = product @ product
-    stderr = (
-        float(np.std(quadratic, ddof=1) / math.sqrt(num_samples))
-        if num_samples > 1
-        else float("nan")
-    )
-    return {
+        for name, indices in (blocks or {}).items():
+            block_quadratic[name][i] = z[indices] @ product[indices]
+    result = {
         "trace": float(np.mean(quadratic)),
-        "trace_stderr": stderr,
+        "trace_stderr": _standard_error(quadratic),
         "frobenius_norm": float(math.sqrt(np.mean(squared_norms))),
     }
+    if blocks is not None:
+        result["per_layer"] = {
+            name: {
+                "trace": float(np.mean(values)),
+                "trace_stderr": _standard_error(values),
+            }
+            for name, values in block_quadratic.items()
+        }
+    return result
+
+
+def _standard_error(samples):
+    """The standard error of the mean of `samples` (NaN for one)."""
+    if len(samples) < 2:
+        return float("nan")
+    return float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
