@@ -416,3 +416,53 @@ def test_default_budget_measures_a_short_run_at_both_ends():
     np.testing.assert_allclose(
         history.history["sharpness"], [expected], rtol=1e-4
     )
+
+
+def test_sharpness_measures_at_a_diagonal_quadratic_minimum():
+    # Rows along the axes, targets x . w*: at w* the loss is 0 and
+    # L(w* + d) = sum_k H_kk d_k^2 / 2, H_kk = 2 mean_n x_nk^2.
+    w_star = np.array([0.5, -1.5, 2.0, 1.0])
+    scales = np.array([1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.3, 1.7])
+    x = np.zeros((8, 4), "float32")
+    x[np.arange(8), np.arange(8) % 4] = scales
+    y = (x.astype(np.float64) @ w_star)[:, None].astype("float32")
+    diagonal = np.array([2 * np.mean(x[:, k].astype(np.float64) ** 2)
+                         for k in range(4)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(1, use_bias=False)]
+    )
+    model.set_weights([w_star.astype("float32")[:, None]])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    epsilon, rho = 1e-2, 0.05
+    measures = callbacks.SharpnessMeasures(
+        (x, y), measures=("keskar", "adaptive_worst", "adaptive_average"),
+        epsilon=epsilon, rho=rho, num_samples=64, seed=0,
+    )
+    logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                     callbacks=[measures]).history
+    # Keskar: the box's corner |d_k| = epsilon (|w_k| + 1), phi = 100 max.
+    keskar = np.sum(diagonal * (epsilon * (np.abs(w_star) + 1)) ** 2) / 2
+    assert logs["keskar_sharpness"][0] == pytest.approx(100 * keskar, 1e-3)
+    # Adaptive linf worst case: the corner |d_k| = rho |w_k|.
+    scaled = diagonal * (rho * w_star) ** 2
+    assert logs["adaptive_worst_sharpness"][0] == pytest.approx(
+        np.sum(scaled) / 2, rel=1e-3)
+    # Average case: E = sum_k H_kk rho^2 w_k^2 / 2, each draw's standard
+    # deviation sqrt(sum_k scaled_k^2 / 2).
+    stderr = np.sqrt(np.sum(scaled**2) / 2 / 64)
+    assert abs(logs["adaptive_average_sharpness"][0]
+               - np.sum(scaled) / 2) < 5 * stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"measures": ("keskar", "hessian")}, r"Received: measures=\('keskar'"),
+    ({"measures": ()}, r"Received: measures=\(\)"),
+    ({"measures": ("adaptive_worst",)}, "Received: rho=None"),
+    ({"measures": ("adaptive_average",), "rho": -1}, "Received: rho=-1"),
+    ({"epsilon": 0}, "Received: epsilon=0"),
+    ({"norm": "l1"}, "norm='l1'"),
+])
+def test_sharpness_measures_bad_arguments(kwargs, message):
+    x, y = problem()
+    with pytest.raises(ValueError, match=message):
+        callbacks.SharpnessMeasures((x, y), **kwargs)

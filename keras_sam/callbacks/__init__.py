@@ -10,10 +10,12 @@ from keras_sam.callbacks.hessian_trace import HessianTrace
 from keras_sam.callbacks.linear_stability import LinearStability
 from keras_sam.callbacks.noise_alignment import NoiseAlignment
 from keras_sam.callbacks.sharpness import Sharpness
+from keras_sam.callbacks.sharpness_measures import SharpnessMeasures
 
 __all__ = [
     "HessianTrace",
     "LinearStability",
     "NoiseAlignment",
     "Sharpness",
+    "SharpnessMeasures",
 ]
