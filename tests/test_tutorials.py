@@ -35,6 +35,10 @@ OUTPUTS = {
     "05_full_batch_vs_sgd": [
         "full_batch_vs_sgd.csv", "full_batch_vs_sgd.png",
     ],
+    "06_flat_vs_sharp_minima": [
+        "minima.csv", "density.csv", "interpolation.csv", "surfaces.csv",
+        "flat_vs_sharp.png",
+    ],
 }
 
 pytestmark = pytest.mark.skipif(

@@ -426,12 +426,126 @@ def plot_full_batch(output_dir):
     _save(figure, output_dir / "full_batch_vs_sgd.png")
 
 
+# 06 ------------------------------------------------------------------------
+
+_REGIMES = {"small": ("tab:blue", "small batch"),
+            "large": ("tab:red", "large batch")}
+
+
+def _smoothed(nodes, weights, grid, sigma):
+    """Gaussian-smoothed quadrature: `sum_k w_k N(grid; node_k, sigma)`."""
+    kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)
+    return kernel @ weights / (sigma * math.sqrt(2 * math.pi))
+
+
+def plot_flat_vs_sharp(output_dir):
+    """`interpolation.csv`, `surfaces.csv`, `density.csv`, `minima.csv`:
+    the SB-to-LB line, the loss around each minimum, the Hessian
+    eigenvalue densities and the measures, per seed."""
+    output_dir = pathlib.Path(output_dir)
+    line = read_csv(output_dir / "interpolation.csv")
+    surfaces = read_csv(output_dir / "surfaces.csv")
+    density = read_csv(output_dir / "density.csv")
+    minima = read_csv(output_dir / "minima.csv")
+    seeds = sorted({r["seed"] for r in minima})
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    axis = axes[0]
+    for seed in seeds:
+        rows = [r for r in line if r["seed"] == seed]
+        first = seed == seeds[0]
+        axis.plot(_column(rows, "alpha"), _column(rows, "train_loss"),
+                  color="k", linewidth=1, label="train" if first else None)
+        axis.plot(_column(rows, "alpha"), _column(rows, "test_loss"),
+                  color="k", linestyle="--", linewidth=1,
+                  label="test" if first else None)
+    axis.axvline(0, color="tab:blue", linewidth=0.8)
+    axis.axvline(1, color="tab:red", linewidth=0.8)
+    axis.set_yscale("log")
+    axis.set_xlabel("alpha: (1 - alpha) w_SB + alpha w_LB")
+    axis.set_ylabel("loss")
+    axis.set_title("between the minima (SB at 0, LB at 1)")
+    axis.legend(fontsize=8)
+    axis = axes[1]
+    for regime, (color, label) in _REGIMES.items():
+        for seed in seeds:
+            rows = [r for r in surfaces
+                    if r["seed"] == seed and r["regime"] == regime]
+            first = seed == seeds[0]
+            axis.plot(_column(rows, "alpha"), _column(rows, "train_loss"),
+                      color=color, linewidth=1,
+                      label=f"{label}, train" if first else None)
+            axis.plot(_column(rows, "alpha"), _column(rows, "test_loss"),
+                      color=color, linestyle="--", linewidth=1,
+                      label=f"{label}, test" if first else None)
+    axis.set_yscale("log")
+    axis.set_xlabel("alpha along a filter-normalized direction")
+    axis.set_ylabel("loss")
+    axis.set_title("around each minimum")
+    axis.legend(fontsize=7)
+    axis = axes[2]
+    nodes_all = _column(density, "node")
+    span = nodes_all.max() - nodes_all.min()
+    sigma = max(0.01 * span, 1e-6)
+    grid = np.linspace(nodes_all.min() - 5 * sigma,
+                       nodes_all.max() + 5 * sigma, 600)
+    for regime, (color, label) in _REGIMES.items():
+        for seed in seeds:
+            rows = [r for r in density
+                    if r["seed"] == seed and r["regime"] == regime]
+            runs = sorted({r["run"] for r in rows})
+            values = np.mean([
+                _smoothed(_column([r for r in rows if r["run"] == run],
+                                  "node"),
+                          _column([r for r in rows if r["run"] == run],
+                                  "weight"), grid, sigma)
+                for run in runs
+            ], axis=0)
+            axis.plot(grid, np.maximum(values, 1e-12), color=color,
+                      linewidth=1, label=label if seed == seeds[0] else None)
+    axis.set_yscale("log")
+    axis.set_ylim(bottom=1e-6)
+    axis.set_xlabel("Hessian eigenvalue")
+    axis.set_ylabel("density (SLQ, smoothed)")
+    axis.set_title("eigenvalue density")
+    axis.legend(fontsize=8)
+    axis = axes[3]
+    measures = [("top_eigenvalue", "top eig."), ("hessian_trace", "trace"),
+                ("keskar_sharpness", "Keskar"),
+                ("adaptive_worst_sharpness", "adapt. worst"),
+                ("adaptive_average_sharpness", "adapt. avg."),
+                ("gap_loss", "gap (loss)")]
+    for position, (key, _) in enumerate(measures):
+        for seed in seeds:
+            small, large = (
+                next(r[key] for r in minima
+                     if r["seed"] == seed and r["regime"] == regime)
+                for regime in ("small", "large")
+            )
+            ratio = large / small if small else float("nan")
+            axis.plot(position, ratio, "o", color="0.3", markersize=4)
+    axis.axhline(1.0, color="0.6", linewidth=0.8)
+    axis.set_yscale("log")
+    axis.set_xticks(range(len(measures)), [m[1] for m in measures],
+                    rotation=30, fontsize=8)
+    axis.set_ylabel("large batch / small batch (per seed)")
+    axis.set_title("measures, LB over SB")
+    epochs = int(minima[0]["epochs"])
+    batches = sorted({int(r["batch_size"]) for r in minima})
+    figure.suptitle(
+        f"Small CNN without BatchNorm, CIFAR-10 sample, batch {batches[0]} "
+        f"vs {batches[-1]}, {epochs} epochs each, {len(seeds)} seeds",
+        fontsize=10,
+    )
+    _save(figure, output_dir / "flat_vs_sharp.png")
+
+
 PLOTTERS = {
     "01_quickstart": plot_quickstart,
     "02_gd_stability": plot_gd_stability,
     "03_sgd_escape": plot_sgd_escape,
     "04_sam_flatness": plot_sam_flatness,
     "05_full_batch_vs_sgd": plot_full_batch,
+    "06_flat_vs_sharp_minima": plot_flat_vs_sharp,
 }
 
 
@@ -633,12 +747,45 @@ def headline_full_batch(folder):
     return lines
 
 
+def headline_flat_vs_sharp(folder):
+    rows = read_csv(folder / "minima.csv")
+    seeds = sorted({r["seed"] for r in rows})
+    lines = []
+    for key, label, scale in (
+        ("train_error", "train error %", 100.0),
+        ("test_error", "test error %", 100.0),
+        ("gap_loss", "generalization gap (test - train loss)", 1.0),
+        ("top_eigenvalue", "top eigenvalue", 1.0),
+        ("hessian_trace", "Hessian trace", 1.0),
+        ("keskar_sharpness", "Keskar sharpness", 1.0),
+        ("adaptive_worst_sharpness", "adaptive worst-case sharpness", 1.0),
+        ("adaptive_average_sharpness", "adaptive average-case sharpness",
+         1.0),
+    ):
+        parts = {
+            regime: scale * np.array(
+                [r[key] for r in rows if r["regime"] == regime])
+            for regime in ("small", "large")
+        }
+        difference = parts["large"] - parts["small"]
+        (sb_mean, sb_std), (lb_mean, lb_std) = (
+            _mean_std(parts["small"]), _mean_std(parts["large"])
+        )
+        lines.append(
+            f"{label}: SB {sb_mean:.4g} +- {sb_std:.2g}, LB {lb_mean:.4g} "
+            f"+- {lb_std:.2g} (mean +- std over {len(seeds)} seeds); "
+            f"LB - SB per seed {', '.join(f'{d:+.3g}' for d in difference)}."
+        )
+    return lines
+
+
 HEADLINES = {
     "01_quickstart": headline_quickstart,
     "02_gd_stability": headline_gd_stability,
     "03_sgd_escape": headline_sgd_escape,
     "04_sam_flatness": headline_sam_flatness,
     "05_full_batch_vs_sgd": headline_full_batch,
+    "06_flat_vs_sharp_minima": headline_flat_vs_sharp,
 }
 README_BEGIN = "<!-- BEGIN make_plots.py section (generated, do not edit) -->"
 README_END = "<!-- END make_plots.py section -->"
