@@ -62,7 +62,9 @@ def quiet_native_stderr():
 
 
 # Arguments that only ask for help or the version (with command names).
-_HELP_ONLY = {"-h", "--help", "--version", "demo", "sweep", "reproduce"}
+_HELP_ONLY = {
+    "-h", "--help", "--version", "demo", "sweep", "reproduce", "landscape",
+}
 
 
 def answer_without_keras(argv):

@@ -5,13 +5,14 @@ keras-sam demo [--quick] [--epochs N] [--output-dir DIR] [--backend NAME]
 keras-sam sweep [--quick] [--model NAME] [--rho LIST] [--batch-size LIST] ...
 keras-sam reproduce [--quick] [--dataset NAME] [--model NAME] [--augment NAME]
                     [--epochs N] [--seeds N] [--rho X] ...
+keras-sam landscape MODEL.keras [MODEL.keras ...] --data PROBE.npz ...
 ```
 
-Each subcommand is one module of this package (`demo`, `sweep`,
-`reproduce`) with `add_command(subparsers, common)`, which declares its
+Each subcommand is one module of this package (`demo`, `sweep`, `reproduce`,
+`landscape`) with `add_command(subparsers, common)`, which declares its
 arguments and sets `handler`, and `run(args)`, the handler: a function of
-the parsed arguments returning the exit status. `sweep` and `reproduce`
-turn their arguments into one `keras_sam.experiments.config.RunConfig`
+the parsed arguments returning the exit status. `sweep` and `reproduce` turn
+their arguments into one `keras_sam.experiments.config.RunConfig`
 (`_arguments.run_config`) and hand it to the experiment. Handlers import
 Keras (and anything that imports it) only inside their body, after
 `--backend` has been applied, because Keras fixes its backend when first
@@ -24,11 +25,17 @@ import os
 import subprocess
 import sys
 
-from keras_sam.experiments.cli import _arguments, demo, reproduce, sweep
+from keras_sam.experiments.cli import (
+    _arguments,
+    demo,
+    landscape,
+    reproduce,
+    sweep,
+)
 
 BACKENDS = _arguments.BACKENDS
 _REEXEC_MARKER = "KERAS_SAM_BACKEND_REEXEC"
-_COMMANDS = (demo, sweep, reproduce)
+_COMMANDS = (demo, sweep, reproduce, landscape)
 
 
 def build_parser():
