@@ -24,6 +24,10 @@ that).
 - `cost`: one call of each function with its defaults on ResNet-20 on
   CPU: Hessian-vector products (in passes over the probe set) and
   seconds: `cost.csv`.
+- `cost_landscape`: the same for the second-tier measures (eigenvalue
+  density, per-layer curvature, Keskar and adaptive sharpness, lines and
+  planes of `keras_sam.landscape`), the arguments of each call in the
+  CSV: `cost_landscape.csv`. Not part of `all`.
 
 Example (what made `saved_results/measurement/`):
 
@@ -56,11 +60,11 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import benchmark_env  # noqa: E402
 
-from keras_sam import callbacks, hessian, models  # noqa: E402
+from keras_sam import callbacks, hessian, landscape, models  # noqa: E402
 from keras_sam.experiments import datasets  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "measurement"
-PARTS = ("accuracy", "overhead", "cost", "report", "all")
+PARTS = ("accuracy", "overhead", "cost", "cost_landscape", "report", "all")
 
 
 def parse_args(argv=None):
@@ -440,6 +444,54 @@ def run_cost(args):
     write_csv(args.output / "cost.csv", rows)
 
 
+def run_cost_landscape(args):
+    x_train, y_train = cifar_sample()
+    n = args.cost_probe_samples
+    probe = hessian.as_probe_set((x_train[:n], y_train[:n]))
+    model = compiled(args.cost_model, args.seed)
+    model.fit(x_train[:256], y_train[:256], batch_size=128, verbose=0)
+    other = compiled(args.cost_model, args.seed + 1)
+    dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    hessian.top_eigenvalues(model, probe, num_iterations=1)  # compile
+    calls = {
+        "eigenvalue_density": ("defaults (30 steps, 4 runs)", lambda: (
+            hessian.eigenvalue_density(model, probe, seed=0))),
+        "hessian_trace per_layer": ("per_layer=True", lambda: (
+            hessian.hessian_trace(model, probe, seed=0, per_layer=True))),
+        "layer_top_eigenvalues": ("num_iterations=5", lambda: (
+            hessian.layer_top_eigenvalues(model, probe, num_iterations=5,
+                                          seed=0))),
+        "keskar_sharpness": ("defaults (epsilon 1e-3, 10 iterations)",
+                             lambda: hessian.keskar_sharpness(
+                                 model, probe, seed=0)),
+        "adaptive_sharpness worst": ("rho=0.01, linf, 20 steps", lambda: (
+            hessian.adaptive_sharpness(model, probe, 0.01, seed=0))),
+        "adaptive_sharpness average": ("rho=0.05, 32 draws", lambda: (
+            hessian.adaptive_sharpness(model, probe, 0.05, kind="average",
+                                       seed=0))),
+        "landscape.interpolate": ("defaults (25 points)", lambda: (
+            landscape.interpolate(model, model, other, probe))),
+        "landscape.loss_surface_1d": ("defaults (25 points)", lambda: (
+            landscape.loss_surface_1d(model, probe, seed=0))),
+        "landscape.loss_surface_2d": ("defaults (21 x 21 points)", lambda: (
+            landscape.loss_surface_2d(model, probe, seed=0))),
+    }
+    rows = []
+    for name, (arguments, call) in calls.items():
+        begin = time.perf_counter()
+        with counting_products(n) as counter:
+            call()
+        rows.append({
+            "function": name, "arguments": arguments,
+            "model": args.cost_model, "num_parameters": dim,
+            "probe_samples": n,
+            "probe_passes": round(counter["passes"], 1),
+            "seconds": round(time.perf_counter() - begin, 1),
+        })
+        print(rows[-1], flush=True)
+    write_csv(args.output / "cost_landscape.csv", rows)
+
+
 # Files, plots, README --------------------------------------------------------
 
 
@@ -762,6 +814,26 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             for r in cost
         ]
         lines.append("")
+    second = read_csv(output / "cost_landscape.csv")
+    if second:
+        lines += ["## Cost of the second-tier measures "
+                  "(`cost_landscape.csv`)", ""]
+        lines += provenance("cost_landscape")
+        lines += [
+            f"Model {second[0]['model']} ({second[0]['num_parameters']} "
+            f"parameters), {second[0]['probe_samples']} probe images; "
+            "products are Hessian-vector products only (losses and "
+            "gradients are not counted).",
+            "",
+            "| function | arguments | products (probe passes) | seconds |",
+            "|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['function']} | {r['arguments']} | {r['probe_passes']} | "
+            f"{r['seconds']} |"
+            for r in second
+        ]
+        lines.append("")
     (output / "README.md").write_text("\n".join(lines))
 
 
@@ -775,9 +847,8 @@ def main(argv=None):
     )
     commit = benchmark_env.git_commit()
     for part in parts:
-        {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost}[
-            part
-        ](args)
+        {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost,
+         "cost_landscape": run_cost_landscape}[part](args)
         record_run(args, part, commit)
     plot(args.output)
     write_readme(
