@@ -294,6 +294,17 @@ two parts, and each can hold or fail here:
 2. The sharper minimum generalizes worse: compare `gap_loss` and
    `test_error`.
 
+In the committed run, part 1 held on the curvature measures: the LB
+minimum had the larger top eigenvalue (2.5 to 4.2 times SB's), trace
+(1.5 to 3.0 times) and Keskar sharpness (1.1 to 1.7 times) on all three
+seeds, while the adaptive worst- and average-case sharpness did not
+separate them (LB/SB between 0.95 and 1.6, both ways). Part 2 did not
+hold: the LB minima had the *lower* test error (by 0.3 to 2.4 points)
+and a much smaller gap (test minus train loss 0.36 against 1.67),
+because SB had fitted the 2,000 images far further (train error 13.3%
+against 38.5%). The line between the minima shows the same: the training
+loss falls from the LB end to a deeper SB end, the test loss rises.
+
 Caveats. Same epochs means LB made a tenth of the steps: it may simply be
 less trained (compare `train_loss`), which confounds sharpness with
 progress; Keskar et al. trained both to a comparable training loss. The
