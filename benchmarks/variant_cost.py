@@ -53,6 +53,8 @@ def arms(rho):
         # `sam_step_fraction` column gives it.
         "AESAM": (
             {"rho": rho, "variant": variants.AESAM(total_steps=1000)}, None),
+        "ESAM(0.5, 0.5)": (
+            {"rho": rho, "variant": variants.ESAM(0.5, 0.5)}, None),
         "LateSAM, before start": (
             {"rho": rho, "variant": variants.LateSAM(10**9)}, None),
         "MomentumSAM": (

@@ -50,6 +50,9 @@ class Variant:
     uses_momentum = False
     # Whether the rule ever makes the ascent (and so logs sam_sharpness).
     measures_sharpness = True
+    # The fraction of each batch the perturbed pass runs on (ESAM's
+    # sharpness-sensitive data selection below 1).
+    data_fraction = 1.0
 
     def state_shapes(self, perturbed, trainable):
         """Shapes of the float32 state the rule keeps, given the variables
@@ -498,6 +501,114 @@ class AESAM(SAM):
     def get_config(self):
         return {"total_steps": self.total_steps, "decay": self.decay,
                 "lower": self.lower, "upper": self.upper}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class ESAM(SAM):
+    """Efficient SAM (Du et al., 2022): a random part of the weights
+    perturbed, the descent taken on the samples most sensitive to it.
+
+    Stochastic weight perturbation: `eps = (rho / beta) m * g / ||g||`,
+    `m` a Bernoulli(`beta`) mask over the perturbed weights (`beta =
+    weight_fraction`), the norm over all of `g`. The mask is drawn inside
+    the compiled step from an integer hash of the weight's index, the
+    step (a counter in the rule's state) and `seed`, so it is the same on
+    every replica and backend and reproducible from the seed.
+    Sharpness-sensitive data selection: the loss of each sample at `w`
+    (from the clean pass) and at `w + eps` (one forward pass, no
+    gradient) give its increase; the perturbed pass, forward and
+    backward, runs on the `round(gamma B)` samples with the largest
+    increase (`gamma = data_fraction`, at least one), whose mean loss
+    gradient the optimizer applies. Sample weights do not enter the
+    selection; they weight the selected samples' loss. The logged
+    `sam_sharpness` is the selected samples' loss at `w + eps` minus the
+    whole batch's at `w`. Cost: one pass, one forward pass and `gamma`
+    of a pass. Needs one compiled loss (not a dict or list of losses)
+    that Keras can evaluate per sample.
+
+    Args:
+        weight_fraction: Float in `(0, 1]`, `beta`. Defaults to `0.5`.
+        data_fraction: Float in `(0, 1]`, `gamma`. Defaults to `0.5`.
+        seed: Non-negative integer seed of the masks. Defaults to `0`.
+
+    Reference:
+        Du et al., 2022. Efficient Sharpness-aware Minimization for
+        Improved Training of Neural Networks. ICLR.
+        https://arxiv.org/abs/2110.03141
+    """
+
+    def __init__(self, weight_fraction=0.5, data_fraction=0.5, seed=0):
+        for name, value in (("weight_fraction", weight_fraction),
+                            ("data_fraction", data_fraction)):
+            if not _validation.is_real(value) or not 0.0 < value <= 1.0:
+                raise ValueError(
+                    f"Argument `{name}` must be a number in (0, 1]. "
+                    f"Received: {name}={value!r}."
+                )
+        self.weight_fraction = float(weight_fraction)
+        self.data_fraction = float(data_fraction)
+        self.seed = _validation.check_int("seed", seed, minimum=0)
+
+    def state_shapes(self, perturbed, trainable):
+        return [()]  # the step counter of the masks
+
+    def observe(self, gradient_norm, state):
+        return [state[0] + 1.0]
+
+    def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
+               gradient_norm=None, maths=ascent_maths):
+        eps = ascent_maths.sam_perturbation(
+            gradients, weights, rho, gradient_norm=gradient_norm
+        )
+        if self.weight_fraction < 1.0:
+            masks = weight_masks(
+                [tuple(w.shape) for w in weights], state[0], self.seed,
+                self.weight_fraction,
+            )
+            eps = [
+                ops.cast(ops.where(m, e / self.weight_fraction, 0.0),
+                         e.dtype)
+                for e, m in zip(eps, masks)
+            ]
+        return [w + e for w, e in zip(weights, eps)], state
+
+    def get_config(self):
+        return {"weight_fraction": self.weight_fraction,
+                "data_fraction": self.data_fraction, "seed": self.seed}
+
+
+def weight_masks(shapes, step, seed, fraction):
+    """Bernoulli(`fraction`) masks of the given shapes, a function of the
+    entries' running index over all shapes, `step` and `seed` only:
+    `hash(index, step, seed) / 2^24 < fraction`, with a 32-bit integer
+    hash (xorshift-multiply rounds; int32 arithmetic wraps alike on every
+    backend and in NumPy)."""
+    step = ops.cast(step, "int32")
+    masks, offset = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape)) if shape else 1
+        index = ops.arange(offset, offset + size, dtype="int32")
+        offset += size
+        bits = _hash32(index, step, seed)
+        uniform = ops.cast(ops.bitwise_and(bits, 0xFFFFFF), "float32")
+        masks.append(ops.reshape(uniform < fraction * 2.0**24, shape))
+    return masks
+
+
+def _hash32(index, step, seed):
+    """A 32-bit mix of `index`, `step` and `seed` in int32 (lowbias32's
+    rounds, with logical right shifts)."""
+    x = index * 374761393 + step * 668265261 + (seed * 1274126177) % 2**31
+    for shift, multiplier in ((16, 0x7FEB352D), (15, -2073254261)):
+        x = ops.bitwise_xor(x, _logical_right_shift(x, shift))
+        x = x * multiplier
+    return ops.bitwise_xor(x, _logical_right_shift(x, 16))
+
+
+def _logical_right_shift(x, shift):
+    return ops.bitwise_and(
+        ops.right_shift(x, shift), (1 << (32 - shift)) - 1
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")

@@ -249,3 +249,48 @@ class AESAMPolicy:
             step / self.total_steps, 1.0)
         threshold = self.mean + c * np.sqrt(self.variance)
         return n >= threshold, abs(n - threshold) / n
+
+
+def hash32(index, step, seed):
+    """`keras_sam.variants`' 32-bit integer hash, in NumPy int32 (whose
+    arithmetic wraps like the backends')."""
+    def shift(x, s):
+        return (x >> s) & ((1 << (32 - s)) - 1)
+
+    with np.errstate(over="ignore"):
+        x = (np.asarray(index, np.int32) * np.int32(374761393)
+             + np.int32(step) * np.int32(668265261)
+             + np.int32((seed * 1274126177) % 2**31))
+        for s, multiplier in ((16, 0x7FEB352D), (15, -2073254261)):
+            x = x ^ shift(x, s)
+            x = x * np.int32(multiplier)
+        return x ^ shift(x, 16)
+
+
+def esam_gradient(params, x, y, rho, step, seed, beta, gamma):
+    """ESAM (Du et al. 2022): `eps = (rho/beta) m * g/||g||` with the
+    Bernoulli mask `hash(index, step, seed) & 0xFFFFFF < beta 2^24` over
+    the running index of all weights, then the perturbed gradient on the
+    `round(gamma n)` samples whose loss rises most. Returns `(gradient,
+    sharpness, masks)`."""
+    loss, grads = forward_backward(params, x, y)
+    eps = epsilon(params, grads, rho)
+    sizes = [p.size for p in params]
+    index = np.arange(sum(sizes), dtype=np.int32)
+    flat = (hash32(index, step, seed) & 0xFFFFFF) < beta * 2.0**24
+    masks = [m.reshape(p.shape) for m, p in zip(
+        np.split(flat, np.cumsum(sizes)[:-1]), params)]
+    eps = [np.where(m, e / beta, 0.0) for e, m in zip(eps, masks)]
+    shifted = [p + e for p, e in zip(params, eps)]
+
+    def losses(weights):
+        return np.array([forward_backward(weights, x[i:i + 1], y[i:i + 1])[0]
+                         for i in range(len(x))])
+
+    increase = losses(shifted) - losses(params)
+    count = max(1, round(gamma * len(x)))
+    chosen = np.sort(np.argsort(-increase)[:count])
+    order = np.sort(increase)[::-1]
+    margin = (order[count - 1] - order[count]) if count < len(x) else 1.0
+    loss_p, grads_p = forward_backward(shifted, x[chosen], y[chosen])
+    return grads_p, loss_p - loss, masks, margin

@@ -471,3 +471,46 @@ def test_aesam_ignores_a_non_finite_gradient_norm():
         [float(keras.ops.convert_to_numpy(v)) for v in kept[:2]], [2.0, 0.5]
     )
     assert not bool(keras.ops.convert_to_numpy(rule.ascends_at(3, kept)))
+
+
+@multi_backend
+def test_esam_masks_are_the_numpy_hash():
+    shapes = [(3, 5), (5,), (5, 2), (2,)]
+    for step, seed in ((0, 0), (7, 3), (123456, 99)):
+        got = variants.weight_masks(shapes, float(step), seed, 0.3)
+        sizes = [int(np.prod(s)) for s in shapes]
+        index = np.arange(sum(sizes), dtype=np.int32)
+        want = (ref.hash32(index, step, seed) & 0xFFFFFF) < 0.3 * 2.0**24
+        flat = np.concatenate(
+            [np.ravel(keras.ops.convert_to_numpy(m)) for m in got])
+        np.testing.assert_array_equal(flat, want)
+    # Bernoulli(0.3) over a larger index range, and fresh masks per step.
+    big = [np.ravel(keras.ops.convert_to_numpy(
+        variants.weight_masks([(4000,)], float(s), 1, 0.3)[0]))
+        for s in (0, 1)]
+    assert abs(big[0].mean() - 0.3) < 0.03 and (big[0] != big[1]).mean() > 0.3
+
+
+@multi_backend
+def test_esam_matches_numpy_step_by_step():
+    x, y, params = make_problem(seed=10)
+    steps, rule = 4, {"weight_fraction": 0.6, "data_fraction": 0.5, "seed": 3}
+    weights = [p.astype("float64") for p in params]
+    optimizer = ref.SGD(0.1, momentum=0.9)
+    want, sharpness = [], []
+    for step in range(steps):
+        # The rule's counter is incremented before the ascent: step + 1.
+        grads, gap, _, margin = ref.esam_gradient(
+            weights, x.astype("float64"), y.astype("float64"), 0.1,
+            step + 1, 3, 0.6, 0.5)
+        assert margin > 1e-5  # float32 cannot change the selection
+        weights = optimizer.apply(weights, grads)
+        want.append(weights)
+        sharpness.append(gap)
+    model, got, history = keras_steps(
+        params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
+        rho=0.1, variant=variants.ESAM(**rule),
+    )
+    assert_steps_close(got, want)
+    np.testing.assert_allclose(history["sam_sharpness"], sharpness,
+                               rtol=1e-4, atol=1e-6)

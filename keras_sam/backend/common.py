@@ -158,6 +158,62 @@ def ascend(model, gradients, weights, rho, state, gradient_scale,
     return merged, state
 
 
+def descent_batch(model, perturbed, non_trainable, metrics, batch,
+                  clean_aux, variables):
+    """The part of `batch` the perturbed pass runs on: all of it, or,
+    for a rule with `data_fraction < 1` (ESAM), the `round(fraction * B)`
+    samples (at least one) whose loss rises most from `w` (the clean
+    pass's predictions) to `w + eps` (one forward pass here, its state
+    discarded)."""
+    fraction = model.variant.data_fraction
+    if fraction >= 1.0:
+        return batch
+    x, y, sample_weight = batch
+    per_sample = _per_sample_loss(model)
+    _, (y_pred, _, _) = stateless.stateless_loss(
+        model, perturbed, non_trainable, metrics, x, y, sample_weight,
+        training=True, variables=variables,
+    )
+    increase = per_sample(y, y_pred) - per_sample(y, clean_aux[1])
+    batch_size = ops.shape(increase)[0]
+    if isinstance(batch_size, int):
+        count = max(1, round(fraction * batch_size))
+    else:  # a dynamic batch size (TensorFlow)
+        count = ops.maximum(1, ops.cast(
+            ops.round(fraction * ops.cast(batch_size, "float32")), "int32"
+        ))
+    _, indices = ops.top_k(increase, count)
+    return keras.tree.map_structure(
+        lambda t: None if t is None else ops.take(t, indices, axis=0), batch
+    )
+
+
+def _per_sample_loss(model):
+    """`(y, y_pred) -> per-sample loss` of the compiled loss (float32,
+    averaged over any axes after the first)."""
+    loss = model.loss
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        function = loss.call
+    elif callable(loss) and not isinstance(loss, (dict, list, tuple)):
+        function = loss
+    else:
+        raise ValueError(
+            f"{type(model.variant).__name__} selects samples by their loss "
+            "and needs one compiled loss that Keras evaluates per sample. "
+            f"Received: loss={loss!r}."
+        )
+
+    def per_sample(y, y_pred):
+        values = ops.cast(function(y, y_pred), "float32")
+        while len(values.shape) > 1:
+            values = ops.mean(values, axis=-1)
+        return values
+
+    return per_sample
+
+
 def rule_state_values(model, non_trainable_variables, non_trainable_values):
     """The rule's state among the non-trainable values."""
     indices = rule_state.state_indices(model, non_trainable_variables)

@@ -88,10 +88,13 @@ class SAMTrainer:
                     self, gradients, trainable, rho, state, 1.0 / unit, norm,
                     ascent,
                 )
-                # 3. Perturbed pass at w + eps, from the pre-step state;
-                # its state updates are discarded.
+                # 3. Perturbed pass at w + eps (on the samples the rule
+                # selects: all but for ESAM), from the pre-step state; its
+                # state updates are discarded.
                 (_, at_perturbed), perturbed_gradients = loss_and_grads(
-                    perturbed, non_trainable, metrics, *batch
+                    perturbed, non_trainable, metrics,
+                    *common.descent_batch(self, perturbed, non_trainable,
+                                          metrics, batch, clean, variables),
                 )
                 # The gradient to apply: g_p for SAM, the rule's otherwise.
                 applied, state = self.variant.descent(

@@ -188,12 +188,15 @@ class SAMTrainer:
                     self, gradients, trainable, rho, state, 1.0 / unit, norm,
                     ForeachAscent,
                 )
-                # 3. Perturbed pass at w + eps, from the pre-step state and
+                # 3. Perturbed pass at w + eps (on the samples the rule
+                # selects: all but for ESAM), from the pre-step state and
                 # the same dropout draws; its state updates are discarded.
                 rng_after = _TorchGlobalRNG.get_state()
                 _TorchGlobalRNG.set_state(rng_before)
                 (_, at_perturbed), perturbed_gradients = loss_and_grads(
-                    perturbed, non_trainable, metrics, *batch
+                    perturbed, non_trainable, metrics,
+                    *common.descent_batch(self, perturbed, non_trainable,
+                                          metrics, batch, clean, variables),
                 )
                 _TorchGlobalRNG.set_state(rng_after)
                 # The gradient to apply: g_p for SAM, the rule's otherwise.
