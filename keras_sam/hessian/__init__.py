@@ -60,13 +60,16 @@ from keras_sam.hessian.spectrum import (
 )
 from keras_sam.hessian.stability import (
     DEFAULT_MAX_EXACT_SAMPLES,
+    DEFAULT_NUM_DIRECTIONS,
     DEFAULT_STABILITY_TOLERANCE,
     gd_stability_threshold,
     linear_stability,
+    sgd_second_moment_growth,
 )
 
 __all__ = [
     "DEFAULT_MAX_EXACT_SAMPLES",
+    "DEFAULT_NUM_DIRECTIONS",
     "DEFAULT_PROBE_BATCH_SIZE",
     "DEFAULT_STABILITY_TOLERANCE",
     "ProbeSet",
@@ -76,5 +79,6 @@ __all__ = [
     "hessian_vector_product",
     "linear_stability",
     "noise_alignment",
+    "sgd_second_moment_growth",
     "top_eigenvalues",
 ]

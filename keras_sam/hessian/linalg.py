@@ -9,7 +9,7 @@ from scipy import linalg as scipy_linalg
 from keras_sam._validation import is_integer
 
 
-def _lanczos(matvec, dim, num_iterations, rng):
+def _lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
     """Ritz values of a symmetric operator after `num_iterations` products.
 
     Lanczos with full reorthogonalization (twice, classical Gram-Schmidt)
@@ -22,9 +22,13 @@ def _lanczos(matvec, dim, num_iterations, rng):
         dim: The dimension of the operator.
         num_iterations: The number of products (capped at `dim`).
         rng: A `numpy.random.Generator` for the start vectors.
+        return_vectors: Boolean, also return the Ritz vectors. Defaults to
+            `False`.
 
     Returns:
-        The Ritz values, a float64 NumPy array in ascending order.
+        The Ritz values, a float64 NumPy array in ascending order; with
+        `return_vectors`, a pair `(values, vectors)`, `vectors[:, j]` the
+        unit Ritz vector of `values[j]` (orthonormal columns).
     """
     steps = min(num_iterations, dim)
     basis = np.zeros((steps, dim))
@@ -48,7 +52,10 @@ def _lanczos(matvec, dim, num_iterations, rng):
         else:
             vector = product / beta
             betas[j] = beta
-    return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
+    if not return_vectors:
+        return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
+    values, coefficients = scipy_linalg.eigh_tridiagonal(alphas, betas)
+    return values, basis.T @ coefficients
 
 
 def _random_unit(rng, dim, basis):
