@@ -1,10 +1,14 @@
 """Curvature of the training loss: Hessian-vector products, top eigenvalues,
-the trace, and the linear stability of GD and SGD at the current weights.
+the trace, and the linear stability of GD, SGD (with or without momentum)
+and SAM at the current weights.
 
-Every function takes a compiled Keras model (a plain `keras.Model` or a
-`keras_sam.SAMModel`) and probe data, and measures the loss that `fit`
-minimizes: the compiled loss plus the regularization losses (weight
-regularizers and `add_loss` terms), averaged over the probe data. The loss
+Every function but the closed forms (`gd_stability_threshold`,
+`sam_stability_threshold`, `sam_oscillation_amplitude`) and
+`sgd_second_moment_growth` (dense per-sample Hessians) takes a compiled
+Keras model (a plain `keras.Model` or a `keras_sam.SAMModel`) and probe
+data, and measures the loss that `fit` minimizes: the compiled loss plus
+the regularization losses (weight regularizers and `add_loss` terms),
+averaged over the probe data. The loss
 is evaluated in inference mode (`training=False`: BatchNorm uses its moving
 statistics, dropout is off) through `stateless_call`, so nothing is
 updated: weights, BatchNorm statistics, seeds and metrics stay as they
@@ -64,6 +68,8 @@ from keras_sam.hessian.stability import (
     DEFAULT_STABILITY_TOLERANCE,
     gd_stability_threshold,
     linear_stability,
+    sam_oscillation_amplitude,
+    sam_stability_threshold,
     sgd_second_moment_growth,
 )
 
@@ -79,6 +85,8 @@ __all__ = [
     "hessian_vector_product",
     "linear_stability",
     "noise_alignment",
+    "sam_oscillation_amplitude",
+    "sam_stability_threshold",
     "sgd_second_moment_growth",
     "top_eigenvalues",
 ]

@@ -53,6 +53,173 @@ def gd_stability_threshold(learning_rate, momentum=0.0, nesterov=False):
     return threshold
 
 
+def sam_stability_threshold(
+    learning_rate,
+    rho,
+    momentum=0.0,
+    nesterov=False,
+    *,
+    normalized=True,
+    gradient_norm=None,
+):
+    """The largest Hessian eigenvalue at which SAM stays near a minimum.
+
+    SAM's descent step uses the gradient at `w + eps`. On a quadratic
+    loss `L(w) = (w - w*)^T H (w - w*) / 2`, with `x = w - w*`, that
+    gradient is `H (x + eps)`, and Keras's optimizer (here `SGD` with
+    `momentum` and `nesterov`) takes it in place of the plain gradient.
+    Which threshold applies depends on the perturbation:
+
+    - Un-normalized SAM, `eps = rho g = rho H x` (`normalized=False`): the
+      step is linear, plain GD (or heavy-ball, Nesterov) on the matrix
+      `H + rho H^2`, whose eigenvalues are `lambda (1 + rho lambda)`. It
+      converges iff `lambda (1 + rho lambda) < T` for the top eigenvalue,
+      `T = gd_stability_threshold(learning_rate, momentum, nesterov)`
+      (`2 / lr` without momentum), i.e. `lambda < lambda*` with
+
+          lambda* = (sqrt(1 + 4 rho T) - 1) / (2 rho).
+
+    - SAM as Foret et al. and `keras_sam.SAMModel` write it,
+      `eps = rho g / |g|` (`normalized=True`), at a minimum
+      (`gradient_norm=None`): the perturbation has the fixed length
+      `rho`, so it adds a bounded input `lr rho H g / |g|` to the linear
+      step of GD on `H`; the iterates stay bounded iff GD's linear part
+      is stable, `lambda < T`, and diverge above. Below, they do not
+      converge to `w*`: they bounce across the minimum along the top
+      eigenvector (Bartlett, Long & Bousquet, 2023), on the period-2
+      orbit `x = +-A v` of `sam_oscillation_amplitude`. This function
+      returns `T`.
+
+    - Normalized SAM away from the minimum, at a point where the gradient
+      has norm `|g| = gradient_norm`: Long & Bartlett's (2023) SAM edge of
+      stability. Holding `|g|` fixed over a step, the update is GD on
+      `H + rho H^2 / |g|`, unstable along an eigenvector once
+      `lambda + rho lambda^2 / |g| > T`, i.e. above
+
+          lambda* = |g| / (2 rho) (sqrt(1 + 4 rho T / |g|) - 1),
+
+      which is `|g| / (2 rho) (sqrt(1 + 8 rho / (lr |g|)) - 1)` without
+      momentum, below `T`, and falls to 0 with `|g|` (momentum enters
+      through `T`, an extension of the paper's GD analysis). On the
+      period-2 orbit of amplitude `A`, `|g| = lambda A` and `lambda*`
+      equals `lambda`: the orbit sits exactly at this edge.
+
+    Args:
+        learning_rate: Positive float.
+        rho: Non-negative float, SAM's radius `rho` (`0` gives GD's
+            threshold).
+        momentum: Float in [0, 1), the optimizer's momentum. Defaults to
+            `0.0`.
+        nesterov: Boolean. Defaults to `False`.
+        normalized: Boolean, `eps = rho g / |g|` (SAM) or, if `False`,
+            `eps = rho g` (un-normalized SAM). Defaults to `True`.
+        gradient_norm: Positive float or `None`, `|g|` for the SAM edge
+            of normalized SAM; `None` means at a minimum. Only with
+            `normalized=True`. Defaults to `None`.
+
+    Returns:
+        The threshold on the sharpness `lambda_max(H)`, a float.
+
+    Example:
+
+    >>> keras_sam.hessian.sam_stability_threshold(0.1, rho=0.05)
+    20.0
+    >>> keras_sam.hessian.sam_stability_threshold(
+    ...     0.1, rho=0.05, normalized=False)  # doctest: +ELLIPSIS
+    12.36...
+
+    References:
+        - Foret et al., 2021. Sharpness-Aware Minimization for Efficiently
+          Improving Generalization. https://arxiv.org/abs/2010.01412
+        - Bartlett, Long & Bousquet, 2023. The Dynamics of
+          Sharpness-Aware Minimization: Bouncing Across Ravines and
+          Drifting Towards Wide Minima. JMLR 24(316).
+          https://arxiv.org/abs/2210.01513
+        - Long & Bartlett, 2024. Sharpness-Aware Minimization and the Edge
+          of Stability. https://arxiv.org/abs/2309.12488
+        - Agarwala & Dauphin, 2023. SAM operates far from home:
+          eigenvalue regularization as a dynamical phenomenon.
+          https://arxiv.org/abs/2302.08692
+    """
+    threshold = gd_stability_threshold(learning_rate, momentum, nesterov)
+    rho = check_non_negative_float("rho", rho)
+    check_bool("normalized", normalized)
+    if gradient_norm is not None:
+        if not normalized:
+            raise ValueError(
+                "Argument `gradient_norm` applies to normalized SAM only: "
+                "un-normalized SAM's threshold does not depend on it. "
+                f"Received: gradient_norm={gradient_norm!r}, "
+                "normalized=False."
+            )
+        gradient_norm = check_positive_float("gradient_norm", gradient_norm)
+    if rho == 0.0 or (normalized and gradient_norm is None):
+        return threshold
+    scale = 1.0 if not normalized else gradient_norm
+    # The positive root of rho lambda^2 / scale + lambda = threshold,
+    # written without cancellation.
+    root = math.sqrt(1.0 + 4.0 * rho * threshold / scale)
+    return 2.0 * threshold / (1.0 + root)
+
+
+def sam_oscillation_amplitude(
+    learning_rate, rho, sharpness, momentum=0.0, nesterov=False
+):
+    """The distance from the minimum at which SAM bounces, on a quadratic.
+
+    Normalized SAM (`keras_sam.SAMModel`) with Keras's `SGD` on a
+    quadratic with top eigenvalue `lambda` (eigenvector `v`) and
+    `a = lr lambda` below `tau = lr * gd_stability_threshold(lr, momentum,
+    nesterov)` has the period-2 orbit `x_t = (-1)^t A v` (its velocity
+    `(-1)^t 2 A v` for heavy ball, `(-1)^t 2 A v / (1 + 2 beta)` for
+    Nesterov) at
+
+        A = a rho / (tau - a),
+
+    which is `a rho / (2 - a)` without momentum (Bartlett, Long &
+    Bousquet, 2023). Derivation without momentum: on `x = c v`,
+    `g / |g| = sign(c) v`, so `c <- (1 - a) c - a rho sign(c)`, and
+    `c = A`, `-A`, `A`, ... solves `-A = (1 - a) A - a rho`. With
+    momentum the same substitution in Keras's update (see
+    `sgd_second_moment_growth`) gives `tau - a` in the denominator. Along
+    the other eigenvectors (eigenvalue `lambda_j < lambda`) the step
+    multiplies the deviation by `1 - a_j - a_j^2 (2 - a) / a^2` (no
+    momentum), of modulus below 1: the orbit is transversally stable.
+    Without momentum the iterates were always seen to settle on it; with
+    momentum 0.9 and `a` well below `tau` they can settle on other
+    bounded orbits (period 4), reaching this one near the threshold.
+
+    Args:
+        learning_rate: Positive float.
+        rho: Non-negative float, SAM's radius.
+        sharpness: Positive float, `lambda_max(H)`.
+        momentum: Float in [0, 1). Defaults to `0.0`.
+        nesterov: Boolean. Defaults to `False`.
+
+    Returns:
+        `A`, a float; `inf` when `sharpness` is at or above
+        `sam_stability_threshold(learning_rate, rho, momentum, nesterov)`
+        (the iterates diverge).
+
+    Example:
+
+    >>> keras_sam.hessian.sam_oscillation_amplitude(
+    ...     0.1, rho=0.05, sharpness=15.0)  # doctest: +ELLIPSIS
+    0.15...
+
+    References:
+        - Bartlett, Long & Bousquet, 2023.
+          https://arxiv.org/abs/2210.01513
+    """
+    threshold = gd_stability_threshold(learning_rate, momentum, nesterov)
+    rho = check_non_negative_float("rho", rho)
+    sharpness = check_positive_float("sharpness", sharpness)
+    if sharpness >= threshold:
+        return math.inf
+    a, tau = learning_rate * sharpness, learning_rate * threshold
+    return a * rho / (tau - a)
+
+
 def _finite_population_factor(population, batch_size):
     """`(N - B) / (B (N - 1))`: the variance of a mean of `B` draws without
     replacement from `N` items, over the variance of one draw."""
@@ -151,10 +318,12 @@ def _growth_operator(noise, learning_rate, train_factor):
 
 # Mean-square stability with momentum: the second-moment map -----------------
 
-_DENSE_SECOND_MOMENT_SIZE = 300
+_DENSE_SECOND_MOMENT_SIZE = 1200
 """Second-moment maps on at most this many symmetric coordinates are built
-as dense matrices; larger ones are handed to ARPACK as products (faster
-from about this size on, and equal to 1e-12 in the tests)."""
+as dense matrices (a few seconds at this size); larger ones are handed to
+ARPACK as products. ARPACK agreed to 1e-12 in the tests, but converges
+slowly when many eigenvalues crowd near the spectral radius (flat
+directions put many near 1)."""
 
 
 def _sgd_transition(mean_hessian, learning_rate, momentum, nesterov):
@@ -281,6 +450,7 @@ class _SecondMomentMap:
             return None
         return float(np.max(np.abs(values)))
 
+
 def sgd_second_moment_growth(
     sample_hessians,
     learning_rate,
@@ -347,9 +517,11 @@ def sgd_second_moment_growth(
     The map acts on symmetric `m x m` matrices, `m = 2 n` (`n` the number
     of parameters; `m = n` without momentum): it is built densely on the
     `m (m + 1) / 2` coordinates of the upper triangle and its eigenvalues
-    computed directly while there are at most 300 of them (`n <= 12`
-    with momentum, `n <= 24` without), else the largest are found by
-    ARPACK from products `S -> Phi(S)` (each `O(N n^3)`).
+    computed directly while there are at most 1200 of them (`n <= 24`
+    with momentum, `n <= 48` without; a few seconds), else the largest
+    are found by ARPACK from products `S -> Phi(S)` (each `O(N n^3)`),
+    which can take minutes when many eigenvalues are close to the
+    largest.
 
     Args:
         sample_hessians: Array `(N, n, n)`, the Hessian of each sample's
@@ -579,8 +751,10 @@ def linear_stability(
     train_factor = _finite_population_factor(population, batch_size)
     dim = curvature.dim
     full_space = dim <= num_directions
-    steps = num_iterations if full_space else max(
-        num_iterations, 2 * num_directions
+    steps = (
+        num_iterations
+        if full_space
+        else max(num_iterations, 2 * num_directions)
     )
     ritz_values, ritz_vectors = _lanczos(
         curvature.hvp, dim, steps, rng, return_vectors=True
