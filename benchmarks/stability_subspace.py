@@ -15,8 +15,8 @@ bisection to 0.1%.
     python benchmarks/stability_subspace.py            # width 4, 21 params
     python benchmarks/stability_subspace.py --width 6  # 31 params, slower
 
-Writes `saved_results/measurement/stability_subspace_w<width>.csv`, one
-row per (momentum, method). Width 4 takes about 2 minutes on 2 CPU cores
+Writes `saved_results/stability_subspace/stability_subspace_w<width>.csv`,
+one row per (momentum, method). Width 4 took 5 minutes on 2 busy cores
 (the full map with momentum is a 903 x 903 eigenproblem per bisection
 step).
 """
@@ -134,7 +134,7 @@ def main():
                 }
             )
             print(rows[-1], flush=True)
-    out = ROOT / "saved_results" / "measurement"
+    out = ROOT / "saved_results" / "stability_subspace"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"stability_subspace_w{args.width}.csv"
     with open(path, "w", newline="") as handle:

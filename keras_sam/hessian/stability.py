@@ -653,13 +653,14 @@ def linear_stability(
     be below 0 where the full map's is 0. Measured against the full map
     on a `Dense(4, tanh) -> Dense(1)` network (21 parameters) at an
     interpolating minimum of `"mse"`, 48 samples, `B = 4`
-    (`benchmarks/stability_subspace.py`): the learning rate at which the
-    growth turns positive came out too large by 14%, 4.3%, 1.2% and 0.3%
-    with 1, 2, 4 and 8 directions without momentum, and by 250%, 56%,
-    8.7% and 1.6% with momentum 0.9: the subspace is optimistic (it
-    calls stable what is slightly unstable), and momentum needs more
-    directions. Wu et al.'s bound, on the full space, came out 11% too
-    small on the same network.
+    (`benchmarks/stability_subspace.py`, `saved_results/
+    stability_subspace/`): the learning rate at which the growth turns
+    positive came out too large by 14%, 4.3%, 1.3% and 0.25% with 1, 2,
+    4 and 8 directions without momentum, and by 250%, 55%, 8.6% and
+    1.5% with momentum 0.9: the subspace is optimistic (it calls stable
+    what is slightly unstable), and momentum needs more directions.
+    Wu et al.'s bound, on the full space, came out 11% too small on the
+    same network.
 
     How `Sigma` is obtained. If the probe set has at most
     `max_exact_samples` samples, from the `n` per-sample products
