@@ -1,4 +1,4 @@
-"""Linear stability of GD and SGD at the current weights (Wu et al., 2018)."""
+"""Linear stability at a minimum: GD, SGD with Keras momentum, and SAM."""
 
 import math
 
