@@ -11,6 +11,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from test_stability import enumerated_growth
 
 import keras_sam
 from keras_sam import callbacks
@@ -163,6 +164,9 @@ def test_linear_stability(learning_rate):
     )
     assert logs["sgd_growth"] == pytest.approx(growth, abs=1e-5)
     assert logs["sgd_stable"] == float(growth <= 1e-3)
+    exact = enumerated_growth(per_sample_hessians(x), learning_rate, BATCH_SIZE)
+    assert logs["sgd_growth_exact"] == pytest.approx(exact, abs=1e-5)
+    assert exact <= growth + 1e-9
 
 
 def test_linear_stability_batch_size_from_dataset_size():
@@ -175,6 +179,23 @@ def test_linear_stability_batch_size_from_dataset_size():
     # B = ceil(64 / STEPS) = 16.
     _, _, growth = dense_growth(x, 0.3, 16, 64)
     assert history.history["sgd_growth"][0] == pytest.approx(growth, abs=1e-5)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_linear_stability_reads_momentum_from_the_optimizer(nesterov):
+    x, y = problem()
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=nesterov)
+    stability = callbacks.LinearStability(
+        (x, y), batch_size=BATCH_SIZE, num_iterations=DIM, max_overhead=None
+    )
+    history = fit(linear_model(optimizer), x, y, [stability], epochs=1)
+    growth = enumerated_growth(
+        per_sample_hessians(x), 0.05, BATCH_SIZE, 0.9, nesterov
+    )
+    logs = {k: v[0] for k, v in history.history.items()}
+    assert logs["sgd_growth_exact"] == pytest.approx(growth, abs=1e-5)
+    assert logs["sgd_growth"] == logs["sgd_growth_exact"]
+    assert logs["sgd_stable"] == float(growth <= 1e-3)
 
 
 def test_stability_callbacks_without_sizes_fail_at_construction():

@@ -21,13 +21,20 @@ class LinearStability(ProbeCallback):
       variance of the per-sample Hessians;
     - `gd_stability_ratio`: `a` over GD's threshold
       `2 (1 + momentum) / learning_rate` (stable iff <= 1);
-    - `sgd_growth`: `lambda_max(M) - 1`, `M = (I - lr H)^2 + lr^2
-      (N - B) / (B (N - 1)) Sigma`, the per-step growth of the second
-      moment of SGD's deviation (momentum not included);
+    - `sgd_growth`: without momentum, Wu et al.'s bound
+      `lambda_max(M) - 1`, `M = (I - lr H)^2 + lr^2 (N - B) / (B (N - 1))
+      Sigma`, on the per-step growth of the second moment of SGD's
+      deviation; with momentum, `sgd_growth_exact`;
+    - `sgd_growth_exact`: that growth itself, the spectral radius of the
+      second-moment map of Keras's SGD (with its momentum and Nesterov
+      setting) minus 1, in the top `num_directions` eigenvectors of `H`
+      (see `hessian.linear_stability`); at most `sgd_growth` without
+      momentum;
     - `sgd_stable`: `1.0` if `sgd_growth <= tolerance`, else `0.0`.
 
-    The learning rate and momentum are read from the model's optimizer
-    at each measurement (see `ProbeCallback.training_settings`). The
+    The learning rate, momentum and `nesterov` flag are read from the
+    model's optimizer at each measurement (see
+    `ProbeCallback.training_settings`). The
     SGD batch size `B` and training set size `N` are not given to
     callbacks by Keras 3's `fit`: pass `batch_size` (or `dataset_size`,
     and `B = ceil(N / steps_per_epoch)` is used); a missing `N` is
@@ -51,6 +58,9 @@ class LinearStability(ProbeCallback):
             `None`.
         num_iterations: Integer, Lanczos steps per eigenvalue. Defaults to
             `20`.
+        num_directions: Integer, the dimension of the subspace of
+            `sgd_growth_exact` (exact for models with at most this many
+            parameters). Defaults to `8`.
         max_exact_samples: Integer, the largest probe set measured with
             exact per-sample products. Defaults to `64`.
         num_noise_batches: Integer or `None`, random batches when not
@@ -85,6 +95,7 @@ class LinearStability(ProbeCallback):
         "non_uniformity",
         "gd_stability_ratio",
         "sgd_growth",
+        "sgd_growth_exact",
         "sgd_stable",
     )
 
@@ -96,6 +107,7 @@ class LinearStability(ProbeCallback):
         learning_rate=None,
         momentum=None,
         num_iterations=20,
+        num_directions=hessian.DEFAULT_NUM_DIRECTIONS,
         max_exact_samples=hessian.DEFAULT_MAX_EXACT_SAMPLES,
         num_noise_batches=None,
         tolerance=hessian.DEFAULT_STABILITY_TOLERANCE,
@@ -117,6 +129,9 @@ class LinearStability(ProbeCallback):
         self.momentum = optional_momentum(momentum)
         self.num_iterations = _validation.check_int(
             "num_iterations", num_iterations
+        )
+        self.num_directions = _validation.check_int(
+            "num_directions", num_directions
         )
         self.max_exact_samples = _validation.check_int(
             "max_exact_samples", max_exact_samples, 0
@@ -150,6 +165,7 @@ class LinearStability(ProbeCallback):
             dataset_size=dataset_size,
             nesterov=nesterov,
             num_iterations=self.num_iterations,
+            num_directions=self.num_directions,
             max_exact_samples=self.max_exact_samples,
             num_noise_batches=self.num_noise_batches,
             tolerance=self.tolerance,
@@ -166,9 +182,22 @@ class LinearStability(ProbeCallback):
         batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
         m = self.num_iterations
+        k = self.num_directions
         exact, size, count = stability._noise_plan(
             n, batch_size, self.max_exact_samples, self.num_noise_batches
         )
+        # Wu's criterion is computed without momentum only; the projected
+        # Hessians take k products per set of samples.
+        wu = 1 if self._momentum() == 0.0 else 0
         if exact:
-            return 3 * m, 4 * m * n
-        return m + 2 * m * (2 + 2 * count * size / n), 0
+            return max(m, 2 * k) + m * (1 + wu), 2 * m * n * (1 + wu) + k * n
+        sets = count * size / n
+        full = max(m, 2 * k) + 2 * m * (1 + sets) * (1 + wu) + k * (1 + sets)
+        return full, 0
+
+    def _momentum(self):
+        if self.momentum is not None:
+            return self.momentum
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        return float(getattr(optimizer, "momentum", 0.0) or 0.0)

@@ -1,12 +1,15 @@
 """Curvature of the training loss: Hessian-vector products, top eigenvalues
 and eigenvectors, the trace, the eigenvalue density, per-layer curvature,
-perturbation sharpness, and the linear stability of GD and SGD at the
-current weights.
+perturbation sharpness, and the linear stability of GD, SGD (with or
+without momentum) and SAM at the current weights.
 
-Every function takes a compiled Keras model (a plain `keras.Model` or a
-`keras_sam.SAMModel`) and probe data, and measures the loss that `fit`
-minimizes: the compiled loss plus the regularization losses (weight
-regularizers and `add_loss` terms), averaged over the probe data. The loss
+Every function but the closed forms (`gd_stability_threshold`,
+`sam_stability_threshold`, `sam_oscillation_amplitude`) and
+`sgd_second_moment_growth` (dense per-sample Hessians) takes a compiled
+Keras model (a plain `keras.Model` or a `keras_sam.SAMModel`) and probe
+data, and measures the loss that `fit` minimizes: the compiled loss plus
+the regularization losses (weight regularizers and `add_loss` terms),
+averaged over the probe data. The loss
 is evaluated in inference mode (`training=False`: BatchNorm uses its moving
 statistics, dropout is off) through `stateless_call`, so nothing is
 updated: weights, BatchNorm statistics, seeds and metrics stay as they
@@ -93,13 +96,18 @@ from keras_sam.hessian.spectrum import (
 )
 from keras_sam.hessian.stability import (
     DEFAULT_MAX_EXACT_SAMPLES,
+    DEFAULT_NUM_DIRECTIONS,
     DEFAULT_STABILITY_TOLERANCE,
     gd_stability_threshold,
     linear_stability,
+    sam_oscillation_amplitude,
+    sam_stability_threshold,
+    sgd_second_moment_growth,
 )
 
 __all__ = [
     "DEFAULT_MAX_EXACT_SAMPLES",
+    "DEFAULT_NUM_DIRECTIONS",
     "DEFAULT_PROBE_BATCH_SIZE",
     "DEFAULT_STABILITY_TOLERANCE",
     "ProbeSet",
@@ -115,6 +123,9 @@ __all__ = [
     "layer_top_eigenvalues",
     "linear_stability",
     "noise_alignment",
+    "sam_oscillation_amplitude",
+    "sam_stability_threshold",
+    "sgd_second_moment_growth",
     "smoothed_density",
     "top_eigenvalues",
 ]

@@ -9,7 +9,7 @@ from scipy import linalg as scipy_linalg
 from keras_sam._validation import is_integer
 
 
-def _lanczos(matvec, dim, num_iterations, rng):
+def _lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
     """Ritz values of a symmetric operator after `num_iterations` products.
 
     Lanczos with full reorthogonalization (twice, classical Gram-Schmidt)
@@ -21,10 +21,19 @@ def _lanczos(matvec, dim, num_iterations, rng):
         dim: The dimension of the operator.
         num_iterations: The number of products (capped at `dim`).
         rng: A `numpy.random.Generator` for the start vectors.
+        return_vectors: Boolean, also return the Ritz vectors. Defaults to
+            `False`.
 
     Returns:
-        The Ritz values, a float64 NumPy array in ascending order.
+        The Ritz values, a float64 NumPy array in ascending order; with
+        `return_vectors`, a pair `(values, vectors)`, `vectors[:, j]` the
+        unit Ritz vector of `values[j]` (orthonormal columns).
     """
+    if return_vectors:
+        values, vectors, _ = _lanczos_ritz_pairs(
+            matvec, dim, num_iterations, rng
+        )
+        return values, vectors
     alphas, betas, _ = _lanczos_tridiagonal(matvec, dim, num_iterations, rng)
     return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
 
