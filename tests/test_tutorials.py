@@ -29,7 +29,8 @@ OUTPUTS = {
     ],
     "03_sgd_escape": [
         "escape_runs.csv", "scalar_criteria.csv", "trajectories.csv",
-        "escape_1d.png", "escape_network.png",
+        "momentum_escape.csv", "escape_1d.png", "escape_network.png",
+        "momentum_escape.png",
     ],
     "04_sam_flatness": ["sam_flatness.csv", "sam_flatness.png"],
     "05_full_batch_vs_sgd": [

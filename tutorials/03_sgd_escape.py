@@ -415,6 +415,79 @@ for seed in range(NET_SEEDS):
             )
 
 """
+## Part 4: SGD with momentum
+
+Nearly every CIFAR recipe uses SGD with momentum 0.9, and momentum moves
+the threshold. `keras_sam.hessian.sgd_second_moment_growth` gives the
+exact mean-square growth of Keras's `SGD(momentum=beta)` at a minimum,
+from the per-sample Hessians: the spectral radius of the map
+`S -> E[A_B S A_B^T]` on the second moment of `(x - x*, velocity)`, minus
+one (its docstring has the derivation). At the 1-D example's sharp
+minimum (curvatures 0.2 and 3.0, batch 1) we find, for each momentum,
+the learning rate `lr*` where the growth crosses 0 (bisection), then run
+SGD with that momentum, written as Keras writes it (`v <- beta v - lr g`,
+`x <- x + v`), on the full non-quadratic loss at `lr = f lr*` for several
+factors `f`, from `x0 ~ 1e-3 N(0, 1)`, `v = 0`, over many seeds, and
+count the runs that left the sharp minimum (`|x| > 1e-2` at the end).
+"""
+
+MOMENTA = (0.0, 0.5, 0.9)
+LR_FACTORS = (0.5, 0.8, 1.25, 2.0)
+SAMPLE_HESSIANS = TOY_SHARP.reshape(2, 1, 1)
+
+
+def momentum_growth(learning_rate, momentum):
+    return keras_sam.hessian.sgd_second_moment_growth(
+        SAMPLE_HESSIANS, learning_rate, batch_size=1, momentum=momentum
+    )
+
+
+def critical_learning_rate(momentum):
+    """The `lr` where the exact growth crosses 0 (bisection on a bracket
+    stable at its low end, unstable at its high end)."""
+    low, high = 1e-3, 4.0
+    assert momentum_growth(low, momentum) <= 0 < momentum_growth(
+        high, momentum
+    )
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if momentum_growth(middle, momentum) <= 0:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
+
+
+momentum_rows = []
+for momentum in MOMENTA:
+    threshold = critical_learning_rate(momentum)
+    for factor in LR_FACTORS:
+        learning_rate = factor * threshold
+        escaped = 0
+        for seed in range(TOY_SEEDS):
+            rng = np.random.default_rng([seed, int(100 * momentum)])
+            x, velocity = 1e-3 * rng.standard_normal(), 0.0
+            for _ in range(TOY_STEPS):
+                gradient = toy_gradient(x, rng.integers(2))
+                velocity = momentum * velocity - learning_rate * gradient
+                x = x + velocity
+                if not np.isfinite(x):
+                    break
+            escaped += bool(not np.isfinite(x) or abs(x) > 1e-2)
+        momentum_rows.append({
+            "momentum": momentum, "critical_learning_rate": threshold,
+            "factor": factor, "learning_rate": learning_rate,
+            "growth": momentum_growth(learning_rate, momentum),
+            "predicted_stable": momentum_growth(learning_rate, momentum) <= 0,
+            "seeds": TOY_SEEDS, "escaped": escaped,
+        })
+        row = momentum_rows[-1]
+        print(
+            f"momentum {momentum}: lr* {threshold:.4f}, lr {factor} lr*: "
+            f"growth {row['growth']:+.3f}, escaped {escaped}/{TOY_SEEDS}"
+        )
+
+"""
 ## Results
 """
 
@@ -482,6 +555,14 @@ run.write_csv(
     "trajectories.csv",
     trajectory_rows,
     ["experiment", "seed", "method", "batch_size", "step", "value", "loss"],
+)
+run.write_csv(
+    "momentum_escape.csv",
+    momentum_rows,
+    [
+        "momentum", "critical_learning_rate", "factor", "learning_rate",
+        "growth", "predicted_stable", "seeds", "escaped",
+    ],
 )
 make_plots.plot_sgd_escape(run.output_dir)
 run.finish(

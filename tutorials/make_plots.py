@@ -172,9 +172,32 @@ def _toy_loss(x, sharp, flat=0.5, center=4.0):
     return 0.5 * np.minimum(sharp * x**2, flat * (x - center) ** 2)
 
 
+def plot_momentum_escape(output_dir):
+    """`momentum_escape.csv`: escapes against the learning rate over the
+    exact momentum threshold."""
+    rows = read_csv(output_dir / "momentum_escape.csv")
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for momentum in sorted({r["momentum"] for r in rows}):
+        part = [r for r in rows if r["momentum"] == momentum]
+        axis.plot(_column(part, "factor"),
+                  _column(part, "escaped") / _column(part, "seeds"), "o-",
+                  label=f"momentum {momentum:g} "
+                  f"(lr* = {part[0]['critical_learning_rate']:.3f})")
+    axis.axvline(1.0, color="0.6", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate / lr* (exact mean-square threshold)")
+    axis.set_ylabel("fraction of seeds that left")
+    axis.set_title("SGD with momentum at the 1-D sharp minimum")
+    axis.legend(fontsize=8)
+    _save(figure, output_dir / "momentum_escape.png")
+
+
 def plot_sgd_escape(output_dir):
-    """`trajectories.csv`, `escape_runs.csv`, `scalar_criteria.csv`."""
+    """`trajectories.csv`, `escape_runs.csv`, `scalar_criteria.csv`,
+    `momentum_escape.csv`."""
     output_dir = pathlib.Path(output_dir)
+    if (output_dir / "momentum_escape.csv").is_file():
+        plot_momentum_escape(output_dir)
     trajectories = read_csv(output_dir / "trajectories.csv")
     runs = read_csv(output_dir / "escape_runs.csv")
     scalar = read_csv(output_dir / "scalar_criteria.csv")
@@ -622,6 +645,17 @@ def headline_sgd_escape(folder):
     runs = read_csv(folder / "escape_runs.csv")
     scalar = read_csv(folder / "scalar_criteria.csv")
     lines = []
+    if (folder / "momentum_escape.csv").is_file():
+        momentum = read_csv(folder / "momentum_escape.csv")
+        for beta in sorted({r["momentum"] for r in momentum}):
+            part = [r for r in momentum if r["momentum"] == beta]
+            lines.append(
+                f"1-D, SGD with momentum {beta:g} (exact threshold lr* = "
+                f"{part[0]['critical_learning_rate']:.4f}): left the sharp "
+                "minimum in " + ", ".join(
+                    f"{int(r['escaped'])}/{int(r['seeds'])} seeds at "
+                    f"{r['factor']:g} lr*" for r in part) + "."
+            )
     toy = [r for r in runs if r["experiment"] == "toy"]
     for method in ("gd", "sgd"):
         part = [r for r in toy if r["method"] == method]
