@@ -273,6 +273,22 @@ def test_normalization_and_eval_batches_match_tf_data():
     assert sorted(y.tolist()) == list(range(50))
 
 
+def test_normalize_table_gives_the_formula_exactly():
+    images = np.random.default_rng(2).integers(0, 256, (9, 4, 4, 3))
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    looked_up = numpy_pipeline.normalize(images.astype(np.uint8), mean, std)
+    formula = (
+        images.astype(np.float32) / np.float32(255)
+        - np.float32(mean)
+    ) / np.float32(std)
+    assert looked_up.dtype == np.float32
+    np.testing.assert_array_equal(looked_up, formula)
+    np.testing.assert_array_equal(
+        numpy_pipeline.normalize(images.astype(np.float32), mean, std),
+        formula,
+    )
+
+
 def test_bad_arguments_are_refused_by_name():
     images, labels = _position_images(8), np.arange(8)
     with pytest.raises(ValueError, match="batch_size"):

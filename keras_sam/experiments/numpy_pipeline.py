@@ -39,7 +39,9 @@ def normalize(images, mean, std):
     """`(images / 255 - mean) / std` in float32, per channel.
 
     The same float32 operations, in the same order, as
-    `experiments.data_pipeline.normalize`.
+    `experiments.data_pipeline.normalize`. For uint8 images they are
+    computed once per channel and pixel value (a 256-entry table per
+    channel) and looked up, which gives the same numbers faster.
 
     Args:
         images: array of pixel values in `[0, 255]`, channels last.
@@ -49,10 +51,22 @@ def normalize(images, mean, std):
     Returns:
         A new float32 array of the same shape.
     """
-    output = np.asarray(images).astype(np.float32)
+    images = np.asarray(images)
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if images.dtype == np.uint8:
+        channels = images.shape[-1]
+        values = np.arange(256, dtype=np.float32)[:, None]
+        table = (values / np.float32(255.0) - mean) / std  # (256, channels)
+        table = np.broadcast_to(table, (256, channels)).T.ravel()
+        # Entry `channel * 256 + value`.
+        index = images.astype(np.uint16)
+        index += (np.arange(channels) * 256).astype(np.uint16)
+        return table[index]
+    output = images.astype(np.float32)
     output /= np.float32(255.0)
-    output -= np.asarray(mean, np.float32)
-    output /= np.asarray(std, np.float32)
+    output -= mean
+    output /= std
     return output
 
 
@@ -129,7 +143,13 @@ def cutout(images, rng, size=data_pipeline.CUTOUT_SIZE):
           Convolutional Neural Networks with Cutout](
           https://arxiv.org/abs/1708.04552)
     """
-    images = np.asarray(images)
+    output = np.array(images, order="C", copy=True)
+    _cutout_in_place(output, rng, size)
+    return output
+
+
+def _cutout_in_place(images, rng, size):
+    """`cutout` writing into `images`, a C-contiguous array."""
     count, height, width = images.shape[:3]
     cy = rng.integers(0, height, size=count)
     cx = rng.integers(0, width, size=count)
@@ -140,7 +160,11 @@ def cutout(images, rng, size=data_pipeline.CUTOUT_SIZE):
     in_rows = (rows >= top) & (rows < top + size)
     in_columns = (columns >= left) & (columns < left + size)
     inside = in_rows[:, :, None] & in_columns[:, None, :]
-    return np.where(inside[..., None], np.zeros((), images.dtype), images)
+    # One element per pixel (its channels as raw bytes), so the boolean
+    # assignment moves whole pixels: about 4x faster than masking floats.
+    pixel = np.dtype((np.void, images.dtype.itemsize * images.shape[3]))
+    pixels = images.view(pixel)[..., 0]
+    pixels[inside] = np.zeros((), pixel)
 
 
 class TrainBatches(keras.utils.PyDataset):
@@ -301,7 +325,7 @@ class TrainBatches(keras.utils.PyDataset):
             )
         batch = normalize(batch, self.mean, self.std)
         if self.augment in ("cutout", "randaugment"):
-            batch = cutout(batch, rng)
+            _cutout_in_place(batch, rng, data_pipeline.CUTOUT_SIZE)
         self._produced.add(index)
         return batch, self.labels[rows]
 
