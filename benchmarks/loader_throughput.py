@@ -265,6 +265,21 @@ def write(rows, summary, args, load_start, load_end):
             f"{s['images_per_cpu_second']:,.0f} | "
             f"{s['cores_for_gpu_step']:.1f} |"
         )
+    single = [s for s in summary
+              if s["pipeline"] == "numpy" and s["workers"] == 1]
+    if single:
+        needed = max(s["cores_for_gpu_step"] for s in single)
+        lines += [
+            "",
+            f"A GPU step at {GPU_STEP_IMAGES_PER_SECOND:,} img/s (WRN-16-8 "
+            "`SAMModel`, bf16, batch 128, one H100; README, Performance) "
+            f"needs {needed:.2f} host cores of this CPU for the NumPy "
+            "pipeline at the slowest augmentation timed "
+            f"({', '.join(s['augment'] for s in single)}), one thread: the "
+            "loader alone, not the host side of the step (copying the "
+            "float32 batch to the device, dispatch)."
+            + _workers_sentence(summary),
+        ]
     stages = [r for r in rows if r["kind"] == "stage"]
     total = sum(r["ms_per_batch"] for r in stages)
     lines += [
@@ -280,6 +295,23 @@ def write(rows, summary, args, load_start, load_end):
         output, README_BEGIN, README_END, "\n".join(lines)
     )
     return path
+
+
+def _workers_sentence(summary):
+    """Whether more Keras worker threads raised the wall-clock rate."""
+    rates = {(s["augment"], s["workers"]): s["images_per_second"]
+             for s in summary if s["pipeline"] == "numpy"}
+    ratios = [rate / rates[(augment, 1)]
+              for (augment, workers), rate in rates.items()
+              if workers > 1 and (augment, 1) in rates]
+    if not ratios:
+        return ""
+    verb = "raised" if min(ratios) > 1 else "did not raise"
+    return (
+        f" More worker threads {verb} the wall-clock rate here (x"
+        f"{min(ratios):.2f} to x{max(ratios):.2f} of one thread's), so "
+        "the pipeline uses one by default."
+    )
 
 
 def main(argv=None):
