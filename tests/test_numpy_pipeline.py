@@ -409,7 +409,8 @@ def _without_tensorflow(tmp_path, code, timeout):
 
 def test_nothing_imports_tensorflow_on_jax(tmp_path):
     """Importing the library and every module `reproduce`, `sweep` and
-    `demo` use succeeds with TensorFlow blocked, and leaves it unloaded."""
+    `demo` use succeeds with TensorFlow blocked and leaves it unloaded;
+    `datasets.load` then gives NumPy pipelines that `fit` trains on."""
     out = _without_tensorflow(
         tmp_path,
         """
@@ -427,12 +428,31 @@ def test_nothing_imports_tensorflow_on_jax(tmp_path):
         loaded = [m for m in sys.modules if m.split(".")[0] == "tensorflow"]
         print("loaded:", loaded, keras_sam.__file__)
         print("pipeline:", data_pipeline.choose_pipeline())
+        import keras
+        data = datasets.load(
+            source="sample", train_size=100, test_size=20, batch_size=32,
+            augment="cutout",
+        )
+        model = keras.Sequential([
+            keras.Input((32, 32, 3)), keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        history = model.fit(
+            data.train, validation_data=data.validation, epochs=2,
+            callbacks=[training.DataEpoch(data)], shuffle=False, verbose=0,
+        )
+        loaded = [m for m in sys.modules if m.split(".")[0] == "tensorflow"]
+        print("trained:", data.pipeline, len(history.history["val_loss"]),
+              data.train.epoch, "loaded:", loaded)
         """,
         timeout=120,
     )
     assert "blocked: tensorflow is blocked" in out
     assert "loaded: [] " + str(REPO_ROOT / "keras_sam") in out
     assert "pipeline: numpy" in out
+    # Two epochs trained and validated; the data epoch moved past both.
+    assert "trained: numpy 2 2 loaded: []" in out
 
 
 @pytest.mark.slow
