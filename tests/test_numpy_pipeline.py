@@ -306,6 +306,11 @@ def test_bad_arguments_are_refused_by_name():
         batches.set_epoch(-1)
     with pytest.raises(IndexError):
         batches[2]
+    with pytest.raises(ValueError, match="workers=2"):
+        numpy_pipeline.TrainBatches(
+            images, labels, 4, RAW_MEAN, RAW_STD, augment="randaugment",
+            workers=2,
+        )  # fmt: skip
     with pytest.raises(ValueError, match="pipeline"):
         data_pipeline.choose_pipeline("torchdata")
 
@@ -354,6 +359,13 @@ def test_fit_sees_epoch_e_in_epoch_e_and_resumes_there():
         callbacks=[training.DataEpoch(_Holder(batches))],
     )  # fmt: skip
     assert Recorded.seen[-6:] == [(e, i) for e in (2, 3) for i in range(3)]
+    # Keras' RandAugment runs on this backend's arrays, then cutout.
+    randaugment = numpy_pipeline.TrainBatches(
+        images[:4], np.arange(4), 4, RAW_MEAN, RAW_STD, augment="randaugment"
+    )
+    x, _ = randaugment[0]
+    assert x.shape == (4, 32, 32, 3) and np.isfinite(x).all()
+    assert np.all(x == 0, axis=-1).sum(axis=(1, 2)).min() >= 64  # 8 x 8
 
 
 class _Holder:
