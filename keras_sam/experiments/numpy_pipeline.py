@@ -193,7 +193,7 @@ class TrainBatches(keras.utils.PyDataset):
     `"randaugment"` calls Keras' `RandAugment` eagerly on the backend's
     arrays, which is slow: on a 2-core CPU one 256-image batch took 1.7 s
     on JAX and about 2 minutes on PyTorch (the other augmentations take
-    about 6 ms). Use it for small runs, or the `tf.data` pipeline.
+    about 5 ms). Use it for small runs, or the `tf.data` pipeline.
 
     Args:
         images: uint8 array `(N, height, width, 3)`.
