@@ -1,6 +1,7 @@
 """The experiment application built on the library: one settings object
 per run (`config.RunConfig`), CIFAR data and pipelines (`sources`,
-`datasets`, `data_pipeline`), the SAM paper's recipe (`training`,
+`datasets`, `data_pipeline` for `tf.data`, `numpy_pipeline` for JAX and
+PyTorch without TensorFlow), the SAM paper's recipe (`training`,
 `paper_results`), KerasTuner sweeps (`tuning`, `sweep`), the table
 reproduction (`reproduce`), the demo (`demo`) and the `keras-sam`
 command line (`cli`, one module per subcommand).

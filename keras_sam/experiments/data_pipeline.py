@@ -1,6 +1,9 @@
 """`tf.data` pipelines for CIFAR: shuffling, augmentation, normalization.
 
-The SAM paper's CIFAR input pipeline, deterministic given a seed. Images
+The SAM paper's CIFAR input pipeline, deterministic given a seed, and
+the one place that chooses between it and its NumPy twin
+(`experiments.numpy_pipeline`, for JAX and PyTorch without TensorFlow):
+`make_pipelines(..., pipeline="auto")`, see `choose_pipeline`. Images
 enter as uint8 NumPy arrays (from `experiments.datasets.load_splits`) and
 leave as normalized float32 batches. Every random choice is a stateless
 TensorFlow op keyed by `(seed, epoch, batch index)`:
@@ -25,11 +28,13 @@ it computes every candidate operation, so it is about ten times slower
 than the basic augmentation on a CPU.
 """
 
+import importlib.util
 import math
 
 import numpy as np
 
 AUGMENTATIONS = ("none", "basic", "cutout", "randaugment", "autoaugment")
+PIPELINES = ("auto", "tf.data", "numpy")
 PADDING = 4
 CUTOUT_SIZE = 16
 
@@ -40,8 +45,10 @@ class CifarPipelines:
     Returned by `make_pipelines` and `keras_sam.experiments.datasets.load`.
 
     Attributes:
-        train: `tf.data.Dataset` of `(images, labels)` batches, shuffled
-            and augmented anew each time it is iterated.
+        train: `(images, labels)` batches, shuffled and augmented anew
+            every epoch: a `tf.data.Dataset` (`pipeline="tf.data"`) or an
+            `experiments.numpy_pipeline.TrainBatches` (a
+            `keras.utils.PyDataset`, `pipeline="numpy"`).
         validation: the held-out split, normalized, not augmented, in a
             fixed order; `None` when nothing is held out.
         test: the test split, like `validation`.
@@ -51,7 +58,9 @@ class CifarPipelines:
         batch_size, augment, seed: the arguments they were built with.
         steps_per_epoch: number of training batches per epoch.
         epoch: `tf.Variable`, the epoch the next iteration of `train` will
-            produce; see `set_epoch`.
+            produce (see `set_epoch`); `None` for the NumPy pipeline,
+            whose `train.epoch` holds it.
+        pipeline: `"tf.data"` or `"numpy"`.
     """
 
     def __init__(
@@ -66,6 +75,7 @@ class CifarPipelines:
         augment,
         seed,
         epoch,
+        pipeline="tf.data",
     ):
         self.train = train
         self.validation = validation
@@ -77,6 +87,7 @@ class CifarPipelines:
         self.augment = augment
         self.seed = seed
         self.epoch = epoch
+        self.pipeline = pipeline
         self.steps_per_epoch = math.ceil(len(splits.y_train) / batch_size)
 
     def set_epoch(self, epoch):
@@ -92,7 +103,10 @@ class CifarPipelines:
             raise ValueError(
                 f"`epoch` must be a non-negative integer, got {epoch!r}."
             )
-        self.epoch.assign(epoch)
+        if self.pipeline == "numpy":
+            self.train.set_epoch(epoch)
+        else:
+            self.epoch.assign(epoch)
 
 
 def check_augment(augment):
@@ -348,7 +362,62 @@ def eval_dataset(images, labels, batch_size, mean, std):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_pipelines(splits, batch_size=256, augment="basic", seed=0):
+def choose_pipeline(pipeline="auto"):
+    """The input pipeline `make_pipelines` builds: `"tf.data"` or `"numpy"`.
+
+    The one place where the pipeline is chosen. `"auto"` is `"tf.data"`
+    on the TensorFlow backend and `"numpy"` on the others (JAX, PyTorch),
+    whether or not TensorFlow is installed, so that a backend always gets
+    the same batches. The two pipelines have the same augmentations,
+    normalization and batching; their random draws differ (TensorFlow's
+    stateless ops against NumPy's generators), so a run gives other
+    batches, from the same distribution, under the other pipeline.
+
+    Args:
+        pipeline: `"auto"`, `"tf.data"` (needs TensorFlow, on any
+            backend) or `"numpy"` (JAX and PyTorch backends only: on the
+            TensorFlow backend Keras prefetches a `PyDataset` through
+            `tf.data`, ahead of the epoch counter). Defaults to `"auto"`.
+
+    Returns:
+        `"tf.data"` or `"numpy"`.
+
+    Example:
+
+    >>> # With KERAS_BACKEND=jax:
+    >>> keras_sam.experiments.data_pipeline.choose_pipeline()
+    'numpy'
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(
+            f"Unknown pipeline={pipeline!r}; expected one of "
+            f"{list(PIPELINES)}."
+        )
+    import keras
+
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if pipeline == "auto":
+        return "tf.data" if on_tensorflow else "numpy"
+    if pipeline == "numpy" and on_tensorflow:
+        # Keras reads a PyDataset through tf.data on this backend, whose
+        # prefetching starts the next epoch before `on_epoch_end`.
+        raise ValueError(
+            "pipeline='numpy' is for the JAX and PyTorch backends: on the "
+            "TensorFlow backend Keras prefetches a PyDataset's next epoch "
+            "before the epoch counter moves. Use pipeline='tf.data' (or "
+            "'auto')."
+        )
+    if pipeline == "tf.data" and not _tensorflow_installed():
+        raise ValueError(
+            "pipeline='tf.data' needs TensorFlow, which is not installed; "
+            "use pipeline='numpy' (or 'auto')."
+        )
+    return pipeline
+
+
+def make_pipelines(
+    splits, batch_size=256, augment="basic", seed=0, pipeline="auto"
+):
     """Builds the train, validation and test pipelines of `splits`.
 
     All three are normalized with the training split's per-channel mean
@@ -360,10 +429,20 @@ def make_pipelines(splits, batch_size=256, augment="basic", seed=0):
         augment: one of `AUGMENTATIONS`. Defaults to `"basic"`.
         seed: seed of the training order and augmentation. Defaults to
             `0`.
+        pipeline: `"auto"`, `"tf.data"` or `"numpy"`; see
+            `choose_pipeline`. Defaults to `"auto"` (`tf.data` on the
+            TensorFlow backend, NumPy on JAX and PyTorch).
 
     Returns:
         A `CifarPipelines`.
     """
+    check_augment(augment)
+    if choose_pipeline(pipeline) == "numpy":
+        from keras_sam.experiments import numpy_pipeline
+
+        return numpy_pipeline.make_pipelines(
+            splits, batch_size=batch_size, augment=augment, seed=seed
+        )
     mean, std = (v.astype(np.float32) for v in splits.channel_statistics())
     train, epoch = train_dataset(
         splits.x_train,
@@ -392,6 +471,13 @@ def make_pipelines(splits, batch_size=256, augment="basic", seed=0):
         seed,
         epoch,
     )
+
+
+def _tensorflow_installed():
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except ImportError:  # an import hook refusing it
+        return False
 
 
 def _check_batch_size(batch_size):

@@ -1,5 +1,5 @@
 """CIFAR-10 and CIFAR-100 for keras-sam: class-balanced splits and the
-paper's `tf.data` pipelines.
+paper's input pipelines.
 
 `load_splits` reads a dataset from one of the sources of
 `keras_sam.experiments.sources` (a JPEG npz copy, an image folder tree,
@@ -8,7 +8,9 @@ holds out a class-balanced validation split; `load` makes the training,
 validation and test pipelines from it. The readers of the JPEG npz format
 and of the sample are re-exported here (`load_jpeg_npz`,
 `load_cifar10_sample`, `decode_jpeg`). This module needs only NumPy and
-Pillow; `load` needs TensorFlow (for `tf.data`).
+Pillow; `load` needs TensorFlow for its `tf.data` pipelines (the default
+on the TensorFlow backend), not for its NumPy ones (the default on JAX
+and PyTorch).
 """
 
 import numpy as np
@@ -316,9 +318,9 @@ def load(
     train_size=None,
     test_size=None,
     download=True,
+    pipeline="auto",
 ):
-    """CIFAR train, validation and test `tf.data` pipelines, as in the SAM
-    paper.
+    """CIFAR train, validation and test pipelines, as in the SAM paper.
 
     Reads the images with `load_splits` (tfds, a JPEG npz folder or an
     image folder tree; see there), holds out `validation_fraction` of the
@@ -327,8 +329,11 @@ def load(
     epoch and augmented (`augment`), all three are normalized per channel
     with the training split's mean and standard deviation. Everything
     random is a function of `seed` and the epoch, so two pipelines made
-    with the same arguments give the same batches. Needs TensorFlow (for
-    `tf.data`); the result feeds `fit` on any Keras backend.
+    with the same arguments give the same batches. The pipelines are
+    `tf.data` datasets on the TensorFlow backend and
+    `keras.utils.PyDataset`s (`experiments.numpy_pipeline`, no TensorFlow
+    needed) on JAX and PyTorch (see `pipeline`); either feeds `fit` on
+    any Keras backend.
 
     Args:
         name: `"cifar10"` or `"cifar100"`. Defaults to `"cifar10"`.
@@ -351,6 +356,9 @@ def load(
             images, or `None` for all. Defaults to `None`.
         test_size: likewise for the test images. Defaults to `None`.
         download: whether tfds may download. Defaults to `True`.
+        pipeline: `"auto"`, `"tf.data"` or `"numpy"` (see
+            `experiments.data_pipeline.choose_pipeline`). Defaults to
+            `"auto"`.
 
     Returns:
         A `keras_sam.experiments.data_pipeline.CifarPipelines` with `train`,
@@ -378,7 +386,11 @@ def load(
         download=download,
     )
     return data_pipeline.make_pipelines(
-        splits, batch_size=batch_size, augment=augment, seed=seed
+        splits,
+        batch_size=batch_size,
+        augment=augment,
+        seed=seed,
+        pipeline=pipeline,
     )
 
 

@@ -28,7 +28,12 @@ import sys
 
 import numpy as np
 
-from keras_sam.experiments import _run_records, paper_results, training
+from keras_sam.experiments import (
+    _run_records,
+    data_pipeline,
+    paper_results,
+    training,
+)
 from keras_sam.experiments.config import RunConfig, check_same_settings
 
 RESULT_FIELDS = (
@@ -137,6 +142,7 @@ def run_reproduction(output_dir, config=None):
             "settings": config.settings(),
             "rho": rho,
             "data": final_splits.source,
+            "input_pipeline": data_pipeline.choose_pipeline(),
             "train_images": len(final_splits.y_train),
             "test_images": len(final_splits.y_test),
             "environment": environment,
@@ -204,8 +210,6 @@ def _train_final_runs(runs_dir, splits, config, runs):
 
 
 def _final_run(splits, config, rho, epochs, seed, backup_dir):
-    from keras_sam.experiments import data_pipeline
-
     pipelines = data_pipeline.make_pipelines(
         splits,
         batch_size=config.batch_size,

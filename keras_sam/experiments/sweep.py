@@ -5,7 +5,7 @@ import json
 import pathlib
 import sys
 
-from keras_sam.experiments import _run_records
+from keras_sam.experiments import _run_records, data_pipeline
 from keras_sam.experiments.config import RunConfig
 from keras_sam.experiments.reproduce import mean_and_interval
 
@@ -94,6 +94,7 @@ def _sweep_info(config, splits, tuner, seeds, environment, started):
     return {
         "dataset": config.dataset,
         "data": splits.source,
+        "input_pipeline": data_pipeline.choose_pipeline(),
         "model": config.model,
         "augment": config.augment,
         "epochs": config.epochs,
