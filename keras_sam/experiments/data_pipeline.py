@@ -437,39 +437,39 @@ def make_pipelines(
         A `CifarPipelines`.
     """
     check_augment(augment)
-    if choose_pipeline(pipeline) == "numpy":
+    return assemble_pipelines(
+        splits, batch_size, augment, seed, choose_pipeline(pipeline)
+    )
+
+
+def assemble_pipelines(splits, batch_size, augment, seed, kind):
+    """The train, validation and test pipelines of `kind` (`"tf.data"` or
+    `"numpy"`, not checked against the backend), normalized with the
+    training split's statistics; see `make_pipelines`."""
+    mean, std = (v.astype(np.float32) for v in splits.channel_statistics())
+    if kind == "numpy":
         from keras_sam.experiments import numpy_pipeline
 
-        return numpy_pipeline.make_pipelines(
-            splits, batch_size=batch_size, augment=augment, seed=seed
+        train = numpy_pipeline.TrainBatches(
+            splits.x_train, splits.y_train, batch_size, mean, std,
+            augment=augment, seed=seed,
         )
-    mean, std = (v.astype(np.float32) for v in splits.channel_statistics())
-    train, epoch = train_dataset(
-        splits.x_train,
-        splits.y_train,
-        batch_size,
-        mean,
-        std,
-        augment=augment,
-        seed=seed,
-    )
+        epoch, evaluation = None, numpy_pipeline.EvalBatches
+    else:
+        train, epoch = train_dataset(
+            splits.x_train, splits.y_train, batch_size, mean, std,
+            augment=augment, seed=seed,
+        )
+        evaluation = eval_dataset
     validation = None
     if len(splits.y_validation):
-        validation = eval_dataset(
+        validation = evaluation(
             splits.x_validation, splits.y_validation, batch_size, mean, std
         )
-    test = eval_dataset(splits.x_test, splits.y_test, batch_size, mean, std)
+    test = evaluation(splits.x_test, splits.y_test, batch_size, mean, std)
     return CifarPipelines(
-        train,
-        validation,
-        test,
-        splits,
-        mean,
-        std,
-        batch_size,
-        augment,
-        seed,
-        epoch,
+        train, validation, test, splits, mean, std, batch_size, augment,
+        seed, epoch, pipeline=kind,
     )
 
 

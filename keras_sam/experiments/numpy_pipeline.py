@@ -390,32 +390,7 @@ def make_pipelines(splits, batch_size=256, augment="basic", seed=0):
         `train` is a `TrainBatches`, `validation` (or `None`) and `test`
         `EvalBatches`, and `pipeline` is `"numpy"`.
     """
-    mean, std = (v.astype(np.float32) for v in splits.channel_statistics())
-    train = TrainBatches(
-        splits.x_train,
-        splits.y_train,
-        batch_size,
-        mean,
-        std,
-        augment=augment,
-        seed=seed,
-    )
-    validation = None
-    if len(splits.y_validation):
-        validation = EvalBatches(
-            splits.x_validation, splits.y_validation, batch_size, mean, std
-        )
-    test = EvalBatches(splits.x_test, splits.y_test, batch_size, mean, std)
-    return data_pipeline.CifarPipelines(
-        train,
-        validation,
-        test,
-        splits,
-        mean,
-        std,
-        batch_size,
-        augment,
-        seed,
-        epoch=None,
-        pipeline="numpy",
+    data_pipeline.check_augment(augment)
+    return data_pipeline.assemble_pipelines(
+        splits, batch_size, augment, seed, "numpy"
     )
