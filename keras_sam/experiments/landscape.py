@@ -20,10 +20,11 @@ redrawn from committed results:
 """
 
 import csv
-import math
 import pathlib
 
 import numpy as np
+
+from keras_sam.experiments import _run_records
 
 MEASURE_FIELDS = ("model", "num_weights", "loss", "top_eigenvalue",
                   "hessian_trace", "hessian_trace_stderr",
@@ -193,11 +194,13 @@ def measure_models(models, names, probe, test=None, output_dir=".",
 
 def plot_results(output_dir):
     """Draws the figures from the CSVs in `output_dir`; returns their
-    paths. Needs only NumPy and Matplotlib."""
+    paths (the densities smoothed by `hessian.smoothed_density`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from keras_sam import hessian
 
     output_dir = pathlib.Path(output_dir)
     paths = {}
@@ -209,12 +212,15 @@ def plot_results(output_dir):
     for name in dict.fromkeys(r["model"] for r in density):
         rows = [r for r in density if r["model"] == name]
         runs = sorted({r["run"] for r in rows})
-        values = np.mean([
-            _smoothed(np.array([r["node"] for r in rows if r["run"] == k]),
-                      np.array([r["weight"] for r in rows if r["run"] == k]),
-                      grid, sigma)
-            for k in runs
-        ], axis=0)
+        quadrature = {
+            key: np.array([[r[key] for r in rows if r["run"] == k]
+                           for k in runs])
+            for key in ("node", "weight")
+        }
+        values = hessian.smoothed_density(
+            {"nodes": quadrature["node"], "weights": quadrature["weight"]},
+            grid=grid, sigma=sigma,
+        )["density"]
         axis.plot(grid, np.maximum(values, 1e-12), label=name, linewidth=1)
     axis.set_yscale("log")
     axis.set_ylim(bottom=1e-6)
@@ -276,11 +282,6 @@ def plot_results(output_dir):
     return paths
 
 
-def _smoothed(nodes, weights, grid, sigma):
-    kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)
-    return kernel @ weights / (sigma * math.sqrt(2 * math.pi))
-
-
 def _write(path, rows, fields):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields))
@@ -295,8 +296,7 @@ def _write(path, rows, fields):
 
 
 def _read(path):
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _run_records.read_csv(path)
     for row in rows:
         for key, value in row.items():
             if key not in _TEXT_FIELDS:

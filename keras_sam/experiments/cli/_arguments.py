@@ -273,10 +273,10 @@ def check_run(args, config, output_dir, needs_validation):
                 f"images holds out {held_out}; use --train-size {smallest} "
                 "or more"
             )
-    return _check_writable(output_dir)
+    return check_writable(output_dir)
 
 
-def _check_writable(output_dir):
+def check_writable(output_dir):
     """`None` if `output_dir` can be made and written, else the error."""
     path = pathlib.Path(output_dir).absolute()
     existing = path

@@ -75,7 +75,7 @@ def run(args):
         return _arguments.error(
             "landscape", f"argument --points: must be at least 2, got "
             f"{args.points}")
-    message = _arguments._check_writable(args.output_dir)
+    message = _arguments.check_writable(args.output_dir)
     if message is not None:
         return _arguments.error("landscape", message)
     names = [pathlib.Path(path).stem for path in args.models]
