@@ -586,7 +586,7 @@ def weight_masks(shapes, step, seed, fraction):
     step = ops.cast(step, "int32")
     masks, offset = [], 0
     for shape in shapes:
-        size = int(np.prod(shape)) if shape else 1
+        size = int(np.prod(shape))
         index = ops.arange(offset, offset + size, dtype="int32")
         offset += size
         bits = _hash32(index, step, seed)
