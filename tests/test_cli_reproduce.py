@@ -58,6 +58,36 @@ def test_table_1_matches_the_reference_text():
     assert len(paper_results.TABLE_1) == 30  # 60 cells
 
 
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="reference text absent")
+def test_table_2_matches_the_reference_text():
+    # "ResNet-50<TAB>100<TAB>22.5 ± 0.1<TAB>6.28 ± 0.08<TAB>22.9 ± 0.1<TAB>
+    # 6.62 ± 0.11", the model named on its first row only: SAM top-1,
+    # top-5, then standard training's.
+    cell = re.compile(r"([\d.]+) (?:± |\$\\pm )(<?[\d.]+)\$?")
+    parsed, model = {}, None
+    for line in REFERENCE.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 6 and fields[1] in ("100", "200", "400"):
+            model = fields[0] or model
+            cells = [cell.fullmatch(field.strip()) for field in fields[2:]]
+            assert all(cells), line
+            parsed[(model, int(fields[1]))] = [m.groups() for m in cells]
+    assert len(parsed) == 9
+    for row in paper_results.TABLE_2:
+        stored = [
+            (row.sam_top1, row.sam_top1_interval),
+            (row.sam_top5, row.sam_top5_interval),
+            (row.sgd_top1, row.sgd_top1_interval),
+            (row.sgd_top5, row.sgd_top5_interval),
+        ]
+        printed = parsed[(row.model_label, row.epochs)]
+        assert stored == [(float(v), i) for v, i in printed]
+    assert len(paper_results.TABLE_2) == 9
+    row = paper_results.find_imagenet_row("resnet-50")
+    assert (row.epochs, row.sam_top1, row.sgd_top1) == (100, 22.5, 22.9)
+    assert paper_results.find_imagenet_row("resnet-50", 300) is None
+
+
 def test_find_row_and_reference_row():
     row = paper_results.find_row("wrn-28-10", "basic", "cifar100", 200)
     assert (row.sam_error, row.sgd_error) == (16.5, 18.8)

@@ -12,7 +12,9 @@ with Nesterov momentum 0.9, a cosine learning-rate schedule from 0.1 to
 zero over the run (no warm-up), batch size 256, coupled L2 weight decay
 5e-4 (added to the gradient, so momentum sees it), 200 epochs, `rho`
 chosen from `PAPER_RHO_GRID` on 10% of the training set held out, 5
-seeds, the SGD baseline with twice the epochs.
+seeds, the SGD baseline with twice the epochs. `IMAGENET_RECIPE` holds the
+paper's ImageNet settings (Table 2), which `keras-sam reproduce --dataset
+imagenet2012` starts from.
 """
 
 import dataclasses
@@ -26,7 +28,24 @@ WEIGHT_DECAY_KIND = "coupled L2 (gradient weight_decay * w)"
 SCHEDULE = "cosine to 0 over the run, no warm-up"
 # Settings of how a run is shown and recorded, not of what it computes:
 # left out of `settings()`, so they never block a resume.
-_RUN_ONLY_FIELDS = ("verbose", "command")
+_RUN_ONLY_FIELDS = ("verbose", "command", "manual_dir")
+
+# Foret et al. (2020), Appendix C, ImageNet (Table 2), as read there: the
+# reference text in this repository holds Table 2 but not the appendix,
+# so check these against arXiv:2010.01412 before a costly run. Batch 4096,
+# SGD with momentum 0.9, cosine schedule from 1.0, weight decay 1e-4,
+# label smoothing 0.1, rho 0.05 (their grid search on ResNet-50 at 100
+# epochs), SAM and the baseline at the same epochs. No warm-up is stated.
+IMAGENET_RECIPE = {
+    "model": "resnet-50",
+    "epochs": 100,
+    "batch_size": 4096,
+    "learning_rate": 1.0,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+    "rho": 0.05,
+    "sgd_epoch_multiplier": 1,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +53,23 @@ class RunConfig:
     """The settings of one `keras-sam sweep`, `reproduce` or `demo` run.
 
     Args:
-        dataset: `"cifar10"` or `"cifar100"`. Defaults to `"cifar10"`.
-        data_dir: see `keras_sam.experiments.datasets.load_splits`.
+        dataset: `"cifar10"`, `"cifar100"` or `"imagenet2012"` (see
+            `keras_sam.experiments.imagenet`). Defaults to `"cifar10"`.
+        data_dir: see `keras_sam.experiments.datasets.load_splits` (for
+            ImageNet, `keras_sam.experiments.imagenet.make_pipelines`).
             Defaults to `None`.
+        manual_dir: ImageNet from tfds only: the folder of the ILSVRC-2012
+            tar files, to prepare `imagenet2012` from. Not a setting of
+            the run (left out of `settings()`). Defaults to `None`.
         source: see `keras_sam.experiments.datasets.load_splits`.
             Defaults to `"auto"`.
         model: a `keras_sam.models` name. Defaults to `"wrn-28-10"`.
         augment: training augmentation, one of
-            `keras_sam.experiments.data_pipeline.AUGMENTATIONS`. Defaults
-            to `"basic"`.
+            `keras_sam.experiments.data_pipeline.AUGMENTATIONS` (for
+            ImageNet, `"basic"` is the Inception-style crop and flip).
+            Defaults to `"basic"`.
+        image_size: ImageNet only: side of the network's input, `None`
+            for 224. Defaults to `None`.
         epochs: training epochs (SAM's, in `reproduce`). Defaults to
             `200`.
         seeds: number of seeds (`0 .. seeds - 1`) of `reproduce`'s final
@@ -60,6 +87,9 @@ class RunConfig:
         nesterov: Nesterov momentum. Defaults to `True`.
         weight_decay: coupled L2 coefficient (gradient
             `weight_decay * w`). Defaults to `5e-4`.
+        label_smoothing: label smoothing of the cross-entropy (Szegedy et
+            al., 2016; the paper's ImageNet runs use 0.1). Defaults to
+            `0.0`.
         sgd_epoch_multiplier: the SGD baseline of `reproduce` trains
             `epochs` times this. Defaults to `2`.
         validation_fraction: fraction of the training images held out to
@@ -88,9 +118,11 @@ class RunConfig:
     # The field order is the key order of `settings.json`.
     dataset: str = "cifar10"
     data_dir: str | None = None
+    manual_dir: str | None = None
     source: str = "auto"
     model: str = "wrn-28-10"
     augment: str = "basic"
+    image_size: int | None = None
     epochs: int = 200
     seeds: int = 5
     rho: float | None = None
@@ -102,6 +134,7 @@ class RunConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
     sgd_epoch_multiplier: int = 2
     validation_fraction: float = 0.1
     train_size: int | None = None
@@ -115,8 +148,9 @@ class RunConfig:
         # JSON gives lists and paths come as `pathlib.Path`: store the
         # canonical forms, so equal settings compare (and hash) equal.
         object.__setattr__(self, "rho_grid", tuple(self.rho_grid))
-        if self.data_dir is not None:
-            object.__setattr__(self, "data_dir", str(self.data_dir))
+        for name in ("data_dir", "manual_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
 
     def replace(self, **changes):
         """A copy with `changes` applied (`dataclasses.replace`)."""
@@ -189,17 +223,21 @@ def check_same_settings(path, config, write=True):
             yet. `False` only checks, so that a run that fails before it
             starts leaves nothing behind. Defaults to `True`.
 
+    A setting the file lacks (it was written before the setting existed)
+    counts as that setting's default.
+
     Raises:
         ValueError: when `path` holds other settings; the message names
             every differing setting with both values.
     """
     path = pathlib.Path(path)
     settings = config.settings()
+    defaults = RunConfig().settings()
     if not path.is_file():
         if write:
             write_json(path, settings)
         return
-    saved = json.loads(path.read_text())
+    saved = {**defaults, **json.loads(path.read_text())}
     changed = sorted(
         key
         for key in set(saved) | set(settings)

@@ -90,6 +90,16 @@ class CifarPipelines:
         self.pipeline = pipeline
         self.steps_per_epoch = math.ceil(len(splits.y_train) / batch_size)
 
+    @property
+    def num_classes(self):
+        """Number of classes of the dataset."""
+        return self.splits.num_classes
+
+    @property
+    def input_shape(self):
+        """Shape of one image, `(height, width, channels)`."""
+        return tuple(self.splits.x_train.shape[1:])
+
     def set_epoch(self, epoch):
         """Makes the next iteration of `train` produce epoch `epoch`.
 

@@ -1,10 +1,16 @@
-"""Table 1 of the SAM paper (Foret et al., 2020), stored once as data.
+"""Tables 1 and 2 of the SAM paper (Foret et al., 2020), stored once as data.
 
-Test error rates in percent on CIFAR-10 and CIFAR-100, SAM against the
-standard (non-SAM) training of each model, mean and 95% confidence
-interval over 5 runs. Intervals are kept as printed (`"0.1"`, `"<0.1"`).
-The table gives the number of epochs for the WRN-28-10 rows only (the
-paper's appendix describes the others); `epochs` is `None` there.
+Table 1: test error rates in percent on CIFAR-10 and CIFAR-100, SAM
+against the standard (non-SAM) training of each model, mean and 95%
+confidence interval over 5 runs. The table gives the number of epochs for
+the WRN-28-10 rows only (the paper's appendix describes the others);
+`epochs` is `None` there.
+
+Table 2: top-1 and top-5 test error rates in percent of ResNet-50, -101
+and -152 on ImageNet, trained 100, 200 and 400 epochs with and without
+SAM (the same epochs for both).
+
+Intervals are kept as printed (`"0.1"`, `"<0.1"`, `"<0.01"`).
 `keras-sam reproduce` prints the matching row next to its own numbers.
 """
 
@@ -22,6 +28,23 @@ PaperRow = collections.namedtuple(
         "sam_interval",
         "sgd_error",
         "sgd_interval",
+    ],
+)
+
+ImageNetRow = collections.namedtuple(
+    "ImageNetRow",
+    [
+        "model_label",
+        "model_name",
+        "epochs",
+        "sam_top1",
+        "sam_top1_interval",
+        "sam_top5",
+        "sam_top5_interval",
+        "sgd_top1",
+        "sgd_top1_interval",
+        "sgd_top5",
+        "sgd_top5_interval",
     ],
 )
 
@@ -101,10 +124,79 @@ def _rows():
 
 TABLE_1 = _rows()
 
+# (model label, keras_sam model name) and, per epochs, the SAM top-1,
+# SAM top-5, standard top-1 and standard top-5 cells.
+_TABLE_2 = (
+    (
+        ("ResNet-50", "resnet-50"),
+        {
+            100: ("22.5 0.1", "6.28 0.08", "22.9 0.1", "6.62 0.11"),
+            200: ("21.4 0.1", "5.82 0.03", "22.3 0.1", "6.37 0.04"),
+            400: ("20.9 0.1", "5.51 0.03", "22.3 0.1", "6.40 0.06"),
+        },
+    ),
+    (
+        ("ResNet-101", "resnet-101"),
+        {
+            100: ("20.2 0.1", "5.12 0.03", "21.2 0.1", "5.66 0.05"),
+            200: ("19.4 0.1", "4.76 0.03", "20.9 0.1", "5.66 0.04"),
+            400: ("19.0 <0.01", "4.65 0.05", "22.3 0.1", "6.41 0.06"),
+        },
+    ),
+    (
+        ("ResNet-152", "resnet-152"),
+        {
+            100: ("19.2 <0.01", "4.69 0.04", "20.4 <0.0", "5.39 0.06"),
+            200: ("18.5 0.1", "4.37 0.03", "20.3 0.2", "5.39 0.07"),
+            400: ("18.4 <0.01", "4.35 0.04", "20.9 <0.0", "5.84 0.07"),
+        },
+    ),
+)
+
+
+def _imagenet_rows():
+    rows = []
+    for (label, name), cells in _TABLE_2:
+        for epochs, values in cells.items():
+            numbers = []
+            for value in values:
+                error, interval = value.split()
+                numbers += [float(error), interval]
+            rows.append(ImageNetRow(label, name, epochs, *numbers))
+    return tuple(rows)
+
+
+TABLE_2 = _imagenet_rows()
+
 REFERENCE = (
     "Foret et al., 2020. Sharpness-Aware Minimization for Efficiently "
-    "Improving Generalization, Table 1. https://arxiv.org/abs/2010.01412"
+    "Improving Generalization, Tables 1 and 2. "
+    "https://arxiv.org/abs/2010.01412"
 )
+
+
+def find_imagenet_row(model_name, epochs=None):
+    """The Table 2 row of an ImageNet setting, or `None`.
+
+    Args:
+        model_name: `"resnet-50"`, `"resnet-101"` or `"resnet-152"`.
+        epochs: the run's epochs (100, 200 or 400), or `None` for the
+            100-epoch row. Defaults to `None`.
+
+    Returns:
+        An `ImageNetRow` or `None`.
+
+    Example:
+
+    >>> row = find_imagenet_row("resnet-50", 100)
+    >>> row.sam_top1, row.sgd_top1
+    (22.5, 22.9)
+    """
+    epochs = 100 if epochs is None else epochs
+    for row in TABLE_2:
+        if (row.model_name, row.epochs) == (model_name, epochs):
+            return row
+    return None
 
 
 def find_row(model_name, augment, dataset, epochs=None):

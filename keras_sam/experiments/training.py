@@ -8,12 +8,15 @@ the gradient (coupled, so momentum sees it), and choose `rho` from
 the non-SAM baseline gets twice the epochs. These settings are the
 defaults of `keras_sam.experiments.config.RunConfig`, which
 `train_and_evaluate` reads; the building blocks take them as arguments.
+The ImageNet recipe (`config.IMAGENET_RECIPE`) adds label smoothing
+(`SmoothedSparseCrossentropy`) and reports top-5 error.
 """
 
 import math
 import time
 
 import keras
+from keras import ops
 
 from keras_sam import models
 from keras_sam.experiments.config import RunConfig
@@ -62,18 +65,69 @@ def build_model(
     return SAMModel(inner, rho=float(rho), adaptive=adaptive)
 
 
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of logits against integer labels, smoothed.
+
+    The target of label `y` among `K` classes is
+    `(1 - label_smoothing) one_hot(y) + label_smoothing / K` (Szegedy et
+    al., 2016), as `keras.losses.CategoricalCrossentropy(label_smoothing=
+    ...)` computes it from one-hot labels; this takes the integer labels
+    the pipelines give. `label_smoothing = 0` is the sparse cross-entropy.
+
+    Args:
+        label_smoothing: Float in `[0, 1)`. Defaults to `0.1`.
+        name: the loss's name. Defaults to
+            `"smoothed_sparse_crossentropy"`.
+
+    Reference:
+        Szegedy et al., 2016. Rethinking the Inception Architecture for
+        Computer Vision. https://arxiv.org/abs/1512.00567
+    """
+
+    def __init__(self, label_smoothing=0.1,
+                 name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(label_smoothing, bool) or not isinstance(
+            label_smoothing, (int, float)
+        ) or not 0 <= label_smoothing < 1:
+            raise ValueError(
+                "`label_smoothing` must be a number in [0, 1), got "
+                f"{label_smoothing!r}."
+            )
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = ops.one_hot(
+            ops.cast(ops.reshape(y_true, [-1]), "int32"),
+            ops.shape(y_pred)[-1],
+            dtype=y_pred.dtype,
+        )
+        return keras.losses.categorical_crossentropy(
+            labels, y_pred, from_logits=True,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def get_config(self):
+        return {**super().get_config(),
+                "label_smoothing": self.label_smoothing}
+
+
 def compile_model(
     model,
     total_steps,
     learning_rate=_PAPER.learning_rate,
     momentum=_PAPER.momentum,
     nesterov=_PAPER.nesterov,
+    label_smoothing=0.0,
+    top5=False,
 ):
     """Compiles `model` with the paper's optimizer and loss.
 
     SGD with (Nesterov) momentum and a cosine decay from `learning_rate`
     to 0 over `total_steps` optimizer steps; sparse categorical cross-
-    entropy on logits; `accuracy` as the metric.
+    entropy on logits (smoothed by `label_smoothing`); `accuracy` (and
+    `top5_accuracy`) as the metrics.
 
     Args:
         model: the model from `build_model`.
@@ -82,6 +136,9 @@ def compile_model(
         learning_rate: peak learning rate. Defaults to `0.1`.
         momentum: SGD momentum. Defaults to `0.9`.
         nesterov: whether to use Nesterov momentum. Defaults to `True`.
+        label_smoothing: see `SmoothedSparseCrossentropy`; `0` uses
+            Keras' `SparseCategoricalCrossentropy`. Defaults to `0.0`.
+        top5: whether to measure top-5 accuracy too. Defaults to `False`.
 
     Returns:
         The compiled model.
@@ -89,12 +146,21 @@ def compile_model(
     schedule = keras.optimizers.schedules.CosineDecay(
         learning_rate, decay_steps=max(int(total_steps), 1)
     )
+    if label_smoothing:
+        loss = SmoothedSparseCrossentropy(label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if top5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(
+            k=5, name="top5_accuracy"
+        ))
     model.compile(
         optimizer=keras.optimizers.SGD(
             schedule, momentum=momentum, nesterov=nesterov
         ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=loss,
+        metrics=metrics,
     )
     return model
 
@@ -108,7 +174,8 @@ class DataEpoch(keras.callbacks.Callback):
     """Keeps a pipeline's data epoch equal to the training epoch.
 
     At the start of epoch `e` of `fit`, sets the training pipeline of a
-    `experiments.data_pipeline.CifarPipelines` to produce its epoch `e`, so
+    `experiments.data_pipeline.CifarPipelines` (or
+    `experiments.imagenet.ImageNetPipelines`) to produce its epoch `e`, so
     that a run resumed at epoch `e` (e.g. by `BackupAndRestore`) sees the
     batches the uninterrupted run would have seen.
 
@@ -138,11 +205,12 @@ def train_and_evaluate(
     augmentation are those of `pipelines` (built with its own seed).
 
     Args:
-        pipelines: a `keras_sam.experiments.data_pipeline.CifarPipelines`;
-            its `validation` split, if any, is evaluated after every epoch.
+        pipelines: a `keras_sam.experiments.data_pipeline.CifarPipelines`
+            (or `experiments.imagenet.ImageNetPipelines`); its
+            `validation` split, if any, is evaluated after every epoch.
         config: a `keras_sam.experiments.config.RunConfig`; its `model`,
-            `learning_rate`, `momentum`, `nesterov`, `weight_decay` and
-            `verbose` are used.
+            `learning_rate`, `momentum`, `nesterov`, `weight_decay`,
+            `label_smoothing` and `verbose` are used.
         rho: SAM radius; `0` trains the plain model (the SGD baseline).
         epochs: training epochs.
         seed: seed of the initial weights. Defaults to `0`.
@@ -153,19 +221,21 @@ def train_and_evaluate(
 
     Returns:
         A dict of floats: `test_accuracy`, `test_error` (percent),
+        `test_top5_error` (percent; ImageNet and datasets of 100 classes
+        or more),
         `test_loss`, the last epoch's `loss` and `accuracy` (and
         `val_accuracy`, `val_loss` when there is a validation split),
         `seconds` (wall time of `fit`), `epochs` and `epochs_run` (the
         epochs trained by this call: fewer when a backup was resumed).
     """
     keras.utils.set_random_seed(seed)
-    splits = pipelines.splits
+    top5 = config.dataset == "imagenet2012" or pipelines.num_classes >= 100
     model = build_model(
         config.model,
         rho,
-        num_classes=splits.num_classes,
+        num_classes=pipelines.num_classes,
         weight_decay=config.weight_decay,
-        input_shape=splits.x_train.shape[1:],
+        input_shape=pipelines.input_shape,
     )
     compile_model(
         model,
@@ -173,6 +243,8 @@ def train_and_evaluate(
         config.learning_rate,
         config.momentum,
         config.nesterov,
+        label_smoothing=config.label_smoothing,
+        top5=top5,
     )
     all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
     if backup_dir is not None:
@@ -187,18 +259,20 @@ def train_and_evaluate(
         verbose=config.verbose,
     )
     seconds = time.perf_counter() - start
-    test_loss, test_accuracy = model.evaluate(
-        pipelines.test, verbose=0, return_dict=False
-    )
+    test = model.evaluate(pipelines.test, verbose=0, return_dict=True)
     result = {
-        "test_accuracy": float(test_accuracy),
-        "test_error": 100.0 * (1.0 - float(test_accuracy)),
-        "test_loss": float(test_loss),
+        "test_accuracy": float(test["accuracy"]),
+        "test_error": 100.0 * (1.0 - float(test["accuracy"])),
+        "test_loss": float(test["loss"]),
         "seconds": seconds,
         "epochs": epochs,
         # Fewer than `epochs` when BackupAndRestore resumed the run.
         "epochs_run": len(history.history.get("loss", [])),
     }
+    if top5:
+        result["test_top5_error"] = 100.0 * (
+            1.0 - float(test["top5_accuracy"])
+        )
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         if history.history.get(key):
             result[key] = float(history.history[key][-1])
