@@ -31,7 +31,7 @@ def tree(tmp_path_factory):
     sizes, one of them a PNG named .JPEG (as ImageNet's train split has)."""
     root = tmp_path_factory.mktemp("imagenet")
     for split, count in (("train", 4), ("val", 2)):
-        for label, name in enumerate(CLASSES):
+        for name in CLASSES:
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):
