@@ -173,3 +173,48 @@ def test_reproduce_writes_table_2_beside_the_run(tree, tmp_path):
     with pytest.raises(ValueError, match="needs a given rho"):
         reproduce.run_reproduction(tmp_path / "other", config.replace(rho=None))
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["reproduce", "--dataset", "imagenet2012", "--quick"],
+         "argument --quick: the sample shipped with keras-sam is CIFAR-10"),
+        (["reproduce", "--dataset", "imagenet2012"],
+         "argument --data-dir: imagenet2012 needs one"),
+        (["reproduce", "--dataset", "imagenet2012", "--data-dir", ".",
+          "--source", "npz"], "argument --source: 'npz'"),
+        (["reproduce", "--dataset", "imagenet2012", "--data-dir", ".",
+          "--augment", "cutout"], "argument --augment: 'cutout'"),
+        (["sweep", "--dataset", "imagenet2012", "--data-dir", "."],
+         "imagenet2012 is for keras-sam reproduce"),
+        (["reproduce", "--image-size", "64", "--quick"],
+         "argument --image-size: only for --dataset imagenet2012"),
+    ],
+)
+def test_cli_imagenet_errors_name_the_option(argv, message, tmp_path,
+                                             capsys):
+    from keras_sam.experiments import cli
+
+    status = cli.main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_imagenet_defaults_are_the_papers(tree, tmp_path):
+    from keras_sam.experiments import cli
+
+    out = tmp_path / "run"
+    status = cli.main([
+        "reproduce", "--dataset", "imagenet2012", "--data-dir", str(tree),
+        "--model", "small-cnn", "--image-size", "16", "--epochs", "1",
+        "--seeds", "1", "--batch-size", "12", "--output-dir", str(out),
+        "--verbose", "0",
+    ])
+    assert status == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["learning_rate"] == 1.0 and settings["rho"] == 0.05
+    assert settings["weight_decay"] == 1e-4
+    assert settings["label_smoothing"] == 0.1
+    assert settings["sgd_epoch_multiplier"] == 1

@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 BACKENDS = ("tensorflow", "jax", "torch")
-DATASETS = ("cifar10", "cifar100")
+DATASETS = ("cifar10", "cifar100", "imagenet2012")
+IMAGENET = "imagenet2012"
 SOURCES = ("auto", "npz", "folder", "tfds", "sample")
 # Only what runs: Keras 3 has no AutoAugment layer, so the paper's "AA"
 # rows cannot be reproduced and `autoaugment` is not offered.
@@ -32,9 +33,13 @@ MODEL_NAMES = (
     "shake-shake-26-2x96d",
     "pyramidnet-272-200",
     "pyramidnet-272-200-shakedrop",
+    "resnet-50",
+    "resnet-101",
+    "resnet-152",
 )
 MODEL_HELP = (
-    f"one of {', '.join(MODEL_NAMES)}, or resnet-<6n+2>, wrn-<6n+4>-<k>, "
+    f"one of {', '.join(MODEL_NAMES)} (the ImageNet bottleneck ResNets), "
+    "or resnet-<6n+2>, wrn-<6n+4>-<k>, "
     "preact-resnet-<18|34>, shake-shake-<6n+2>-2x<width>d, "
     "pyramidnet-<9n+2>-<alpha>[-shakedrop]"
 )
@@ -65,16 +70,31 @@ def _add_data_arguments(parser):
         "--dataset",
         choices=DATASETS,
         default="cifar10",
-        help="default: %(default)s",
+        help="default: %(default)s (imagenet2012: reproduce only, the "
+        "paper's Table 2 recipe)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
         help=(
             "folder with train.npz/test.npz (JPEG npz), an image folder "
-            "tree {train,test}/<class>/, or a tfds data directory "
-            "(default: tfds' own; --quick: the shipped sample)"
+            "tree {train,test}/<class>/ (imagenet2012: train/, val/), or a "
+            "tfds data directory (default: tfds' own; --quick: the shipped "
+            "sample)"
         ),
+    )
+    parser.add_argument(
+        "--manual-dir",
+        default=None,
+        help="imagenet2012 from tfds: the folder of the ILSVRC-2012 tar "
+        "files to prepare it from (default: tfds' <data-dir>/downloads/"
+        "manual)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="imagenet2012: side of the network's input (default: 224)",
     )
     parser.add_argument(
         "--source",
@@ -197,9 +217,11 @@ def run_config(args, model, **settings):
     return RunConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
         source=_source(args),
         model=args.model or ("small-cnn" if quick else model),
         augment=args.augment,
+        image_size=args.image_size,
         epochs=args.epochs or (1 if quick else 200),
         momentum=args.momentum,
         nesterov=args.nesterov,
@@ -235,6 +257,9 @@ def check_run(args, config, output_dir, needs_validation):
         models.check_model_name(config.model)
     except ValueError as error:
         return f"argument --model: {error}"
+    problem = _check_imagenet(args, config)
+    if problem is not None:
+        return problem
     if config.source == "sample" and config.dataset != "cifar10":
         return (
             f"argument --dataset: {config.dataset!r} needs --data-dir (or "
@@ -274,6 +299,47 @@ def check_run(args, config, output_dir, needs_validation):
                 "or more"
             )
     return check_writable(output_dir)
+
+
+def _check_imagenet(args, config):
+    """The error of ImageNet options on the wrong dataset or command."""
+    if config.dataset != IMAGENET:
+        for option, value in (("--image-size", config.image_size),
+                              ("--manual-dir", config.manual_dir)):
+            if value is not None:
+                return (
+                    f"argument {option}: only for --dataset imagenet2012, "
+                    f"got --dataset {config.dataset}"
+                )
+        return None
+    if args.command != "reproduce":
+        return (
+            f"argument --dataset: imagenet2012 is for keras-sam reproduce "
+            f"(Table 2), not {args.command}"
+        )
+    if args.quick:
+        return (
+            "argument --quick: the sample shipped with keras-sam is "
+            "CIFAR-10; for imagenet2012 give --data-dir (and small "
+            "--train-size, --test-size, --image-size for a short run)"
+        )
+    if config.source not in ("auto", "folder", "tfds"):
+        return (
+            f"argument --source: {config.source!r} is not an imagenet2012 "
+            "source; use auto, folder or tfds"
+        )
+    if config.data_dir is None:
+        return (
+            "argument --data-dir: imagenet2012 needs one: an image folder "
+            "tree train/<class>/, val/<class>/ or a tfds data directory "
+            "(tfds cannot download ImageNet)"
+        )
+    if config.augment not in ("basic", "none"):
+        return (
+            f"argument --augment: {config.augment!r} is not offered for "
+            "imagenet2012; basic is the Inception-style crop and flip"
+        )
+    return None
 
 
 def check_writable(output_dir):
