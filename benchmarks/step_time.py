@@ -84,6 +84,18 @@ def parse_args(argv=None):
     )
     parser.add_argument("--model", default="resnet-20")
     parser.add_argument(
+        "--image-size",
+        type=benchmark_env.positive_int,
+        default=32,
+        help="side of the synthetic images (default: 32; ImageNet: 224)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=benchmark_env.positive_int,
+        default=10,
+        help="classes of the synthetic labels (default: 10; ImageNet: 1000)",
+    )
+    parser.add_argument(
         "--batch-size", type=benchmark_env.positive_int, default=128
     )
     parser.add_argument(
@@ -216,7 +228,7 @@ def build_variants(args, x, y):
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     options = {
         "input_shape": x.shape[1:],
-        "num_classes": 10,
+        "num_classes": args.num_classes,
         "weight_decay": args.weight_decay,
         "classifier_activation": None,
     }
@@ -544,8 +556,9 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     samples = max(steps, args.warmup) * args.batch_size
-    x = rng.standard_normal((samples, 32, 32, 3), dtype=np.float32)
-    y = rng.integers(0, 10, size=samples).astype(np.int32)
+    size = args.image_size
+    x = rng.standard_normal((samples, size, size, 3), dtype=np.float32)
+    y = rng.integers(0, args.num_classes, size=samples).astype(np.int32)
     variants, details = build_variants(args, x, y)
     measure(variants, steps, args.warmup, args.repeats)
     results, ratios, paired_ratios = summarize(variants, args.batch_size)
@@ -565,7 +578,8 @@ def main(argv=None):
             "model": args.model,
             "parameters": details["parameters"],
             "batch_size": args.batch_size,
-            "image_shape": [32, 32, 3],
+            "image_shape": [size, size, 3],
+            "num_classes": args.num_classes,
             "mixed_precision": args.mixed_precision,
             "rho": args.rho,
             "optimizer": f"SGD(learning_rate={args.learning_rate}, "
@@ -594,9 +608,11 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.output.mkdir(parents=True, exist_ok=True)
+    pixels = "" if size == 32 else f"_{size}px"
     name = (
-        f"step_time_{args.backend}_{_slug(args.model)}_{args.mixed_precision}"
-        f"_b{args.batch_size}_{_slug(device.split(',')[0])}.json"
+        f"step_time_{args.backend}_{_slug(args.model)}{pixels}"
+        f"_{args.mixed_precision}_b{args.batch_size}"
+        f"_{_slug(device.split(',')[0])}.json"
     )
     path = args.output / name
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -210,11 +210,38 @@ def test_cli_imagenet_defaults_are_the_papers(tree, tmp_path):
         "reproduce", "--dataset", "imagenet2012", "--data-dir", str(tree),
         "--model", "small-cnn", "--image-size", "16", "--epochs", "1",
         "--seeds", "1", "--batch-size", "12", "--output-dir", str(out),
-        "--verbose", "0",
+        "--verbose", "0", "--distribute", "mirrored",
+    ])
+    # 25 training images in batches of 12 leave 1 for two replicas.
+    assert status == 2 and not out.exists()
+    status = cli.main([
+        "reproduce", "--dataset", "imagenet2012", "--data-dir", str(tree),
+        "--model", "small-cnn", "--image-size", "16", "--epochs", "1",
+        "--seeds", "1", "--batch-size", "12", "--output-dir", str(out),
+        "--verbose", "0", "--distribute", "mirrored", "--train-size", "24",
     ])
     assert status == 0
+    # MirroredStrategy over this session's CPU devices (two logical ones,
+    # tests/conftest.py): each replica perturbs with its share of 12.
+    replicas = len(tf.config.list_logical_devices("CPU"))
+    rows = (out / "results.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert [row.split(",")[header.index("m")] for row in rows[1:]] == [
+        str(12 // replicas)
+    ] * 2
     settings = json.loads((out / "settings.json").read_text())
     assert settings["learning_rate"] == 1.0 and settings["rho"] == 0.05
     assert settings["weight_decay"] == 1e-4
     assert settings["label_smoothing"] == 0.1
     assert settings["sgd_epoch_multiplier"] == 1
+
+
+def test_distribution_scope_checks_the_backend():
+    from keras_sam.experiments import training
+
+    with pytest.raises(ValueError, match="'data-parallel' needs the jax"):
+        with training.distribution_scope("data-parallel"):
+            pass
+    with pytest.raises(ValueError, match="Unknown distribute='tpu'"):
+        with training.distribution_scope("tpu"):
+            pass

@@ -467,7 +467,6 @@ def test_nothing_imports_tensorflow_on_jax(tmp_path):
     assert "trained: numpy 2 2 loaded: []" in out
 
 
-@pytest.mark.slow
 def test_reproduce_runs_on_jax_without_tensorflow(tmp_path):
     """`keras-sam reproduce` (the smallest run: 128 images, 1 seed, rho
     given) end to end on JAX with TensorFlow blocked."""

@@ -100,6 +100,11 @@ class RunConfig:
             Defaults to `None`.
         split_seed: seed of the subsets and of the held-out split.
             Defaults to `0`.
+        distribute: how the batch is spread over devices and hosts, one
+            of `keras_sam.experiments.training.DISTRIBUTIONS` (`"none"`,
+            `"mirrored"`, `"multi-worker"`, `"data-parallel"`; see
+            `training.distribution_scope` for the `m` each gives).
+            Defaults to `"none"`.
         mixed_precision: `None`, `"bfloat16"` or `"float16"`: the Keras
             dtype policy `mixed_<...>` to train under (GPU). Defaults to
             `None` (float32).
@@ -140,6 +145,7 @@ class RunConfig:
     train_size: int | None = None
     test_size: int | None = None
     split_seed: int = 0
+    distribute: str = "none"
     mixed_precision: str | None = None
     verbose: int = 1
     command: str | None = None

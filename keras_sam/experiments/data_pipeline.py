@@ -96,6 +96,16 @@ class CifarPipelines:
         return self.splits.num_classes
 
     @property
+    def train_images(self):
+        """Number of training images."""
+        return len(self.splits.y_train)
+
+    @property
+    def test_images(self):
+        """Number of test images."""
+        return len(self.splits.y_test)
+
+    @property
     def input_shape(self):
         """Shape of one image, `(height, width, channels)`."""
         return tuple(self.splits.x_train.shape[1:])

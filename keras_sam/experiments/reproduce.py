@@ -58,6 +58,7 @@ RESULT_FIELDS = (
     "test_loss",
     "loss",
     "accuracy",
+    "m",
     "seconds",
 )
 _JPEG_CAVEAT = (
@@ -139,6 +140,11 @@ def run_reproduction(output_dir, config=None):
     else:
         selection_splits = config.load_splits() if rho is None else None
         final_splits = config.load_splits(validation_fraction=0.0)
+    with training.distribution_scope(config.distribute) as replicas:
+        training.check_last_batches(
+            _count(final_splits, "train"), _count(final_splits, "test"),
+            config.batch_size, replicas,
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     check_same_settings(settings_path, config)
     _run_records.set_precision(config.mixed_precision)

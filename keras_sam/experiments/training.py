@@ -12,6 +12,7 @@ The ImageNet recipe (`config.IMAGENET_RECIPE`) adds label smoothing
 (`SmoothedSparseCrossentropy`) and reports top-5 error.
 """
 
+import contextlib
 import math
 import time
 
@@ -25,6 +26,110 @@ from keras_sam.sam_model import SAMModel
 _PAPER = RunConfig()
 
 
+DISTRIBUTIONS = ("none", "mirrored", "multi-worker", "data-parallel")
+
+
+@contextlib.contextmanager
+def distribution_scope(distribute):
+    """The context a run builds, compiles and trains its model in.
+
+    - `"none"`: one device.
+    - `"mirrored"` (TensorFlow): `tf.distribute.MirroredStrategy` over
+      the host's GPUs;
+    - `"multi-worker"` (TensorFlow): `MultiWorkerMirroredStrategy`, the
+      cluster read from `TF_CONFIG` on every host. Under both strategies
+      each replica perturbs with its own gradient: `m` is the
+      per-replica batch (batch size / replicas), as the SAM paper ran.
+    - `"data-parallel"` (JAX): `keras.distribution.DataParallel` over
+      every device (of every host, after `keras.distribution.initialize`
+      when `KERAS_DISTRIBUTION_JOB_ADDRESSES` is set); the gradient is
+      global there, so `build_model(num_batch_splits=...)` with the
+      number of devices gives the per-device `m`.
+
+    Args:
+        distribute: one of `DISTRIBUTIONS`.
+
+    Yields:
+        The number of replicas (devices) the batch is spread over.
+    """
+    if distribute not in DISTRIBUTIONS:
+        raise ValueError(
+            f"Unknown distribute={distribute!r}; expected one of "
+            f"{list(DISTRIBUTIONS)}."
+        )
+    backend = keras.backend.backend()
+    needs = {"mirrored": "tensorflow", "multi-worker": "tensorflow",
+             "data-parallel": "jax"}.get(distribute)
+    if needs is not None and backend != needs:
+        raise ValueError(
+            f"distribute={distribute!r} needs the {needs} backend; Keras "
+            f"runs on {backend}."
+        )
+    if distribute == "none":
+        yield 1
+    elif distribute == "data-parallel":
+        import os
+
+        if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+            keras.distribution.initialize()
+        devices = keras.distribution.list_devices()
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+    else:
+        strategy = _strategy(distribute)
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+
+
+_STRATEGIES = {}
+
+
+def _strategy(distribute):
+    """One `tf.distribute` strategy per kind and process: a second
+    strategy's collective ops collide with the first's in TensorFlow."""
+    if distribute not in _STRATEGIES:
+        import tensorflow as tf
+
+        _STRATEGIES[distribute] = (
+            tf.distribute.MirroredStrategy() if distribute == "mirrored"
+            else tf.distribute.MultiWorkerMirroredStrategy()
+        )
+    return _STRATEGIES[distribute]
+
+
+def check_last_batches(train_images, test_images, batch_size, replicas):
+    """Refuses a last batch with fewer images than replicas.
+
+    Keras then leaves a replica an empty batch, on which BatchNorm fails
+    under `tf.distribute` (plain Keras models too).
+
+    Args:
+        train_images, test_images: images of the two splits.
+        batch_size: the global batch size.
+        replicas: replicas the batch is spread over.
+
+    Raises:
+        ValueError: naming the split, its size and `batch_size`.
+    """
+    if replicas == 1:
+        return
+    for split, count in (("training", train_images), ("test", test_images)):
+        last = count % batch_size
+        if 0 < last < replicas:
+            raise ValueError(
+                f"The last {split} batch has {last} image(s) for {replicas} "
+                f"replicas ({count} images, batch_size={batch_size}): a "
+                "replica would get none. Choose a batch size or subset "
+                "that leaves at least one per replica."
+            )
+
+
 def build_model(
     model_name,
     rho,
@@ -32,6 +137,7 @@ def build_model(
     weight_decay=_PAPER.weight_decay,
     input_shape=(32, 32, 3),
     adaptive=False,
+    num_batch_splits=None,
 ):
     """The network `model_name`, wrapped in `SAMModel` unless `rho == 0`.
 
@@ -47,6 +153,8 @@ def build_model(
             Defaults to `5e-4`.
         input_shape: shape of one image. Defaults to `(32, 32, 3)`.
         adaptive: whether to use ASAM. Defaults to `False`.
+        num_batch_splits: `SAMModel`'s (m-sharpness on chunks of the
+            batch). Defaults to `None`.
 
     Returns:
         A `keras.Model` (rho 0) or a `SAMModel`.
@@ -62,7 +170,8 @@ def build_model(
     )
     if rho == 0:
         return inner
-    return SAMModel(inner, rho=float(rho), adaptive=adaptive)
+    return SAMModel(inner, rho=float(rho), adaptive=adaptive,
+                    num_batch_splits=num_batch_splits)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -210,7 +319,8 @@ def train_and_evaluate(
             `validation` split, if any, is evaluated after every epoch.
         config: a `keras_sam.experiments.config.RunConfig`; its `model`,
             `learning_rate`, `momentum`, `nesterov`, `weight_decay`,
-            `label_smoothing` and `verbose` are used.
+            `label_smoothing`, `distribute` (see `distribution_scope`)
+            and `verbose` are used.
         rho: SAM radius; `0` trains the plain model (the SGD baseline).
         epochs: training epochs.
         seed: seed of the initial weights. Defaults to `0`.
@@ -225,41 +335,50 @@ def train_and_evaluate(
         or more),
         `test_loss`, the last epoch's `loss` and `accuracy` (and
         `val_accuracy`, `val_loss` when there is a validation split),
-        `seconds` (wall time of `fit`), `epochs` and `epochs_run` (the
-        epochs trained by this call: fewer when a backup was resumed).
+        `seconds` (wall time of `fit`), `epochs`, `epochs_run` (the
+        epochs trained by this call: fewer when a backup was resumed) and
+        `m` (the batch each perturbation is computed on).
     """
     keras.utils.set_random_seed(seed)
     top5 = config.dataset == "imagenet2012" or pipelines.num_classes >= 100
-    model = build_model(
-        config.model,
-        rho,
-        num_classes=pipelines.num_classes,
-        weight_decay=config.weight_decay,
-        input_shape=pipelines.input_shape,
-    )
-    compile_model(
-        model,
-        epochs * pipelines.steps_per_epoch,
-        config.learning_rate,
-        config.momentum,
-        config.nesterov,
-        label_smoothing=config.label_smoothing,
-        top5=top5,
-    )
-    all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
-    if backup_dir is not None:
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    start = time.perf_counter()
-    history = model.fit(
-        pipelines.train,
-        validation_data=pipelines.validation,
-        epochs=epochs,
-        callbacks=all_callbacks,
-        shuffle=False,  # the pipeline shuffles
-        verbose=config.verbose,
-    )
-    seconds = time.perf_counter() - start
-    test = model.evaluate(pipelines.test, verbose=0, return_dict=True)
+    with distribution_scope(config.distribute) as replicas:
+        check_last_batches(pipelines.train_images, pipelines.test_images,
+                           pipelines.batch_size, replicas)
+        # JAX's DataParallel gradient is global: one chunk per device.
+        splits = replicas if config.distribute == "data-parallel" else None
+        model = build_model(
+            config.model,
+            rho,
+            num_classes=pipelines.num_classes,
+            weight_decay=config.weight_decay,
+            input_shape=pipelines.input_shape,
+            num_batch_splits=splits if splits and splits > 1 else None,
+        )
+        compile_model(
+            model,
+            epochs * pipelines.steps_per_epoch,
+            config.learning_rate,
+            config.momentum,
+            config.nesterov,
+            label_smoothing=config.label_smoothing,
+            top5=top5,
+        )
+        all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
+        if backup_dir is not None:
+            all_callbacks.append(
+                keras.callbacks.BackupAndRestore(str(backup_dir))
+            )
+        start = time.perf_counter()
+        history = model.fit(
+            pipelines.train,
+            validation_data=pipelines.validation,
+            epochs=epochs,
+            callbacks=all_callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=config.verbose,
+        )
+        seconds = time.perf_counter() - start
+        test = model.evaluate(pipelines.test, verbose=0, return_dict=True)
     result = {
         "test_accuracy": float(test["accuracy"]),
         "test_error": 100.0 * (1.0 - float(test["accuracy"])),
@@ -268,6 +387,7 @@ def train_and_evaluate(
         "epochs": epochs,
         # Fewer than `epochs` when BackupAndRestore resumed the run.
         "epochs_run": len(history.history.get("loss", [])),
+        "m": pipelines.batch_size // replicas,
     }
     if top5:
         result["test_top5_error"] = 100.0 * (

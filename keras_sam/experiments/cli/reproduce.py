@@ -91,6 +91,15 @@ def add_command(subparsers, common):
         help="label smoothing of the cross-entropy (default: 0; "
         "imagenet2012: 0.1)",
     )
+    parser.add_argument(
+        "--distribute",
+        choices=("none", "mirrored", "multi-worker", "data-parallel"),
+        default="none",
+        help="spread each batch over devices: mirrored (TensorFlow, this "
+        "host's GPUs), multi-worker (TensorFlow, hosts from TF_CONFIG), "
+        "data-parallel (JAX, every device; one perturbation per device) "
+        "(default: %(default)s)",
+    )
     _arguments.add_run_arguments(
         parser,
         many=False,
@@ -146,6 +155,7 @@ def run(args):
         ),
         select_seeds=args.select_seeds,
         select_epochs=args.select_epochs,
+        distribute=args.distribute,
         **settings,
     )
     output_dir = _arguments.output_dir(
