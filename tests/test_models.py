@@ -1,6 +1,6 @@
 """Tests for `keras_sam.models`: parameter counts against the published
-numbers and hand formulas, the option A shortcut, coupled L2, the registry
-and argument errors."""
+numbers, hand formulas and `keras.applications`, the option A shortcut,
+coupled L2, the registry and argument errors."""
 
 import math
 
@@ -56,10 +56,11 @@ def _small_cnn_formula(width, classes=10):
 _built = {}
 
 
-def _get(name):
-    if name not in _built:
-        _built[name] = models.get_model(name)
-    return _built[name]
+def _get(name, **kwargs):
+    key = (name, tuple(sorted(kwargs.items())))
+    if key not in _built:
+        _built[key] = models.get_model(name, **kwargs)
+    return _built[key]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +111,9 @@ def test_registry_names_and_overrides():
         "shake-shake-26-2x96d",
         "pyramidnet-272-200",
         "pyramidnet-272-200-shakedrop",
+        "resnet-50",
+        "resnet-101",
+        "resnet-152",
     )
     model = models.get_model(
         "resnet-32", num_classes=100, input_shape=(16, 16, 3)
@@ -141,9 +145,9 @@ def test_option_a_shortcut_subsamples_and_zero_pads_channels():
     np.testing.assert_allclose(shortcut, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_weight_decay_is_coupled_l2_on_kernels_only():
-    weight_decay = 5e-4
-    model = models.get_model("resnet-20", weight_decay=weight_decay)
+def _check_coupled_l2(model, weight_decay, kernel_count):
+    """Checks that `model.losses` sum to `weight_decay / 2` times the
+    squared convolution and dense kernels, and nothing else."""
     # Large BatchNorm gammas: they must not be decayed.
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -154,12 +158,20 @@ def test_weight_decay_is_coupled_l2_on_kernels_only():
         for layer in model.layers
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
     ]
-    assert len(kernels) == 20  # 19 convolutions and the classifier
+    assert len(kernels) == kernel_count
     squares = sum(
-        float(np.sum(k.numpy().astype("float64") ** 2)) for k in kernels
+        float(np.sum(keras.ops.convert_to_numpy(k).astype("float64") ** 2))
+        for k in kernels
     )
     # Gradient of (wd / 2) ||w||^2 is wd * w, as in the SAM paper's code.
     np.testing.assert_allclose(penalty, weight_decay / 2 * squares, rtol=1e-5)
+
+
+def test_weight_decay_is_coupled_l2_on_kernels_only():
+    weight_decay = 5e-4
+    model = models.get_model("resnet-20", weight_decay=weight_decay)
+    # 19 convolutions and the classifier.
+    _check_coupled_l2(model, weight_decay, kernel_count=20)
     assert models.get_model("resnet-20").losses == []
 
 
@@ -209,6 +221,9 @@ def test_wide_resnet_dropout_layers():
         (lambda: models.pyramidnet(11, alpha=-1), "alpha"),
         (lambda: models.ShakeDrop(1.5), "drop_rate"),
         (lambda: models.get_model("pyramidnet", final_drop_rate=0.1), "drop"),
+        (lambda: models.imagenet_resnet(34), "depth"),
+        (lambda: models.get_model("resnet-50", depth=101), "depth"),
+        (lambda: models.imagenet_resnet(50, num_classes=0), "num_classes"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, message):
@@ -407,3 +422,104 @@ def test_stochastic_models_save_and_load(tmp_path):
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+# ImageNet ResNet-50, -101, -152 --------------------------------------------
+
+
+def _applications_count_without_conv_biases(application):
+    """`count_params()` of a `keras.applications` ResNet (an independent
+    implementation, v1: stride on the first 1x1 convolution, same
+    parameters) less its convolution biases, which ours do not have
+    since BatchNorm follows every convolution."""
+    reference = application(weights=None, input_shape=(32, 32, 3))
+    biases = sum(
+        math.prod(layer.bias.shape)
+        for layer in reference.layers
+        if isinstance(layer, keras.layers.Conv2D) and layer.use_bias
+    )
+    return reference.count_params() - biases
+
+
+def _check_imagenet_resnet_count(depth, application, trainable):
+    # The body is fully convolutional, so the count does not depend on
+    # the input size: build at get_model's default 32x32.
+    model = _get(f"resnet-{depth}", num_classes=1000)
+    assert model.name == f"imagenet_resnet_{depth}"
+    assert model.count_params() == _applications_count_without_conv_biases(
+        application
+    )
+    assert _trainable_count(model) == trainable
+
+
+def test_imagenet_resnet_50_parameter_count():
+    # 25.6M trainable parameters, as usually quoted for ResNet-50.
+    _check_imagenet_resnet_count(50, keras.applications.ResNet50, 25_557_032)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "depth, application_name, trainable",
+    [(101, "ResNet101", 44_549_160), (152, "ResNet152", 60_192_808)],
+)
+def test_imagenet_resnet_101_152_parameter_counts(
+    depth, application_name, trainable
+):
+    # 44.5M and 60.2M trainable parameters, as usually quoted.
+    application = getattr(keras.applications, application_name)
+    _check_imagenet_resnet_count(depth, application, trainable)
+
+
+def test_imagenet_resnet_forward_strides_and_weight_decay():
+    weight_decay = 1e-4
+    model = models.get_model(
+        "resnet-50", num_classes=7, weight_decay=weight_decay
+    )
+    x = np.random.default_rng(4).normal(size=(2, 32, 32, 3))
+    probabilities = keras.ops.convert_to_numpy(model(x, training=False))
+    assert probabilities.shape == (2, 7)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # 32x32 -> 16 (stem) -> 8 (pool) -> 8, 4, 2, 1 (stages).
+    for stage, (blocks, size) in enumerate(zip((3, 4, 6, 3), (8, 4, 2, 1))):
+        layer = model.get_layer(f"stage{stage + 1}_block{blocks}_out")
+        assert layer.output.shape == (None, size, size, 256 * 2**stage)
+    # v1.5: the stride is on the 3x3 convolution (and the projection).
+    assert model.get_layer("stage2_block1_conv1").strides == (1, 1)
+    assert model.get_layer("stage2_block1_conv2").strides == (2, 2)
+    assert model.get_layer("stage2_block1_shortcut").strides == (2, 2)
+    shortcuts = [
+        layer.name for layer in model.layers if "shortcut" in layer.name
+    ]
+    assert shortcuts == [
+        f"stage{s}_block1_shortcut{bn}"
+        for s in range(1, 5)
+        for bn in ("", "_bn")
+    ]
+    # 1 + 16 * 3 + 4 convolutions and the classifier.
+    _check_coupled_l2(model, weight_decay, kernel_count=54)
+    assert _get("resnet-50", num_classes=1000).losses == []
+
+
+def test_resnet_names_imagenet_depths_take_precedence():
+    # 56 = 6 * 9 + 2 stays the CIFAR ResNet; 50, 101 and 152 do not.
+    cifar = _get("resnet-56")
+    assert cifar.name == "resnet_56"
+    assert round(_trainable_count(cifar) / 1e6, 2) == 0.85
+    imagenet = _get("resnet-50", num_classes=1000)
+    assert imagenet.name == "imagenet_resnet_50"
+    bottleneck = imagenet.get_layer("stage1_block1_conv3")
+    assert tuple(bottleneck.kernel.shape) == (1, 1, 64, 256)
+    assert models.check_model_name("ResNet_152") == "imagenet_resnet_152"
+    assert models.check_model_name("resnet101") == "imagenet_resnet_101"
+    assert models.check_model_name("resnet-98") == "resnet_98"
+    with pytest.raises(ValueError, match=r"resnet-<50\|101\|152>"):
+        models.get_model("resnet-50x")
+
+
+def test_imagenet_resnet_bad_depth_message_names_the_allowed_depths():
+    for depth in (34, 50.0, True):
+        with pytest.raises(ValueError) as info:
+            models.imagenet_resnet(depth)
+        message = str(info.value)
+        assert "`depth`" in message and repr(depth) in message
+        assert "[50, 101, 152]" in message

@@ -1,4 +1,5 @@
-"""Architectures of the SAM paper's CIFAR tables, as Keras functional models.
+"""Architectures of the SAM paper's CIFAR and ImageNet tables, as Keras
+functional models.
 
 Every builder returns a built functional `keras.Model` made of standard
 Keras layers only (backend-neutral: TensorFlow, JAX and PyTorch), with
@@ -8,6 +9,7 @@ by its short name.
 
 import re
 
+from keras_sam.models.imagenet_resnet import imagenet_resnet
 from keras_sam.models.preact_resnet import preact_resnet
 from keras_sam.models.pyramidnet import pyramidnet
 from keras_sam.models.resnet import resnet
@@ -27,9 +29,15 @@ MODEL_NAMES = (
     "shake-shake-26-2x96d",
     "pyramidnet-272-200",
     "pyramidnet-272-200-shakedrop",
+    "resnet-50",
+    "resnet-101",
+    "resnet-152",
 )
 """The names of the SAM paper's architectures that `get_model` builds
 (it also takes the patterns its docstring lists)."""
+
+# `resnet-<depth>` with these depths is the ImageNet bottleneck ResNet.
+_IMAGENET_RESNET_DEPTHS = (50, 101, 152)
 
 _DEFAULTS = {
     "input_shape": (32, 32, 3),
@@ -81,6 +89,15 @@ def _parse_name(name):
     match = re.fullmatch(r"resnet-?(\d+)", key)
     if match:
         depth = int(match.group(1))
+        # 50, 101 and 152 are the ImageNet bottleneck ResNets (50 and 152
+        # are 6n+2 too, but the ImageNet meaning takes precedence).
+        if depth in _IMAGENET_RESNET_DEPTHS:
+            return (
+                imagenet_resnet,
+                {"depth": depth},
+                {},
+                f"imagenet_resnet_{depth}",
+            )
         return resnet, {"depth": depth}, {}, f"resnet_{depth}"
     match = re.fullmatch(r"(?:wrn|wide-resnet)-?(\d+)-(\d+)", key)
     if match:
@@ -94,7 +111,9 @@ def _parse_name(name):
         )
     raise ValueError(
         f"Unknown model name={name!r}. Known names: {list(MODEL_NAMES)}; "
-        "also 'resnet-<6n+2>', 'wrn-<6n+4>-<k>', 'preact-resnet-<18|34>', "
+        "also 'resnet-<50|101|152>' (ImageNet bottleneck ResNets), "
+        "'resnet-<6n+2>' (CIFAR ResNets, other depths), 'wrn-<6n+4>-<k>', "
+        "'preact-resnet-<18|34>', "
         "'shake-shake-<6n+2>-2x<width>d', 'pyramidnet-<9n+2>-<alpha>' "
         "(+ '-shakedrop'), and 'pyramidnet' for 'pyramidnet-272-200'."
     )
@@ -129,20 +148,27 @@ def get_model(name, /, **kwargs):
     `"wrn-16-4"`, `"wrn-16-8"`, `"wrn-28-10"`, `"preact-resnet-18"`,
     `"shake-shake-26-2x96d"`, `"pyramidnet-272-200"` and
     `"pyramidnet-272-200-shakedrop"` (the SAM paper's PyramidNet rows;
-    also `"pyramidnet"` and `"pyramidnet-shakedrop"`); more generally
-    `"resnet-<depth>"`, `"wrn-<depth>-<width>"`,
-    `"preact-resnet-<18|34>"`, `"shake-shake-<depth>-2x<width>d"` and
+    also `"pyramidnet"` and `"pyramidnet-shakedrop"`), and the ImageNet
+    bottleneck ResNets `"resnet-50"`, `"resnet-101"` and `"resnet-152"`
+    (`imagenet_resnet`); more generally `"resnet-<depth>"` (the CIFAR
+    `resnet` for every depth but 50, 101 and 152: these three are always
+    the ImageNet ones, although 50 and 152 are 6n+2 too),
+    `"wrn-<depth>-<width>"`, `"preact-resnet-<18|34>"`,
+    `"shake-shake-<depth>-2x<width>d"` and
     `"pyramidnet-<depth>-<alpha>[-shakedrop]"`.
 
     Args:
         name: the architecture's short name (case-insensitive),
             positional only.
         **kwargs: passed to the builder (`small_cnn`, `resnet`,
-            `wide_resnet`, `preact_resnet`, `shake_shake` or
-            `pyramidnet`), e.g. `name` (the model's), `input_shape`,
-            `num_classes`, `weight_decay`, `classifier_activation`,
-            `dropout_rate` (WRN), `seed` (Shake-Shake, PyramidNet),
-            `final_drop_rate` (ShakeDrop).
+            `imagenet_resnet`, `wide_resnet`, `preact_resnet`,
+            `shake_shake` or `pyramidnet`), e.g. `name` (the model's),
+            `input_shape`, `num_classes`, `weight_decay`,
+            `classifier_activation`, `dropout_rate` (WRN), `seed`
+            (Shake-Shake, PyramidNet), `final_drop_rate` (ShakeDrop).
+            `input_shape` defaults to `(32, 32, 3)` and `num_classes` to
+            `10` for every name, the ImageNet ResNets included: pass
+            e.g. `input_shape=(224, 224, 3), num_classes=1000` for those.
 
     Returns:
         A built functional `keras.Model`.
@@ -178,6 +204,7 @@ __all__ = [
     "ShakeShake",
     "check_model_name",
     "get_model",
+    "imagenet_resnet",
     "preact_resnet",
     "pyramidnet",
     "resnet",
