@@ -1,0 +1,85 @@
+"""Convolutions inside `jax.lax.cond` on XLA:CPU, against the same
+computation outside it.
+
+The skipping SAM rules (LookSAM, randomized SAM, AE-SAM, ESAM's data
+choice) decide in the compiled step with `keras.ops.cond`, which is
+`jax.lax.cond` on JAX. On this CPU the convolutions of a branch run about
+100x slower than the same convolutions outside a conditional, so those
+rules cost tens of plain steps on JAX-CPU. This script measures that with
+JAX alone (no Keras): the gradient of a two-convolution network, a plain
+step, a SAM step, and both inside `lax.cond` (taken and not taken).
+
+    python benchmarks/jax_cond_cpu.py
+
+Writes `saved_results/benchmarks/jax_cond_cpu.csv`.
+"""
+
+import csv
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPEATS = 3
+
+
+def loss(w, x):
+    numbers = ("NHWC", "HWIO", "NHWC")
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=numbers)
+    y = jax.lax.conv_general_dilated(jnp.tanh(y), w, (1, 1), "SAME",
+                                     dimension_numbers=numbers)
+    return jnp.mean(y**2)
+
+
+def main():
+    key = jax.random.PRNGKey(0)
+    w = jax.random.normal(key, (3, 3, 32, 32)) * 0.1
+    x = jax.random.normal(key, (128, 32, 32, 32))
+    grad = jax.grad(loss)
+
+    def plain(w, x):
+        return w - 0.1 * grad(w, x)
+
+    def sam(w, x):
+        return w - 0.1 * grad(w + 0.01 * grad(w, x), x)
+
+    def in_cond(w, x, ascend):
+        return jax.lax.cond(ascend, lambda: sam(w, x), lambda: plain(w, x))
+
+    arms = [
+        ("plain step", jax.jit(plain), (w, x)),
+        ("SAM step", jax.jit(sam), (w, x)),
+        ("lax.cond, SAM branch taken", jax.jit(in_cond), (w, x, True)),
+        ("lax.cond, plain branch taken", jax.jit(in_cond), (w, x, False)),
+    ]
+    rows = []
+    for name, step, args in arms:
+        step(*args).block_until_ready()  # compile
+        start = time.perf_counter()
+        for _ in range(REPEATS):
+            step(*args).block_until_ready()
+        seconds = (time.perf_counter() - start) / REPEATS
+        rows.append({"arm": name, "seconds": seconds})
+        print(f"{name}: {seconds * 1000:.1f} ms", flush=True)
+    base = rows[0]["seconds"]
+    path = ROOT / "saved_results" / "benchmarks" / "jax_cond_cpu.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(
+            f, ["arm", "seconds", "ratio_to_plain", "jax", "processor"]
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({
+                **row, "ratio_to_plain": row["seconds"] / base,
+                "jax": jax.__version__,
+                "processor": platform.processor() or platform.machine(),
+            })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
