@@ -30,6 +30,9 @@ SCHEDULE = "cosine to 0 over the run, no warm-up"
 # left out of `settings()`, so they never block a resume.
 _RUN_ONLY_FIELDS = ("verbose", "command", "manual_dir")
 
+IMAGENET = "imagenet2012"
+"""The `dataset` name of ImageNet (ILSVRC-2012), as tfds names it."""
+
 # Foret et al. (2020), Appendix C, ImageNet (Table 2), as read there: the
 # reference text in this repository holds Table 2 but not the appendix,
 # so check these against arXiv:2010.01412 before a costly run. Batch 4096,

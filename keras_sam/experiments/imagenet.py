@@ -352,13 +352,51 @@ def make_pipelines(
                   image_size, manual_dir, train_size, test_size)
 
 
-def _epoch_counter():
+def _assemble(epoch_images, test_images, counts, num_classes, batch_size,
+              augment, seed, image_size, source):
+    """The train and test pipelines from the encoded images of a source.
+
+    Args:
+        epoch_images: `key -> dataset of (position, encoded image, label)`,
+            the training images of the epoch whose random key is `key`.
+        test_images: dataset of `(encoded image, label)`.
+        counts: `(training images, test images)`.
+        num_classes, batch_size, augment, seed, image_size, source: see
+            `make_pipelines` and `ImageNetPipelines`.
+    """
     import tensorflow as tf
 
+    count, test_count = counts
+    _check_split_sizes(count, test_count, batch_size, source)
+    seed_key = tf.constant(int(seed), tf.int64)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    return epoch, tf.data.Dataset.range(1).map(
-        lambda _: epoch.assign_add(1) - 1
-    )
+
+    def one_epoch(_):
+        key = tf.stack([seed_key, epoch.assign_add(1) - 1])
+
+        def load(position, image_bytes, label):
+            image_key = tf.random.experimental.stateless_fold_in(
+                key, position
+            )
+            return train_image(image_bytes, image_key, image_size,
+                               augment), label
+
+        return epoch_images(key).map(
+            load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+
+    train = tf.data.Dataset.range(1).flat_map(one_epoch).batch(batch_size)
+    # flat_map hides the length; Keras needs it to count steps.
+    train = train.apply(tf.data.experimental.assert_cardinality(
+        math.ceil(count / batch_size)
+    )).prefetch(tf.data.AUTOTUNE)
+    test = test_images.map(
+        lambda image_bytes, label: (eval_image(image_bytes, image_size),
+                                    label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ImageNetPipelines(train, test, epoch, num_classes, image_size,
+                             count, test_count, batch_size, source)
 
 
 def _folder_pipelines(data_dir, batch_size, augment, seed, image_size,
@@ -380,60 +418,35 @@ def _folder_pipelines(data_dir, batch_size, augment, seed, image_size,
     if test_size is not None:
         test_paths = test_paths[:test_size]
         test_labels = test_labels[:test_size]
+    count = len(train_paths)
+    paths, labels = tf.constant(train_paths), tf.constant(train_labels)
+
+    def epoch_images(key):
+        def read(position):
+            row = tf.random.experimental.index_shuffle(
+                position, key, count - 1
+            )
+            return (position, tf.io.read_file(tf.gather(paths, row)),
+                    tf.gather(labels, row))
+
+        return tf.data.Dataset.range(count).map(
+            read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+
+    test_images = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(test_paths), tf.constant(test_labels))
+    ).map(lambda path, label: (tf.io.read_file(path), label))
     source = (
         f"ImageNet-style image folder tree {data_dir} ({len(classes)} "
         "classes)"
     )
-    _check_split_sizes(len(train_paths), len(test_paths), batch_size, source)
-    count = len(train_paths)
-    paths = tf.constant(train_paths)
-    labels = tf.constant(train_labels)
-    seed_key = tf.constant(int(seed), tf.int64)
-    epoch, epochs = _epoch_counter()
-
-    def one_epoch(epoch_index):
-        key = tf.stack([seed_key, epoch_index])
-
-        def load(position):
-            row = tf.random.experimental.index_shuffle(
-                position, key, count - 1
-            )
-            image_key = tf.random.experimental.stateless_fold_in(
-                key, position
-            )
-            image = train_image(tf.io.read_file(tf.gather(paths, row)),
-                                image_key, image_size, augment)
-            return image, tf.gather(labels, row)
-
-        return tf.data.Dataset.range(count).map(
-            load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-
-    train = _batched(epochs.flat_map(one_epoch), batch_size, count)
-    test = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(test_paths), tf.constant(test_labels))
-    ).map(
-        lambda path, label: (eval_image(tf.io.read_file(path), image_size),
-                             label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    test = test.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return ImageNetPipelines(train, test, epoch, len(classes), image_size,
-                             count, len(test_paths), batch_size, source)
-
-
-def _batched(images, batch_size, count):
-    import tensorflow as tf
-
-    dataset = images.batch(batch_size).apply(
-        tf.data.experimental.assert_cardinality(math.ceil(count / batch_size))
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _assemble(epoch_images, test_images, (count, len(test_paths)),
+                     len(classes), batch_size, augment, seed, image_size,
+                     source)
 
 
 def _tfds_pipelines(data_dir, batch_size, augment, seed, image_size,
                     manual_dir, train_size, test_size):
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("imagenet2012", data_dir=data_dir)
@@ -449,45 +462,30 @@ def _tfds_pipelines(data_dir, batch_size, augment, seed, image_size,
     test_split = (
         "validation" if test_size is None else f"validation[:{test_size}]"
     )
-    read_config = tfds.ReadConfig(shuffle_seed=int(seed))
     base = builder.as_dataset(
         split=train_split, shuffle_files=True, decoders=decoders,
-        read_config=read_config,
+        read_config=tfds.ReadConfig(shuffle_seed=int(seed)),
     )
     test_base = builder.as_dataset(split=test_split, decoders=decoders)
-    count = _split_size(builder, base, train_split)
-    test_count = _split_size(builder, test_base, test_split)
-    num_classes = builder.info.features["label"].num_classes
-    source = f"tensorflow_datasets imagenet2012 in {data_dir}"
-    _check_split_sizes(count, test_count, batch_size, source)
-    base = base.shuffle(min(count, SHUFFLE_BUFFER), seed=int(seed),
-                        reshuffle_each_iteration=True)
-    seed_key = tf.constant(int(seed), tf.int64)
-    epoch, epochs = _epoch_counter()
+    counts = (_split_size(builder, base, train_split),
+              _split_size(builder, test_base, test_split))
+    shuffled = base.shuffle(min(counts[0], SHUFFLE_BUFFER) or 1,
+                            seed=int(seed), reshuffle_each_iteration=True)
 
-    def one_epoch(epoch_index):
-        key = tf.stack([seed_key, epoch_index])
-
-        def load(position, example):
-            image_key = tf.random.experimental.stateless_fold_in(
-                key, position
-            )
-            image = train_image(example["image"], image_key, image_size,
-                                augment)
-            return image, example["label"]
-
-        return base.enumerate().map(
-            load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    def epoch_images(key):
+        return shuffled.enumerate().map(
+            lambda position, example: (position, example["image"],
+                                       example["label"])
         )
 
-    train = _batched(epochs.flat_map(one_epoch), batch_size, count)
-    test = test_base.map(
-        lambda example: (eval_image(example["image"], image_size),
-                         example["label"]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return ImageNetPipelines(train, test, epoch, num_classes, image_size,
-                             count, test_count, batch_size, source)
+    test_images = test_base.map(
+        lambda example: (example["image"], example["label"])
+    )
+    return _assemble(
+        epoch_images, test_images, counts,
+        builder.info.features["label"].num_classes, batch_size, augment,
+        seed, image_size, f"tensorflow_datasets imagenet2012 in {data_dir}",
+    )
 
 
 def _split_size(builder, dataset, split):

@@ -41,7 +41,11 @@ from keras_sam.experiments import (
     paper_results,
     training,
 )
-from keras_sam.experiments.config import RunConfig, check_same_settings
+from keras_sam.experiments.config import (
+    IMAGENET,
+    RunConfig,
+    check_same_settings,
+)
 
 RESULT_FIELDS = (
     "run",
@@ -190,9 +194,6 @@ def run_reproduction(output_dir, config=None):
     }
 
 
-IMAGENET = "imagenet2012"
-
-
 def _count(data, split):
     """Images of `split` in CIFAR splits or ImageNet pipelines."""
     if hasattr(data, f"{split}_images"):
@@ -272,8 +273,6 @@ def _train_final_runs(runs_dir, splits, config, runs):
 
 
 def _final_run(splits, config, rho, epochs, seed, backup_dir):
-    if config.dataset == IMAGENET:
-        splits = None  # the data of `run_reproduction`'s check, reread
     pipelines = _final_pipelines(splits, config, seed)
     result = training.train_and_evaluate(
         pipelines, config, rho, epochs, seed=seed, backup_dir=backup_dir

@@ -20,7 +20,7 @@ import keras
 from keras import ops
 
 from keras_sam import models
-from keras_sam.experiments.config import RunConfig
+from keras_sam.experiments.config import IMAGENET, RunConfig
 from keras_sam.sam_model import SAMModel
 
 _PAPER = RunConfig()
@@ -340,7 +340,7 @@ def train_and_evaluate(
         `m` (the batch each perturbation is computed on).
     """
     keras.utils.set_random_seed(seed)
-    top5 = config.dataset == "imagenet2012" or pipelines.num_classes >= 100
+    top5 = config.dataset == IMAGENET or pipelines.num_classes >= 100
     with distribution_scope(config.distribute) as replicas:
         check_last_batches(pipelines.train_images, pipelines.test_images,
                            pipelines.batch_size, replicas)
