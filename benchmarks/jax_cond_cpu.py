@@ -1,13 +1,18 @@
 """Convolutions inside `jax.lax.cond` on XLA:CPU, against the same
 computation outside it.
 
-The skipping SAM rules (LookSAM, randomized SAM, AE-SAM, ESAM's data
-choice) decide in the compiled step with `keras.ops.cond`, which is
-`jax.lax.cond` on JAX. On this CPU the convolutions of a branch run about
-100x slower than the same convolutions outside a conditional, so those
-rules cost tens of plain steps on JAX-CPU. This script measures that with
-JAX alone (no Keras): the gradient of a two-convolution network, a plain
-step, a SAM step, and both inside `lax.cond` (taken and not taken).
+The skipping SAM rules (LookSAM, randomized SAM, AE-SAM, SAM in the late
+phase) decide in the compiled step. With `jax.lax.cond` the backward
+convolutions of a branch run 20-40x slower on XLA:CPU than the same
+convolutions outside one: the optimized HLO keeps them non-canonical in
+the branch (the input gradient's kernel as `01oi`, the kernel gradient
+with the batch as feature), where outside a branch XLA transposes them
+into the form its convolution library runs; forward convolutions are not
+affected. Those rules then cost tens of plain steps, so on XLA:CPU
+`keras_sam.backend.jax.cond` computes both branches and selects (the last
+arm). This script measures it with JAX alone (no Keras): the gradient of
+a two-convolution network, a plain step, a SAM step, both inside
+`lax.cond` (taken and not taken), and both computed and selected.
 
     python benchmarks/jax_cond_cpu.py
 
@@ -50,11 +55,18 @@ def main():
     def in_cond(w, x, ascend):
         return jax.lax.cond(ascend, lambda: sam(w, x), lambda: plain(w, x))
 
+    def selected(w, x, ascend):
+        return jnp.where(ascend, sam(w, x), plain(w, x))
+
     arms = [
         ("plain step", jax.jit(plain), (w, x)),
         ("SAM step", jax.jit(sam), (w, x)),
-        ("lax.cond, SAM branch taken", jax.jit(in_cond), (w, x, True)),
-        ("lax.cond, plain branch taken", jax.jit(in_cond), (w, x, False)),
+        ("lax.cond, SAM branch taken", jax.jit(in_cond),
+         (w, x, jnp.array(True))),
+        ("lax.cond, plain branch taken", jax.jit(in_cond),
+         (w, x, jnp.array(False))),
+        ("both computed, jnp.where", jax.jit(selected),
+         (w, x, jnp.array(True))),
     ]
     rows = []
     for name, step, args in arms:

@@ -385,6 +385,31 @@ def test_a_skipped_ascent_costs_one_pass():
     assert CountTrainingPasses.calls == 8 + 2
 
 
+@multi_backend
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's cond")
+def test_jax_cond_selects_on_cpu_and_returns_the_taken_branch():
+    import jax
+
+    from keras_sam.backend import jax as jax_backend
+
+    def step(pred, x):
+        return jax_backend.cond(
+            pred, lambda: ([x * 2.0], x.sum()), lambda: ([x - 1.0], x.max())
+        )
+
+    x = np.arange(6.0, dtype="float32").reshape(2, 3)
+    compiled = jax.jit(step)
+    for pred, want in ((True, ([x * 2.0], x.sum())),
+                       (False, ([x - 1.0], x.max()))):
+        got = compiled(np.bool_(pred), x)
+        np.testing.assert_array_equal(got[0][0], want[0][0])
+        np.testing.assert_array_equal(got[1], want[1])
+    # On XLA:CPU no conditional reaches the compiled program (its branches'
+    # backward convolutions would run unoptimized).
+    hlo = compiled.lower(np.bool_(True), x).compile().as_text()
+    assert ("conditional(" in hlo) == (jax.default_backend() != "cpu")
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: variants.LookSAM(every=0), "Received: every=0"),
     (lambda: variants.LookSAM(alpha=-1.0), "Received: alpha=-1.0"),

@@ -107,14 +107,16 @@ def first_pass_point(model, weights, rho, momentum):
     return [next(points) if keep else w for w, keep in zip(weights, mask)]
 
 
-def maybe_ascend(model, step, state, gradients, gradient_norm, with_ascent):
+def maybe_ascend(model, step, state, gradients, gradient_norm, with_ascent,
+                 cond=ops.cond):
     """`with_ascent(state) -> (applied, sharpness, state)` on steps where
     the rule ascends; otherwise the rule's one-pass step (`between`),
     with sharpness 0. The rule first observes `gradient_norm` (`||g||`,
     true-gradient units up to a constant factor). Its decision is `True`
     (every step: no branch in the graph), `False`, or a boolean tensor
-    (`keras.ops.cond`: one branch runs, no retracing). Returns `(applied,
-    sharpness, ascended, state)`, `ascended` 1.0 or 0.0."""
+    (`cond`, `keras.ops.cond` unless the backend gives its own: one branch
+    runs, no retracing). Returns `(applied, sharpness, ascended, state)`,
+    `ascended` 1.0 or 0.0."""
     state = model.variant.observe(gradient_norm, state)
 
     def with_ascent_flagged():
@@ -132,7 +134,7 @@ def maybe_ascend(model, step, state, gradients, gradient_norm, with_ascent):
         return with_ascent_flagged()
     if decision is False:
         return without_ascent()
-    return ops.cond(decision, with_ascent_flagged, without_ascent)
+    return cond(decision, with_ascent_flagged, without_ascent)
 
 
 def ascend(model, gradients, weights, rho, state, gradient_scale,

@@ -6,6 +6,7 @@ batch's gradient whatever `perturbation` says (`"global"` semantics).
 """
 
 import jax
+import jax.numpy as jnp
 import keras
 from keras import ops
 
@@ -37,6 +38,31 @@ def hessian_vector_product(fn):
 
 def compile_function(fn):
     return jax.jit(fn)
+
+
+def cond(pred, true_fn, false_fn):
+    """`jax.lax.cond`, except on XLA:CPU, where both branches run and the
+    result is selected.
+
+    XLA:CPU leaves the backward convolutions inside a conditional's branch
+    in their non-canonical form (kernel `01oi`, batch as feature), so they
+    run as plain loops instead of the optimized convolution: 20-40x slower
+    than the same convolutions outside a branch (checked with jax 0.10.2,
+    `benchmarks/jax_cond_cpu.py`). A skipped ascent then saves nothing and
+    a taken one costs tens of plain steps. Selecting costs the ascending
+    branch on every step, as SAM does; on GPU and TPU only the taken
+    branch runs. The two give the same values.
+    """
+
+    def select():
+        taken, skipped = true_fn(), false_fn()
+        return jax.tree.map(
+            lambda a, b: jnp.where(pred, a, b), taken, skipped
+        )
+
+    return jax.lax.platform_dependent(
+        cpu=select, default=lambda: jax.lax.cond(pred, true_fn, false_fn)
+    )
 
 
 class SAMTrainer:
@@ -105,7 +131,7 @@ class SAMTrainer:
             # Steps 2-3 where the rule ascends (every step for SAM),
             # decided inside the compiled step; else its one-pass step.
             applied, sharpness, ascended, state = common.maybe_ascend(
-                self, step, state, gradients, norm / unit, with_ascent
+                self, step, state, gradients, norm / unit, with_ascent, cond
             )
             return common.pass_result(
                 applied, clean, sharpness, norm / unit,
