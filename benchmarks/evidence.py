@@ -778,9 +778,12 @@ def write_summary(root=None):
         "[round 5, more cheaper SAM](PROTOCOL_5.md). "
         "Every run made under them is below.",
         "",
-        f"- hardware: {benchmark_env.cpu_name()}, "
-        f"{benchmark_env.cpu_count()} CPU cores; backend "
-        f"{environment['backend']}, Keras {environment['keras']}",
+        "- hardware: 2-core CPU machines, one per session (the CPU "
+        "model is not recorded per run, so wall times compare within a "
+        "session's runs only); this summary was written on "
+        f"{benchmark_env.cpu_name()}, {benchmark_env.cpu_count()} CPU "
+        f"cores; backend {environment['backend']}, Keras "
+        f"{environment['keras']}",
         "- commands: `python benchmarks/evidence.py` (round 1), "
         "`python benchmarks/evidence.py --round 2` (`--round 3`, "
         "`--round 4`, `--round 5`)",
