@@ -157,7 +157,7 @@ def write(rows, summary, args, backend):
         f"{device}; {', '.join(f'{k} {v}' for k, v in versions.items())}, "
         f"Keras {keras.__version__}; commit "
         f"{benchmark_env.git_commit() or 'unknown'}; load average at the "
-        f"end {benchmark_env.load_average()}. Rows: "
+        f"end {_load_text()}. Rows: "
         f"[variant_cost_{backend}.csv](variant_cost_{backend}.csv).",
         "",
         "| arm | median step ms | ratio to plain (median, IQR) | SAM steps "
@@ -178,6 +178,11 @@ def write(rows, summary, args, backend):
     lines.append(end)
     benchmark_env.write_readme_section(output, begin, end, "\n".join(lines))
     return path
+
+
+def _load_text():
+    load = benchmark_env.load_average()
+    return "unknown" if load is None else f"{load:.2f}"
 
 
 def main(argv=None):
