@@ -12,7 +12,9 @@ affected. Those rules then cost tens of plain steps, so on XLA:CPU
 `keras_sam.backend.jax.cond` computes both branches and selects (the last
 arm). This script measures it with JAX alone (no Keras): the gradient of
 a two-convolution network, a plain step, a SAM step, both inside
-`lax.cond` (taken and not taken), and both computed and selected.
+`lax.cond` (taken and not taken), the SAM step inside a `lax.while_loop`
+run once (a loop's body is compiled like a branch), and both computed and
+selected.
 
     python benchmarks/jax_cond_cpu.py
 
@@ -21,11 +23,14 @@ Writes `saved_results/benchmarks/jax_cond_cpu.csv`.
 
 import csv
 import pathlib
-import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchmark_env  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPEATS = 3
@@ -55,6 +60,15 @@ def main():
     def in_cond(w, x, ascend):
         return jax.lax.cond(ascend, lambda: sam(w, x), lambda: plain(w, x))
 
+    def in_while(w, x, ascend):
+        # The same decision as a loop run once or not at all.
+        def body(state):
+            count, w = state
+            return count - 1, sam(w, x)
+
+        count = jnp.where(ascend, 1, 0)
+        return jax.lax.while_loop(lambda s: s[0] > 0, body, (count, w))[1]
+
     def selected(w, x, ascend):
         return jnp.where(ascend, sam(w, x), plain(w, x))
 
@@ -65,6 +79,8 @@ def main():
          (w, x, jnp.array(True))),
         ("lax.cond, plain branch taken", jax.jit(in_cond),
          (w, x, jnp.array(False))),
+        ("lax.while_loop, SAM step run once", jax.jit(in_while),
+         (w, x, jnp.array(True))),
         ("both computed, jnp.where", jax.jit(selected),
          (w, x, jnp.array(True))),
     ]
@@ -81,14 +97,17 @@ def main():
     path = ROOT / "saved_results" / "benchmarks" / "jax_cond_cpu.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(
-            f, ["arm", "seconds", "ratio_to_plain", "jax", "processor"]
+            f, ["arm", "seconds", "ratio_to_plain", "jax", "processor",
+                "cores", "commit"]
         )
         writer.writeheader()
         for row in rows:
             writer.writerow({
                 **row, "ratio_to_plain": row["seconds"] / base,
                 "jax": jax.__version__,
-                "processor": platform.processor() or platform.machine(),
+                "processor": benchmark_env.cpu_name(),
+                "cores": benchmark_env.cpu_count(),
+                "commit": benchmark_env.git_commit(),
             })
     print(f"wrote {path}")
 
