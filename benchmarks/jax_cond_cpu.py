@@ -2,19 +2,19 @@
 computation outside it.
 
 The skipping SAM rules (LookSAM, randomized SAM, AE-SAM, SAM in the late
-phase) decide in the compiled step. With `jax.lax.cond` the backward
-convolutions of a branch run 20-40x slower on XLA:CPU than the same
-convolutions outside one: the optimized HLO keeps them non-canonical in
-the branch (the input gradient's kernel as `01oi`, the kernel gradient
-with the batch as feature), where outside a branch XLA transposes them
-into the form its convolution library runs; forward convolutions are not
-affected. Those rules then cost tens of plain steps, so on XLA:CPU
-`keras_sam.backend.jax.cond` computes both branches and selects (the last
-arm). This script measures it with JAX alone (no Keras): the gradient of
-a two-convolution network, a plain step, a SAM step, both inside
-`lax.cond` (taken and not taken), the SAM step inside a `lax.while_loop`
-run once (a loop's body is compiled like a branch), and both computed and
-selected.
+phase) decide in the compiled step. With `jax.lax.cond` a gradient step
+runs 30-40x slower on XLA:CPU inside a branch than outside one (100-190x
+on an earlier machine): the optimized HLO keeps its backward convolutions
+non-canonical in the branch (the input gradient's kernel as `01oi`, the
+kernel gradient with the batch as feature), where outside a branch XLA
+transposes them into the form its convolution library runs; forward
+convolutions are not affected. Those rules then cost tens of plain steps,
+so on XLA:CPU `keras_sam.backend.jax.cond` computes both branches and
+selects (the last arm). This script measures it with JAX alone (no Keras):
+the gradient of a two-convolution network, a plain step, a SAM step, both
+inside `lax.cond` (taken and not taken), the SAM step inside a
+`lax.while_loop` run once (a loop's body is compiled like a branch), and
+both computed and selected.
 
     python benchmarks/jax_cond_cpu.py
 

@@ -44,14 +44,15 @@ def cond(pred, true_fn, false_fn):
     """`jax.lax.cond`, except on XLA:CPU, where both branches run and the
     result is selected.
 
-    XLA:CPU leaves the backward convolutions inside a conditional's branch
-    in their non-canonical form (kernel `01oi`, batch as feature), so they
-    run as plain loops instead of the optimized convolution: 20-40x slower
-    than the same convolutions outside a branch (checked with jax 0.10.2,
-    `benchmarks/jax_cond_cpu.py`). A skipped ascent then saves nothing and
-    a taken one costs tens of plain steps. Selecting costs the ascending
-    branch on every step, as SAM does; on GPU and TPU only the taken
-    branch runs. The two give the same values.
+    XLA:CPU leaves the backward convolutions inside a conditional's branch in
+    their non-canonical form (kernel `01oi`, batch as feature), so they
+    run as plain loops instead of the optimized convolution: a gradient
+    step inside a branch ran 30-40x slower than outside one (jax 0.10.2,
+    `benchmarks/jax_cond_cpu.py`; a `lax.while_loop` body the same). A
+    skipped ascent then saves nothing and a taken one costs tens of plain
+    steps. Selecting costs the ascending branch on every step, as SAM
+    does; on GPU and TPU only the taken branch runs. The two give the same
+    values.
     """
 
     def select():
