@@ -83,6 +83,11 @@ def test_replica_mode_equals_per_half_batch_reference(splits):
     ("global", keras_sam.variants.GSAM(alpha=0.2)),
     ("replica", keras_sam.variants.LookSAM(every=2)),
     ("global", keras_sam.variants.RandomizedSAM(probability=0.5)),
+    # Each replica decides from its own gradient norm; the statistics are
+    # averaged, so the replicas' state and weights stay equal.
+    ("replica", keras_sam.variants.AESAM(total_steps=50)),
+    ("global", keras_sam.variants.ESAM(0.5, 0.5)),
+    ("replica", keras_sam.variants.MomentumSAM()),
 ])
 def test_replicas_stay_bit_identical(perturbation, variant):
     rng = np.random.default_rng(22)
