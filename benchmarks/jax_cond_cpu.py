@@ -29,10 +29,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import benchmark_env  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPEATS = 3
 
 
