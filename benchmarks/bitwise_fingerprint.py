@@ -1,7 +1,9 @@
 """Weights after 3 SAM steps, saved bit for bit, to compare two versions.
 
 Trains a small model with BatchNorm, dropout and an L2 regularizer for 3
-steps in each case (SAM, ASAM, m-sharpness splits, mixed precision) and
+steps in each case (SAM, ASAM, every rule of `keras_sam.variants`,
+m-sharpness and shared splits, rho 0, a rho schedule, a perturbed subset,
+mixed precision) and
 saves every weight to an `.npz`; `--compare a.npz b.npz` reports any
 array that differs in even one bit. Used to check that a refactor of the
 SAM step changes nothing (issue 11):
@@ -27,9 +29,45 @@ CASES = {
     "sam": {"rho": 0.05},
     "asam": {"rho": 0.5, "adaptive": True},
     "splits": {"rho": 0.05, "num_batch_splits": 2},
+    "shared_splits": {"rho": 0.05, "num_batch_splits": 2,
+                      "split_perturbation": "shared"},
     "rho0": {"rho": 0.0},
+    "rho_schedule": {"rho": "schedule"},
     "mixed": {"rho": 0.05, "policy": "mixed"},
+    "perturb_subset": {"rho": 0.05, "perturb": "normalization"},
+    # The rules, by class name in keras_sam's rule module and arguments.
+    "gsam": {"rho": 0.05, "rule": ("GSAM", {"alpha": 0.3})},
+    "friendly_sam": {"rho": 0.05, "rule": ("FriendlySAM", {})},
+    "look_sam": {"rho": 0.05, "rule": ("LookSAM", {"every": 2})},
+    "randomized_sam": {"rho": 0.05,
+                       "rule": ("RandomizedSAM", {"probability": 0.5})},
+    "late_sam": {"rho": 0.05, "rule": ("LateSAM", {"start_step": 1})},
+    "ae_sam": {"rho": 0.05, "rule": ("AESAM", {"total_steps": 3})},
+    "esam": {"rho": 0.05, "rule": ("ESAM", {})},
+    "momentum_sam": {"rho": 0.3, "rule": ("MomentumSAM", {})},
+    "look_sam_splits": {"rho": 0.05, "num_batch_splits": 2,
+                        "rule": ("LookSAM", {"every": 2})},
 }
+
+
+def _rule(keras_sam, name, arguments):
+    module = getattr(keras_sam, "rules", None) or keras_sam.variants
+    return getattr(module, name)(**arguments)
+
+
+def _arguments(keras, keras_sam, case):
+    """`SAMModel` keyword arguments for a case (the rule's keyword is
+    `variant` before the rename, `rule` after)."""
+    case = dict(case)
+    if case["rho"] == "schedule":
+        case["rho"] = keras.optimizers.schedules.PolynomialDecay(0.1, 3, 0.01)
+    if case.get("perturb") == "normalization":
+        case["perturb"] = keras_sam.NORMALIZATION_LAYERS
+    if "rule" in case:
+        rule = _rule(keras_sam, *case.pop("rule"))
+        keyword = "rule" if hasattr(keras_sam, "rules") else "variant"
+        case[keyword] = rule
+    return case
 
 
 def _model(keras):
@@ -64,7 +102,9 @@ def fingerprint():
             )
         keras.config.set_dtype_policy(policy or "float32")
         keras.utils.set_random_seed(1)
-        model = keras_sam.SAMModel(_model(keras), **case)
+        model = keras_sam.SAMModel(
+            _model(keras), **_arguments(keras, keras_sam, case)
+        )
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
