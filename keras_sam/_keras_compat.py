@@ -74,9 +74,31 @@ def input_signature(model):
     return export_utils.get_input_signature(model)
 
 
-# `SAMTrainer._maybe_symbolic_build` (TensorFlow) overrides the method of
-# Keras's TensorFlow trainer to build from one replica's batch under
-# MultiWorkerMirroredStrategy, where Keras's own reduction fails.
+class LocalBatchSymbolicBuild:
+    """Builds from `self._first_local_batch(iterator)` where it is a batch.
+
+    Overrides Keras's private `Trainer._maybe_symbolic_build` (the
+    TensorFlow `SAMTrainer` mixes this in): under
+    MultiWorkerMirroredStrategy Keras builds from a batch reduced across
+    replicas, which fails (see
+    `keras_sam.backend.tensorflow.first_local_batch`); one replica's
+    batch has the shapes and dtypes the build needs.
+    """
+
+    def _first_local_batch(self, iterator):
+        return None
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        local_batch = self._first_local_batch(iterator)
+        if local_batch is not None:
+            iterator, data_batch = None, local_batch
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
+
+# `LocalBatchSymbolicBuild._maybe_symbolic_build` overrides the method of
+# Keras's TensorFlow trainer.
 _OVERRIDDEN = (
     ("_maybe_symbolic_build",)
     if keras.backend.backend() == "tensorflow" else ()

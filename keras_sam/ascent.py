@@ -1,7 +1,11 @@
 """The ascent step of SAM and ASAM, written once in `keras.ops`.
 
 These are pure functions on lists of tensors: they read no variables and
-work unchanged on the TensorFlow, JAX and PyTorch backends.
+work on the TensorFlow, JAX and PyTorch backends. On PyTorch, which runs
+eagerly, `global_norm` and `perturbed_weights` run the same maths on
+torch's multi-tensor kernels (`keras_sam.backend.torch`): each `keras.ops`
+call there costs tens of microseconds of Python, and per-variable ascent
+maths added about 8 ms to a host-bound WRN-16-8 step on an H100.
 
 References:
     - Foret et al., 2020. Sharpness-Aware Minimization for Efficiently
@@ -11,7 +15,17 @@ References:
       https://arxiv.org/abs/2102.11600
 """
 
+import keras
 from keras import ops
+
+
+def _foreach_kernels():
+    """The torch backend's multi-tensor versions, or `None` elsewhere."""
+    if keras.backend.backend() != "torch":
+        return None
+    from keras_sam.backend import torch as torch_backend
+
+    return torch_backend
 
 
 def global_norm(tensors):
@@ -23,6 +37,13 @@ def global_norm(tensors):
     Returns:
         A float32 scalar tensor, `sqrt(sum_i sum(tensors[i] ** 2))`.
     """
+    kernels = _foreach_kernels()
+    if kernels is not None:
+        return kernels.foreach_global_norm(tensors)
+    return _global_norm(tensors)
+
+
+def _global_norm(tensors):
     squared = [ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors]
     return ops.sqrt(ops.sum(ops.stack(squared)))
 
@@ -63,11 +84,12 @@ def sam_perturbation(
         ]
         scaled = [ops.cast(g, "float32") * t for g, t in zip(gradients, scales)]
         directions = [s * t for s, t in zip(scaled, scales)]
-        normalizer = global_norm(scaled)
+        normalizer = _global_norm(scaled)
     else:
         directions = [ops.cast(g, "float32") for g in gradients]
         normalizer = (
-            global_norm(gradients) if gradient_norm is None else gradient_norm
+            _global_norm(gradients) if gradient_norm is None
+            else gradient_norm
         )
     usable = ops.logical_and(ops.isfinite(normalizer), normalizer > 0.0)
     factor = ops.where(usable, rho / normalizer, 0.0)
@@ -84,6 +106,12 @@ def perturbed_weights(
 
     Arguments as in `sam_perturbation`.
     """
+    kernels = _foreach_kernels()
+    if kernels is not None:
+        return kernels.foreach_perturbed_weights(
+            gradients, weights, rho, adaptive=adaptive, eta=eta,
+            gradient_norm=gradient_norm,
+        )
     eps = sam_perturbation(
         gradients, weights, rho, adaptive=adaptive, eta=eta,
         gradient_norm=gradient_norm,

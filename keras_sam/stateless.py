@@ -4,7 +4,17 @@ side effects: the one stateless loss of the package, used by the SAM step
 (`keras_sam.hessian`).
 """
 
+from typing import NamedTuple
+
 import keras
+
+
+class ModelVariables(NamedTuple):
+    """A model's variables in the three lists of a stateless call."""
+
+    trainable: list
+    non_trainable: list
+    metrics: list
 
 
 def stateless_loss(
@@ -66,8 +76,9 @@ def stateless_loss(
 
 
 def variable_lists(model):
-    """`(trainable, non_trainable, metrics)` variables of `model`."""
-    return (
+    """The `ModelVariables` (trainable, non-trainable, metrics) of
+    `model`."""
+    return ModelVariables(
         model.trainable_variables,
         model.non_trainable_variables,
         model.metrics_variables,

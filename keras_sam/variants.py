@@ -4,11 +4,18 @@ and which gradient the optimizer applies.
 A rule is given to `SAMModel(model, rho, variant=...)`. Each training
 step (per chunk with `num_batch_splits`) runs:
 
-1. the clean pass at `w`: the loss and the gradient `g`;
+1. the clean pass at `w` (or at `variant.first_point(...)` for a rule
+   whose `first_direction` reads the optimizer: MomentumSAM): the loss
+   and the gradient `g`;
 2. `variant.ascent(g, w, rho, state)`: the ascent point `w + eps`;
-3. the perturbed pass at `w + eps`: the gradient `g_p`;
+3. the perturbed pass at `w + eps` (on the rows
+   `variant.descent_batch(...)` selects: all but for ESAM): the gradient
+   `g_p`;
 4. `variant.descent(g, g_p, state)`: the gradient the optimizer applies
    at `w`.
+
+The step that calls them is `keras_sam.backend.trainer.SAMTrainerBase`
+(`_first_point`, `_sam_or_plain_step`, `_ascend`, `_perturbed_pass`).
 
 A cheaper rule skips steps 2-3 on some steps: `variant.ascends_at(step,
 state)` is `True` (every step) or a boolean tensor decided inside the
@@ -35,8 +42,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sam import _validation
-from keras_sam import ascent as ascent_maths
+from keras_sam import _validation, ascent, stateless
 
 
 class Variant:
@@ -46,22 +52,46 @@ class Variant:
     they keep state.
     """
 
-    # Whether `first_point` reads the optimizer's momentum buffers.
-    uses_momentum = False
     # Whether the rule ever makes the ascent (and so logs sam_sharpness).
     measures_sharpness = True
-    # The fraction of each batch the perturbed pass runs on (ESAM's
-    # sharpness-sensitive data selection below 1).
-    data_fraction = 1.0
 
     def state_shapes(self, perturbed, trainable):
         """Shapes of the float32 state the rule keeps, given the variables
         it perturbs and all trainable variables. Defaults to none."""
         return []
 
-    def first_point(self, weights, rho, momentum):
-        """Where the first pass is taken: `w` (the clean pass)."""
+    def first_direction(self, optimizer, optimizer_values=None):
+        """The direction along which the first pass's point moves from
+        `w` (one tensor per trainable variable), read from the optimizer;
+        `None` (the default): the first pass is the clean pass at `w`.
+
+        Args:
+            optimizer: The compiled optimizer (a `LossScaleOptimizer`
+                wraps the one whose state is read).
+            optimizer_values: The values of `optimizer.variables` in a
+                stateless step (JAX), else `None` (read the variables).
+        """
+        return None
+
+    def first_point(self, weights, rho, direction):
+        """Where the first pass is taken, given the perturbed variables'
+        values and `first_direction` on them (when it is not `None`)."""
         return weights
+
+    def descent_batch(self, model, point, chunk, clean_predictions,
+                      variables):
+        """The rows of `chunk.batch` the perturbed pass runs on: all of
+        them (the default).
+
+        Args:
+            model: The `SAMModel`.
+            point: The ascent point `w + eps` (every trainable variable).
+            chunk: The `keras_sam.backend.splits.Chunk` of the pass: the
+                batch `(x, y, sample_weight)` and the state it starts from.
+            clean_predictions: The clean pass's predictions on it.
+            variables: The model's `keras_sam.stateless.ModelVariables`.
+        """
+        return chunk.batch
 
     def observe(self, gradient_norm, state):
         """The state after seeing this step's clean gradient norm `||g||`
@@ -80,7 +110,7 @@ class Variant:
         return gradients, state
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
-               gradient_norm=None, maths=ascent_maths):
+               gradient_norm=None):
         """Returns `(w + eps, new_state)` for the perturbed variables.
 
         Args:
@@ -90,9 +120,6 @@ class Variant:
             state: List of the state values (see `state_shapes`).
             gradient_scale: Scalar with `true gradient = scale * g`.
             gradient_norm: `||g||` over these gradients, if known.
-            maths: The module with `global_norm` and `perturbed_weights`
-                (`keras_sam.ascent`, or the torch backend's multi-tensor
-                version of it).
         """
         raise NotImplementedError
 
@@ -137,8 +164,8 @@ class SAM(Variant):
     """
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
-               gradient_norm=None, maths=ascent_maths):
-        point = maths.perturbed_weights(
+               gradient_norm=None):
+        point = ascent.perturbed_weights(
             gradients, weights, rho, gradient_norm=gradient_norm
         )
         return point, state
@@ -166,8 +193,8 @@ class ASAM(Variant):
         self.eta = _validation.check_non_negative_float("eta", eta)
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
-               gradient_norm=None, maths=ascent_maths):
-        point = maths.perturbed_weights(
+               gradient_norm=None):
+        point = ascent.perturbed_weights(
             gradients, weights, rho, adaptive=True, eta=self.eta
         )
         return point, state
@@ -256,7 +283,7 @@ class FriendlySAM(Variant):
         return [()] + [tuple(w.shape) for w in perturbed]
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
-               gradient_norm=None, maths=ascent_maths):
+               gradient_norm=None):
         started, average = state[0], state[1:]
         started_now = started > 0.0
         true = [ops.cast(g, "float32") * gradient_scale for g in gradients]
@@ -268,7 +295,7 @@ class FriendlySAM(Variant):
             ops.where(started_now, self.decay * m + (1.0 - self.decay) * g, g)
             for g, m in zip(true, average)
         ]
-        point = maths.perturbed_weights(directions, weights, rho)
+        point = ascent.perturbed_weights(directions, weights, rho)
         return point, [ops.ones_like(started), *average]
 
     def get_config(self):
@@ -556,8 +583,8 @@ class ESAM(SAM):
         return [state[0] + 1.0]
 
     def ascent(self, gradients, weights, rho, state, gradient_scale=1.0,
-               gradient_norm=None, maths=ascent_maths):
-        eps = ascent_maths.sam_perturbation(
+               gradient_norm=None):
+        eps = ascent.sam_perturbation(
             gradients, weights, rho, gradient_norm=gradient_norm
         )
         if self.weight_fraction < 1.0:
@@ -572,9 +599,61 @@ class ESAM(SAM):
             ]
         return [w + e for w, e in zip(weights, eps)], state
 
+    def descent_batch(self, model, point, chunk, clean_predictions,
+                      variables):
+        """The `round(data_fraction * B)` rows (at least one) whose loss
+        rises most from `w` (the clean pass's predictions) to `w + eps`
+        (one forward pass here, its state discarded)."""
+        if self.data_fraction >= 1.0:
+            return chunk.batch
+        x, y, sample_weight = chunk.batch
+        per_sample = _per_sample_loss(model.loss, self)
+        _, (y_pred, _, _) = stateless.stateless_loss(
+            model, point, chunk.non_trainable, chunk.metrics, x, y,
+            sample_weight, training=True, variables=variables,
+        )
+        increase = per_sample(y, y_pred) - per_sample(y, clean_predictions)
+        batch_size = ops.shape(increase)[0]
+        if isinstance(batch_size, int):
+            count = max(1, round(self.data_fraction * batch_size))
+        else:  # a dynamic batch size (TensorFlow)
+            count = ops.maximum(1, ops.cast(ops.round(
+                self.data_fraction * ops.cast(batch_size, "float32")
+            ), "int32"))
+        _, indices = ops.top_k(increase, count)
+        return keras.tree.map_structure(
+            lambda t: None if t is None else ops.take(t, indices, axis=0),
+            chunk.batch,
+        )
+
     def get_config(self):
         return {"weight_fraction": self.weight_fraction,
                 "data_fraction": self.data_fraction, "seed": self.seed}
+
+
+def _per_sample_loss(loss, rule):
+    """`(y, y_pred) -> per-sample loss` of the compiled `loss` (float32,
+    averaged over any axes after the first)."""
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        function = loss.call
+    elif callable(loss) and not isinstance(loss, (dict, list, tuple)):
+        function = loss
+    else:
+        raise ValueError(
+            f"{type(rule).__name__} selects samples by their loss "
+            "and needs one compiled loss that Keras evaluates per sample. "
+            f"Received: loss={loss!r}."
+        )
+
+    def per_sample(y, y_pred):
+        values = ops.cast(function(y, y_pred), "float32")
+        while len(values.shape) > 1:
+            values = ops.mean(values, axis=-1)
+        return values
+
+    return per_sample
 
 
 def weight_masks(shapes, step, seed, fraction):
@@ -632,11 +711,30 @@ class MomentumSAM(Variant):
         https://arxiv.org/abs/2401.12033
     """
 
-    uses_momentum = True
     measures_sharpness = False
 
-    def first_point(self, weights, rho, momentum):
-        return ascent_maths.perturbed_weights(momentum, weights, rho)
+    def first_direction(self, optimizer, optimizer_values=None):
+        """The optimizer's momentum buffers `m`, one per trainable
+        variable."""
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        buffers = getattr(inner, "momentums", None)
+        if not isinstance(inner, keras.optimizers.SGD) or not buffers:
+            raise ValueError(
+                f"{type(self).__name__} perturbs along the momentum of "
+                "`keras.optimizers.SGD(momentum > 0)`. Received: optimizer="
+                f"{type(inner).__name__}"
+                + (f" with momentum={inner.momentum}" if hasattr(
+                    inner, "momentum") else "") + "."
+            )
+        if optimizer_values is None:
+            return [buffer.value for buffer in buffers]
+        index = {id(v): i for i, v in enumerate(optimizer.variables)}
+        return [optimizer_values[index[id(buffer)]] for buffer in buffers]
+
+    def first_point(self, weights, rho, direction):
+        """`w + rho m / ||m||` (the `keras.ops` maths on every backend)."""
+        eps = ascent.sam_perturbation(direction, weights, rho)
+        return [w + e for w, e in zip(weights, eps)]
 
     def ascends_at(self, step, state):
         return False

@@ -1,5 +1,7 @@
-"""The ascent step (`keras_sam.ascent`, and torch's `_foreach` copy)
-against NumPy float64."""
+"""The ascent step (`keras_sam.ascent`: its `keras.ops` maths, and on
+torch the multi-tensor kernels it dispatches to) against NumPy float64."""
+
+import types
 
 import keras
 import numpy as np
@@ -10,11 +12,21 @@ from keras_sam import ascent as perturbation
 
 pytestmark = pytest.mark.multi_backend
 
-ASCENTS = [pytest.param(perturbation, id="keras_ops")]
-if keras.backend.backend() == "torch":
-    from keras_sam.backend.torch import ForeachAscent
 
-    ASCENTS.append(pytest.param(ForeachAscent, id="torch_foreach"))
+def _ops_perturbed_weights(gradients, weights, rho, **kwargs):
+    eps = perturbation.sam_perturbation(gradients, weights, rho, **kwargs)
+    return [w + e for w, e in zip(weights, eps)]
+
+
+# The `keras.ops` maths on every backend; on torch, `keras_sam.ascent`'s
+# public functions run the `torch._foreach_*` kernels instead.
+OPS = types.SimpleNamespace(
+    global_norm=perturbation._global_norm,
+    perturbed_weights=_ops_perturbed_weights,
+)
+ASCENTS = [pytest.param(OPS, id="keras_ops")]
+if keras.backend.backend() == "torch":
+    ASCENTS.append(pytest.param(perturbation, id="torch_foreach"))
 
 
 def _tensors(rng, shapes=((3, 4), (4,), (2, 2, 3))):

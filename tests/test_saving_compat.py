@@ -27,7 +27,9 @@ def _load():
 def test_pre_refactor_file_loads_every_value():
     model = _load()
     saved = np.load(FIXTURES / "pre_refactor_sam.npz")
-    loaded = {w.path: keras.ops.convert_to_numpy(w.value) for w in model.weights}
+    loaded = {
+        w.path: keras.ops.convert_to_numpy(w.value) for w in model.weights
+    }
     assert sorted(loaded) == sorted(saved.files)
     for path in saved.files:
         np.testing.assert_array_equal(loaded[path], saved[path], err_msg=path)

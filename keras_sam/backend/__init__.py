@@ -6,7 +6,8 @@ As `keras/src/models/model.py` picks its backend `Trainer`: each of
 ascent, perturbed pass, descent), and the backend's autodiff
 (`value_and_grad`, `grad`, `hessian_vector_product`, `compile_function`),
 shared with `keras_sam.hessian`. Backend-neutral pieces live in
-`common.py`; the ascent maths in `keras_sam.ascent`.
+`trainer.py` (`SAMTrainerBase`), the batch splits in `splits.py`; the
+ascent maths in `keras_sam.ascent`.
 """
 
 import keras

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
-from keras_sam import ascent, stateless
-from keras_sam.backend import common
+from keras_sam.backend.trainer import SAMTrainerBase, without_sam_logs
 
 
 def value_and_grad(fn):
@@ -66,104 +65,57 @@ def cond(pred, true_fn, false_fn):
     )
 
 
-class SAMTrainer:
+class SAMTrainer(SAMTrainerBase):
     """The SAM `train_step` on JAX: takes and returns the whole state."""
+
+    _value_and_grad = staticmethod(value_and_grad)
+
+    def _cond(self, pred, true_fn, false_fn):
+        return cond(pred, true_fn, false_fn)
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics = state
-        x, y, sample_weight = common.unpack(self, data)
-        optimizer = self.optimizer
-        variables = stateless.variable_lists(self)
-
-        def with_optimizer_state(fn):
-            mapping = list(zip(optimizer.variables, optimizer_values))
-            with keras.StatelessScope(state_mapping=mapping):
-                return fn()
-
-        def scale_loss(loss):
-            return with_optimizer_state(lambda: optimizer.scale_loss(loss))
-
-        unit = common.loss_scale(scale_loss)
-        step = with_optimizer_state(
-            lambda: ops.convert_to_tensor(optimizer.iterations)
+        x, y, sample_weight = self._unpack(data)
+        step = self._step(
+            self._iterations(optimizer_values), trainable,
+            optimizer_values=optimizer_values,
         )
-        rho = common.current_rho(self, step)
-        first_point = common.first_pass_point(
-            self, trainable, rho,
-            common.momentum_values(self, optimizer_values),
+        splits = self._splits(
+            self._perturbation_splits(), step, non_trainable, metrics,
+            (x, y, sample_weight),
         )
-        # On the whole batch, or accumulated over its chunks when they
-        # share one perturbation (`split_perturbation="shared"`).
-        loss_and_grads = common.split_gradients(
-            self, value_and_grad(common.scaled_loss(self, scale_loss,
-                                                    variables)),
-            variables[1],
-        )
-
-        def sam_pass(non_trainable, metrics, batch):
+        for chunk in splits:  # the whole batch, or each m-sharpness chunk
             # 1. Clean pass at w: L(w) and g; its state updates are kept.
             # (MomentumSAM's only pass: at w moved along the momentum.)
-            (_, clean), gradients = loss_and_grads(
-                first_point, non_trainable, metrics, *batch
+            clean = self._pass(self._first_point(step), chunk, step)
+            # 2-3. Where the rule ascends (every step for SAM): the ascent
+            # to w + eps and the perturbed pass there (`_ascend`); else the
+            # rule's one-pass step.
+            splits.add(
+                self._sam_or_plain_step(clean, clean.gradients, chunk, step)
             )
-            norm = ascent.global_norm(gradients)
-            state = common.rule_state_values(self, variables[1], non_trainable)
-
-            def with_ascent(state):
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
-                perturbed, state = common.ascend(
-                    self, gradients, trainable, rho, state, 1.0 / unit, norm,
-                    ascent,
-                )
-                # 3. Perturbed pass at w + eps (on the samples the rule
-                # selects: all but for ESAM), from the pre-step state; its
-                # state updates are discarded.
-                (_, at_perturbed), perturbed_gradients = loss_and_grads(
-                    perturbed, non_trainable, metrics,
-                    *common.descent_batch(self, perturbed, non_trainable,
-                                          metrics, batch, clean, variables),
-                )
-                # The gradient to apply: g_p for SAM, the rule's otherwise.
-                applied, state = self.variant.descent(
-                    gradients, perturbed_gradients, state
-                )
-                return applied, at_perturbed[0] - clean[0], state
-
-            # Steps 2-3 where the rule ascends (every step for SAM),
-            # decided inside the compiled step; else its one-pass step.
-            applied, sharpness, ascended, state = common.maybe_ascend(
-                self, step, state, gradients, norm / unit, with_ascent, cond
-            )
-            return common.pass_result(
-                applied, clean, sharpness, norm / unit,
-                common.with_rule_state(self, variables[1], clean[2], state),
-                ascended,
-            )
-
-        result = common.over_chunks(
-            sam_pass, common.perturbation_splits(self), variables[1],
-            non_trainable, metrics, (x, y, sample_weight),
-        )
-        result = common.per_batch_scalars(
-            result, 1, self.perturbation == "global"
-        )
-        # 4. Descent: the optimizer applies the perturbed gradient at w.
-        trainable, optimizer_values = optimizer.stateless_apply(
-            optimizer_values, result["gradients"], trainable
+        result = self._per_batch_scalars(splits.result())
+        # 4. Descent: the optimizer applies the chosen gradient at w.
+        trainable, optimizer_values = self.optimizer.stateless_apply(
+            optimizer_values, result.gradients, trainable
         )
         logs, metrics = self._stateless_update_metrics(
-            result["metrics"], x, y, sample_weight, result, rho
+            result.metrics, x, y, sample_weight, result, step.rho
         )
-        state = (trainable, result["non_trainable"], optimizer_values, metrics)
+        state = (trainable, result.non_trainable, optimizer_values, metrics)
         return logs, state
+
+    def _iterations(self, optimizer_values):
+        """The optimizer's step counter, read from its values."""
+        mapping = list(zip(self.optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return ops.convert_to_tensor(self.optimizer.iterations)
 
     def _stateless_update_metrics(self, metrics, x, y, sample_weight, result,
                                   rho):
         mapping = list(zip(self.metrics_variables, metrics))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = common.update_metrics(
-                self, x, y, sample_weight, result, rho
-            )
+            logs = self._update_sam_metrics(x, y, sample_weight, result, rho)
         new_metrics = []
         for variable in self.metrics_variables:
             value = scope.get_current_value(variable)
@@ -172,4 +124,4 @@ class SAMTrainer:
 
     def test_step(self, state, data):
         logs, state = keras.Model.test_step(self, state, data)
-        return common.without_sam_logs(logs), state
+        return without_sam_logs(logs), state

@@ -3,8 +3,8 @@
 import keras
 import tensorflow as tf
 
-from keras_sam import ascent, stateless
-from keras_sam.backend import common
+from keras_sam import _keras_compat, stateless
+from keras_sam.backend.trainer import SAMTrainerBase, assign, without_sam_logs
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -174,7 +174,7 @@ def first_local_batch(model, iterator):
     )
 
 
-class SAMTrainer:
+class SAMTrainer(_keras_compat.LocalBatchSymbolicBuild, SAMTrainerBase):
     """The SAM `train_step` on TensorFlow, also under `tf.distribute`.
 
     Gradients inside a replica's step are per-replica (Keras sums them in
@@ -183,104 +183,54 @@ class SAMTrainer:
     unless `perturbation="global"` all-reduces them first.
     """
 
+    _value_and_grad = staticmethod(value_and_grad)
+
     def train_step(self, data):
-        x, y, sample_weight = common.unpack(self, data)
+        x, y, sample_weight = self._unpack(data)
         strategy = tf.distribute.get_strategy()
         _check_strategy(strategy)
         replicas = strategy.num_replicas_in_sync
         global_gradients = self.perturbation == "global" and replicas > 1
         variables = stateless.variable_lists(self)
-        trainable = [v.value for v in variables[0]]
-        scale_loss = self.optimizer.scale_loss
-        unit = common.loss_scale(scale_loss)
-        gradient_scale = (1.0 if global_gradients else replicas) / unit
-        step = self.optimizer.iterations
-        rho = common.current_rho(self, step)
-        first_point = common.first_pass_point(
-            self, trainable, rho, common.momentum_values(self)
+        step = self._step(
+            self.optimizer.iterations,
+            [v.value for v in variables.trainable],
+            replica_factor=1.0 if global_gradients else replicas,
         )
-        # On the whole batch, or accumulated over its chunks when they
-        # share one perturbation (`split_perturbation="shared"`).
-        loss_and_grads = common.split_gradients(
-            self, value_and_grad(common.scaled_loss(self, scale_loss,
-                                                    variables)),
-            variables[1],
+        splits = self._splits(
+            self._perturbation_splits(), step,
+            [v.value for v in variables.non_trainable],
+            [v.value for v in variables.metrics], (x, y, sample_weight),
         )
-
-        def sam_pass(non_trainable, metrics, batch):
+        for chunk in splits:  # the whole batch, or each m-sharpness chunk
             # 1. Clean pass at w: L(w) and g; its state updates are kept.
             # (MomentumSAM's only pass: at w moved along the momentum.)
-            (_, clean), gradients = loss_and_grads(
-                first_point, non_trainable, metrics, *batch
-            )
+            clean = self._pass(self._first_point(step), chunk, step)
             # The ascent's gradient: this replica's, or the global one.
             ascent_gradients = (
-                _all_reduce_sum(gradients) if global_gradients else gradients
+                _all_reduce_sum(clean.gradients) if global_gradients
+                else clean.gradients
             )
-            norm = ascent.global_norm(ascent_gradients)
-            state = common.rule_state_values(
-                self, variables[1], non_trainable
+            # 2-3. Where the rule ascends (every step for SAM): the ascent
+            # to w + eps and the perturbed pass there (`_ascend`); else the
+            # rule's one-pass step.
+            splits.add(
+                self._sam_or_plain_step(clean, ascent_gradients, chunk, step)
             )
-
-            def with_ascent(state):
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
-                perturbed, state = common.ascend(
-                    self, ascent_gradients, trainable, rho, state,
-                    gradient_scale, norm, ascent,
-                )
-                # 3. Perturbed pass at w + eps (on the samples the rule
-                # selects: all but for ESAM), from the pre-step state; its
-                # state updates are discarded.
-                (_, at_perturbed), perturbed_gradients = loss_and_grads(
-                    perturbed, non_trainable, metrics,
-                    *common.descent_batch(self, perturbed, non_trainable,
-                                          metrics, batch, clean, variables),
-                )
-                # The gradient to apply: g_p for SAM, the rule's otherwise.
-                applied, state = self.variant.descent(
-                    gradients, perturbed_gradients, state
-                )
-                return applied, at_perturbed[0] - clean[0], state
-
-            # Steps 2-3 where the rule ascends (every step for SAM),
-            # decided inside the compiled step; else its one-pass step.
-            applied, sharpness, ascended, state = common.maybe_ascend(
-                self, step, state, gradients, norm / unit, with_ascent
-            )
-            return common.pass_result(
-                applied, clean, sharpness, norm / unit,
-                common.with_rule_state(self, variables[1], clean[2], state),
-                ascended,
-            )
-
-        result = common.over_chunks(
-            sam_pass, common.perturbation_splits(self), variables[1],
-            [v.value for v in variables[1]], [v.value for v in variables[2]],
-            (x, y, sample_weight),
-        )
-        result = common.per_batch_scalars(
-            result, replicas, self.perturbation == "global"
-        )
-        non_trainable = result["non_trainable"]
+        result = self._per_batch_scalars(splits.result(), replicas)
+        non_trainable = result.non_trainable
         if replicas > 1:
             non_trainable = _synchronize_state(non_trainable)
-        # 4. Descent: the optimizer applies the perturbed gradient at w.
-        self.optimizer.apply(result["gradients"], variables[0])
-        common.assign(variables[1], non_trainable)
-        common.assign(variables[2], result["metrics"])
-        logs = common.update_metrics(self, x, y, sample_weight, result, rho)
+        # 4. Descent: the optimizer applies the chosen gradient at w.
+        self.optimizer.apply(result.gradients, variables.trainable)
+        assign(variables.non_trainable, non_trainable)
+        assign(variables.metrics, result.metrics)
+        logs = self._update_sam_metrics(x, y, sample_weight, result, step.rho)
         return _logs_for_multi_worker(strategy, logs)
 
     def test_step(self, data):
-        logs = common.without_sam_logs(keras.Model.test_step(self, data))
+        logs = without_sam_logs(keras.Model.test_step(self, data))
         return _logs_for_multi_worker(tf.distribute.get_strategy(), logs)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Overrides a private Keras method (see keras_sam/_keras_compat.py):
-        # builds from one replica's batch under MultiWorkerMirroredStrategy.
-        local_batch = first_local_batch(self, iterator)
-        if local_batch is not None:
-            iterator, data_batch = None, local_batch
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
+    def _first_local_batch(self, iterator):
+        return first_local_batch(self, iterator)

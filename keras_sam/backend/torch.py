@@ -4,7 +4,7 @@ import keras
 import torch
 
 from keras_sam import stateless
-from keras_sam.backend import common
+from keras_sam.backend.trainer import SAMTrainerBase, assign, without_sam_logs
 
 
 def value_and_grad(fn):
@@ -85,44 +85,38 @@ def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
-class ForeachAscent:
-    """`keras_sam.ascent`'s `global_norm` and `perturbed_weights` on
-    torch's multi-tensor (`torch._foreach_*`) kernels.
+def foreach_global_norm(tensors):
+    """`keras_sam.ascent.global_norm` on torch's multi-tensor
+    (`torch._foreach_*`) kernels: same maths, float32 accumulation (tested
+    against the `keras.ops` version)."""
+    norms = torch._foreach_norm(_as_float32(tensors))
+    return torch.linalg.vector_norm(torch.stack(norms))
 
-    Keras's torch backend runs eagerly, where each `keras.ops` call costs
-    tens of microseconds of Python: per-variable ascent maths added about
-    8 ms to a host-bound WRN-16-8 step on an H100. Same maths and float32
-    accumulation as the `keras.ops` version (tested against it).
-    """
 
-    @staticmethod
-    def global_norm(tensors):
-        norms = torch._foreach_norm(_as_float32(tensors))
-        return torch.linalg.vector_norm(torch.stack(norms))
-
-    @staticmethod
-    def perturbed_weights(
-        gradients, weights, rho, adaptive=False, eta=0.01, gradient_norm=None
-    ):
-        gradients = _as_float32(gradients)
-        if adaptive:
-            scales = torch._foreach_abs(_as_float32(weights))
-            torch._foreach_add_(scales, eta)
-            scaled = torch._foreach_mul(gradients, scales)
-            directions = torch._foreach_mul(scaled, scales)
-            normalizer = ForeachAscent.global_norm(scaled)
-        else:
-            directions = gradients
-            normalizer = gradient_norm
-            if normalizer is None:
-                normalizer = ForeachAscent.global_norm(gradients)
-        usable = torch.isfinite(normalizer) & (normalizer > 0)
-        factor = torch.where(usable, rho / normalizer, 0.0)
-        eps = torch._foreach_mul(directions, factor)
-        # A non-finite gradient entry times a zero factor is NaN: zero it.
-        eps = [torch.where(usable, e, 0.0).to(w.dtype)
-               for e, w in zip(eps, weights)]
-        return torch._foreach_add(weights, eps)
+def foreach_perturbed_weights(
+    gradients, weights, rho, adaptive=False, eta=0.01, gradient_norm=None
+):
+    """`keras_sam.ascent.perturbed_weights` on torch's multi-tensor
+    kernels (arguments as there)."""
+    gradients = _as_float32(gradients)
+    if adaptive:
+        scales = torch._foreach_abs(_as_float32(weights))
+        torch._foreach_add_(scales, eta)
+        scaled = torch._foreach_mul(gradients, scales)
+        directions = torch._foreach_mul(scaled, scales)
+        normalizer = foreach_global_norm(scaled)
+    else:
+        directions = gradients
+        normalizer = gradient_norm
+        if normalizer is None:
+            normalizer = foreach_global_norm(gradients)
+    usable = torch.isfinite(normalizer) & (normalizer > 0)
+    factor = torch.where(usable, rho / normalizer, 0.0)
+    eps = torch._foreach_mul(directions, factor)
+    # A non-finite gradient entry times a zero factor is NaN: zero it.
+    eps = [torch.where(usable, e, 0.0).to(w.dtype)
+           for e, w in zip(eps, weights)]
+    return torch._foreach_add(weights, eps)
 
 
 def _as_float32(tensors):
@@ -146,92 +140,54 @@ class _TorchGlobalRNG:
             torch.cuda.set_rng_state_all(cuda)
 
 
-class SAMTrainer:
+class SAMTrainer(SAMTrainerBase):
     """The SAM `train_step` on torch (eager, stateful).
 
     Unseeded dropout draws from torch's global generators: the perturbed
     pass replays the clean pass's draws, so both see the same mask.
     """
 
-    def train_step(self, data):
-        x, y, sample_weight = common.unpack(self, data)
-        variables = stateless.variable_lists(self)
-        trainable = [v.value for v in variables[0]]
-        scale_loss = self.optimizer.scale_loss
-        unit = common.loss_scale(scale_loss)
-        step = self.optimizer.iterations
-        rho = common.current_rho(self, step)
-        first_point = common.first_pass_point(
-            self, trainable, rho, common.momentum_values(self)
-        )
-        # On the whole batch, or accumulated over its chunks when they
-        # share one perturbation (`split_perturbation="shared"`).
-        loss_and_grads = common.split_gradients(
-            self, value_and_grad(common.scaled_loss(self, scale_loss,
-                                                    variables)),
-            variables[1],
-        )
+    _value_and_grad = staticmethod(value_and_grad)
 
-        def sam_pass(non_trainable, metrics, batch):
-            rng_before = _TorchGlobalRNG.get_state()
+    def train_step(self, data):
+        x, y, sample_weight = self._unpack(data)
+        variables = stateless.variable_lists(self)
+        step = self._step(
+            self.optimizer.iterations, [v.value for v in variables.trainable]
+        )
+        splits = self._splits(
+            self._perturbation_splits(), step,
+            [v.value for v in variables.non_trainable],
+            [v.value for v in variables.metrics], (x, y, sample_weight),
+        )
+        for chunk in splits:  # the whole batch, or each m-sharpness chunk
+            self._draws_before_clean_pass = _TorchGlobalRNG.get_state()
             # 1. Clean pass at w: L(w) and g; its state updates are kept.
             # (MomentumSAM's only pass: at w moved along the momentum.)
-            (_, clean), gradients = loss_and_grads(
-                first_point, non_trainable, metrics, *batch
+            clean = self._pass(self._first_point(step), chunk, step)
+            # 2-3. Where the rule ascends (every step for SAM): the ascent
+            # to w + eps and the perturbed pass there (`_ascend`), with the
+            # clean pass's dropout draws; else the rule's one-pass step.
+            splits.add(
+                self._sam_or_plain_step(clean, clean.gradients, chunk, step)
             )
-            norm = ForeachAscent.global_norm(gradients)
-            state = common.rule_state_values(self, variables[1], non_trainable)
-
-            def with_ascent(state):
-                # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's).
-                perturbed, state = common.ascend(
-                    self, gradients, trainable, rho, state, 1.0 / unit, norm,
-                    ForeachAscent,
-                )
-                # 3. Perturbed pass at w + eps (on the samples the rule
-                # selects: all but for ESAM), from the pre-step state and
-                # the same dropout draws; its state updates are discarded.
-                rng_after = _TorchGlobalRNG.get_state()
-                _TorchGlobalRNG.set_state(rng_before)
-                (_, at_perturbed), perturbed_gradients = loss_and_grads(
-                    perturbed, non_trainable, metrics,
-                    *common.descent_batch(self, perturbed, non_trainable,
-                                          metrics, batch, clean, variables),
-                )
-                _TorchGlobalRNG.set_state(rng_after)
-                # The gradient to apply: g_p for SAM, the rule's otherwise.
-                applied, state = self.variant.descent(
-                    gradients, perturbed_gradients, state
-                )
-                return applied, at_perturbed[0] - clean[0], state
-
-            # Steps 2-3 where the rule ascends (every step for SAM);
-            # else its one-pass step.
-            applied, sharpness, ascended, state = common.maybe_ascend(
-                self, step, state, gradients, norm / unit, with_ascent
-            )
-            return common.pass_result(
-                applied, clean, sharpness, norm / unit,
-                common.with_rule_state(self, variables[1], clean[2], state),
-                ascended,
-            )
-
-        result = common.over_chunks(
-            sam_pass, common.perturbation_splits(self), variables[1],
-            [v.value for v in variables[1]], [v.value for v in variables[2]],
-            (x, y, sample_weight),
-        )
-        result = common.per_batch_scalars(
-            result, 1, self.perturbation == "global"
-        )
+        result = self._per_batch_scalars(splits.result())
         with torch.no_grad():
-            # 4. Descent: the optimizer applies the perturbed gradient at w.
-            self.optimizer.apply(result["gradients"], variables[0])
-            common.assign(variables[1], result["non_trainable"])
-            common.assign(variables[2], result["metrics"])
-            return common.update_metrics(
-                self, x, y, sample_weight, result, rho
+            # 4. Descent: the optimizer applies the chosen gradient at w.
+            self.optimizer.apply(result.gradients, variables.trainable)
+            assign(variables.non_trainable, result.non_trainable)
+            assign(variables.metrics, result.metrics)
+            return self._update_sam_metrics(
+                x, y, sample_weight, result, step.rho
             )
+
+    def _perturbed_pass(self, point, chunk, clean, step):
+        # Replays the clean pass's draws of torch's global generators.
+        draws_after = _TorchGlobalRNG.get_state()
+        _TorchGlobalRNG.set_state(self._draws_before_clean_pass)
+        perturbed = super()._perturbed_pass(point, chunk, clean, step)
+        _TorchGlobalRNG.set_state(draws_after)
+        return perturbed
 
     def test_step(self, data):
-        return common.without_sam_logs(keras.Model.test_step(self, data))
+        return without_sam_logs(keras.Model.test_step(self, data))
