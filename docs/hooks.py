@@ -1,7 +1,7 @@
 """MkDocs hooks that make the generated pages of the documentation site.
 
-- The guide: one page per `## ` section of README.md (the text before the
-  first section is the home page), so the README stays the one source.
+- The home page: README.md, the repository's front page (the guide pages
+  are markdown files under docs/guide/, the sources of their own).
 - The tutorials: each `tutorials/*.py` whose docstring starts with
   `Title:` (the keras-io format: string statements are markdown, the rest
   is code), rendered without running it, followed by the figures its
@@ -14,12 +14,17 @@
   modules the API pages document (their `::: name` lines) has a
   docstring; one that lacks it is a warning, so `mkdocs build --strict`
   fails.
+- An API coverage check: every name the package exports (`keras_sam`'s
+  `__all__`; of each module it exports, that module's `__all__` or, if it
+  has none, the public names it defines) has an entry on a page under
+  docs/api/; one without is a warning.
 
-Links in the README and the tutorials are written for the repository:
-links to a page the site has (README.md, a tutorial) and images are
-rewritten to the site's copies; a link to any other file of the
-repository becomes the file's path in code; a link to a file that does
-not exist is a warning.
+Links in the README, the tutorials and the pages under docs/ are written
+for the repository (relative paths, as a reader browsing it follows
+them): links to a page the site has (README.md, a tutorial, a page of
+docs/) and images are rewritten to the site's copies; a link to any
+other file of the repository becomes the file's path in code; a link to
+a file that does not exist is a warning.
 """
 
 import ast
@@ -46,16 +51,15 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)\s]+)\)")
 _HELP_MARKER = re.compile(r"^<!-- argparse-help: keras-sam ?(.*?) -->$", re.M)
 _API_IDENTIFIER = re.compile(r"^::: ([\w.]+)", re.M)
+_HTML_ID = re.compile(r'id="(keras_sam(?:\.\w+)*)"')
 
 # Set by `on_files` and read by `on_page_markdown`: generated page
 # (src_uri) -> its markdown, and repository path -> site src_uri.
 _PAGES = {}
 _SITE_PATHS = {}
 _FILES = None
-
-
-def _slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+# The HTML ids of the API pages' entries, collected by `on_page_content`.
+_API_IDS = set()
 
 
 def _split_fenced(text):
@@ -73,33 +77,6 @@ def _split_fenced(text):
             continue
         chunk.append(line)
     yield code, "".join(chunk)
-
-
-def _readme_sections(text):
-    """`(intro, [(heading, body), ...])`: README.md cut at `## ` lines."""
-    intro, sections = [], []
-    current = intro
-    for is_code, chunk in _split_fenced(text):
-        if is_code:
-            current.append(chunk)
-            continue
-        for line in chunk.splitlines(keepends=True):
-            if line.startswith("## "):
-                sections.append((line[3:].strip(), []))
-                current = sections[-1][1]
-            else:
-                current.append(line)
-    return "".join(intro), [(h, "".join(b)) for h, b in sections]
-
-
-def _demote_headings(text):
-    """`### x` -> `## x`, outside code: a section page's `#` is its title."""
-    out = []
-    for is_code, chunk in _split_fenced(text):
-        if not is_code:
-            chunk = re.sub(r"^#(#+ )", r"\1", chunk, flags=re.M)
-        out.append(chunk)
-    return "".join(out)
 
 
 def _add_asset(repo_path):
@@ -394,26 +371,84 @@ def _check_docstrings(config):
         log.warning("no docstring: %s", path)
 
 
+# ------------------------------------------------------ API coverage check
+
+
+def _exported_names():
+    """`{public path: paths its entry may have}` for every exported name:
+    `keras_sam.__all__` and, for each module it exports, that module's
+    `__all__` or (without one) the public names the module defines."""
+    import griffe
+
+    package = griffe.load(
+        PACKAGE,
+        search_paths=[str(ROOT)],
+        resolve_aliases=True,
+        resolve_external=False,
+    )
+
+    def target(obj):
+        return obj.final_target if obj.is_alias else obj
+
+    names = {}
+    for name in sorted(package.exports or ()):
+        exported = target(package.members[name])
+        names[f"{PACKAGE}.{name}"] = {exported.path}
+        if exported.kind.value != "module":
+            continue
+        if exported.exports is not None:
+            members = sorted(exported.exports)
+        else:
+            members = [
+                n
+                for n, m in exported.members.items()
+                if not n.startswith("_")
+                and not m.is_alias
+                and m.kind.value != "module"
+            ]
+        for member in members:
+            obj = exported.members.get(member)
+            if obj is None:
+                paths = set()
+            elif obj.is_alias or obj.kind.value != "module":
+                paths = {target(obj).path}
+            else:
+                # A function re-exported from the submodule of its name
+                # (`keras_sam.models.resnet`, the `resnet` builder), which
+                # the submodule hides from griffe.
+                paths = {f"{obj.path}.{member}"}
+            names[f"{exported.path}.{member}"] = paths
+    return names
+
+
+def _check_api_coverage():
+    """Warns for each exported name that no API page has an entry for."""
+    for name, paths in _exported_names().items():
+        if not (paths | {name}) & _API_IDS:
+            log.warning(
+                "%s has no API entry: add `::: %s` to a page in docs/api/",
+                name,
+                min(paths or {name}),
+            )
+
+
 # ---------------------------------------------------------------- hooks
 
 _CONFIG = None
 
 
 def on_config(config):
+    """Appends the tutorial pages to the nav's "Tutorials" section."""
     global _CONFIG
     _CONFIG = config
-    readme = (ROOT / "README.md").read_text()
-    _, sections = _readme_sections(readme)
-    guide = [{h: f"guide/{_slug(h)}.md"} for h, _ in sections]
+    _API_IDS.clear()
     tutorials = []
     for path in _tutorial_scripts():
         title = _tutorial_header(ast.get_docstring(ast.parse(path.read_text())))
         tutorials.append({title["Title"]: f"tutorials/{path.stem}.md"})
     for entry in config["nav"] or []:
-        if isinstance(entry, dict) and "Guide" in entry:
-            entry["Guide"] = guide
         if isinstance(entry, dict) and "Tutorials" in entry:
-            entry["Tutorials"] = tutorials
+            entry["Tutorials"] = list(entry["Tutorials"] or []) + tutorials
     return config
 
 
@@ -423,22 +458,17 @@ def on_files(files, config):
     _PAGES.clear()
     _SITE_PATHS.clear()
     _SITE_PATHS["README.md"] = "index.md"
+    docs = _docs_prefix(config)
+    for file in files.documentation_pages():
+        _SITE_PATHS[posixpath.join(docs, file.src_uri)] = file.src_uri
     scripts = _tutorial_scripts()
     for path in scripts:
         _SITE_PATHS[path.relative_to(ROOT).as_posix()] = (
             f"tutorials/{path.stem}.md"
         )
 
-    intro, sections = _readme_sections((ROOT / "README.md").read_text())
-    home = _rewrite_links(intro, "README.md", "index.md")
-    home += "\n## Contents\n\n" + "".join(
-        f"- [{h}](guide/{_slug(h)}.md)\n" for h, _ in sections
-    )
-    _PAGES["index.md"] = home
-    for heading, body in sections:
-        uri = f"guide/{_slug(heading)}.md"
-        body = _rewrite_links(_demote_headings(body), "README.md", uri)
-        _PAGES[uri] = f"# {heading}\n{body}"
+    readme = (ROOT / "README.md").read_text()
+    _PAGES["index.md"] = _rewrite_links(readme, "README.md", "index.md")
     for path in scripts:
         uri = _SITE_PATHS[path.relative_to(ROOT).as_posix()]
         markdown = _render_tutorial(path)
@@ -454,7 +484,27 @@ def on_files(files, config):
     return files
 
 
+def _docs_prefix(config):
+    """The docs folder's path in the repository (`docs`)."""
+    docs_dir = pathlib.Path(config["docs_dir"]).resolve()
+    return docs_dir.relative_to(ROOT).as_posix()
+
+
 def on_page_markdown(markdown, page, config, files):
-    if page.file.src_uri == "cli.md":
-        return _render_cli(markdown)
-    return markdown
+    uri = page.file.src_uri
+    if uri in _PAGES:
+        return markdown  # generated: its links are already rewritten
+    if uri == "cli.md":
+        markdown = _render_cli(markdown)
+    source = posixpath.join(_docs_prefix(config), uri)
+    return _rewrite_links(markdown, source, uri)
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri.startswith("api/"):
+        _API_IDS.update(_HTML_ID.findall(html))
+    return html
+
+
+def on_post_build(config):
+    _check_api_coverage()
