@@ -22,9 +22,11 @@
 Links in the README, the tutorials and the pages under docs/ are written
 for the repository (relative paths, as a reader browsing it follows
 them): links to a page the site has (README.md, a tutorial, a page of
-docs/) and images are rewritten to the site's copies; a link to any
-other file of the repository becomes the file's path in code; a link to
-a file that does not exist is a warning.
+docs/), images and CSV files are rewritten to the site's copies; a markdown file of
+the repository they link to (a protocol, a results README; and what it
+links to in turn) becomes a page under `repository/`, outside the
+navigation; a link to any other file of the repository becomes the
+file's path in code; a link to a file that does not exist is a warning.
 """
 
 import ast
@@ -38,14 +40,20 @@ import re
 import subprocess
 import sys
 
-from mkdocs.structure.files import File
+from mkdocs.structure.files import File, InclusionLevel
 
 log = logging.getLogger("mkdocs.hooks.keras_sam")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = "keras_sam"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+# Linked files of these kinds are copied into the site too (results).
+ASSET_SUFFIXES = (*IMAGE_SUFFIXES, ".csv")
 ASSETS = "assets"
+# Where the repository's markdown files that pages link to (a protocol,
+# a results README) are shown, outside the navigation.
+REPOSITORY = "repository"
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:")
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)\s]+)\)")
@@ -96,9 +104,7 @@ def _rewrite_links(text, source, page_uri):
 
     def replace(match):
         bang, label, target = match.groups()
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith(
-            "#"
-        ):
+        if _SCHEME.match(target) or target.startswith("#"):
             return match.group(0)
         path, _, anchor = target.partition("#")
         repo_path = posixpath.normpath(
@@ -112,7 +118,7 @@ def _rewrite_links(text, source, page_uri):
             )
             return match.group(0)
         uri = _SITE_PATHS.get(repo_path)
-        if uri is None and repo_path.lower().endswith(IMAGE_SUFFIXES):
+        if uri is None and repo_path.lower().endswith(ASSET_SUFFIXES):
             uri = _add_asset(repo_path)
         if uri is None:
             shown = label.strip("`").rstrip("/")
@@ -128,6 +134,50 @@ def _rewrite_links(text, source, page_uri):
     for is_code, chunk in _split_fenced(text):
         out.append(chunk if is_code else _LINK.sub(replace, chunk))
     return "".join(out)
+
+
+def _linked_markdown(sources):
+    """The repository's markdown files that `sources` (`(repository path,
+    markdown)` pairs) link to, directly or through one another, and that
+    the site has no page for: `{repository path: src_uri}`."""
+    found, queue = {}, list(sources)
+    while queue:
+        source, text = queue.pop()
+        for is_code, chunk in _split_fenced(text):
+            if is_code:
+                continue
+            for _, _, target in _LINK.findall(chunk):
+                if _SCHEME.match(target) or target.startswith("#"):
+                    continue
+                path = posixpath.normpath(
+                    posixpath.join(
+                        posixpath.dirname(source), target.partition("#")[0]
+                    )
+                )
+                if (
+                    path.endswith(".md")
+                    and path not in _SITE_PATHS
+                    and path not in found
+                    and (ROOT / path).is_file()
+                ):
+                    found[path] = posixpath.join(REPOSITORY, path)
+                    queue.append((path, (ROOT / path).read_text()))
+    return found
+
+
+def _render_repository_page(repo_path, uri):
+    """A repository markdown file as a page, saying where it comes from."""
+    text = (ROOT / repo_path).read_text()
+    note = (
+        '!!! info "A file of the repository"\n'
+        f"    `{repo_path}`, shown as the repository holds it.\n\n"
+    )
+    first, _, rest = text.partition("\n")
+    if first.startswith("# "):
+        text = f"{first}\n\n{note}{rest}"
+    else:
+        text = note + text
+    return _rewrite_links(text, repo_path, uri)
 
 
 # ---------------------------------------------------------------- tutorials
@@ -468,18 +518,36 @@ def on_files(files, config):
         )
 
     readme = (ROOT / "README.md").read_text()
+    tutorials = {
+        path.relative_to(ROOT).as_posix(): _render_tutorial(path)
+        for path in scripts
+    }
+    sources = [("README.md", readme), *tutorials.items()]
+    sources += [
+        (posixpath.join(docs, file.src_uri), file.content_string)
+        for file in files.documentation_pages()
+    ]
+    linked = _linked_markdown(sources)
+    _SITE_PATHS.update(linked)
+
     _PAGES["index.md"] = _rewrite_links(readme, "README.md", "index.md")
-    for path in scripts:
-        uri = _SITE_PATHS[path.relative_to(ROOT).as_posix()]
-        markdown = _render_tutorial(path)
-        _PAGES[uri] = _rewrite_links(
-            markdown, path.relative_to(ROOT).as_posix(), uri
-        )
+    for repo_path, markdown in tutorials.items():
+        uri = _SITE_PATHS[repo_path]
+        _PAGES[uri] = _rewrite_links(markdown, repo_path, uri)
+    for repo_path, uri in linked.items():
+        _PAGES[uri] = _render_repository_page(repo_path, uri)
     for uri, markdown in _PAGES.items():
         if files.get_file_from_path(uri) is not None:
             log.warning("%s is generated; remove it from docs/", uri)
             files.remove(files.get_file_from_path(uri))
-        files.append(File.generated(config, uri, content=markdown))
+        inclusion = (
+            InclusionLevel.NOT_IN_NAV
+            if uri.startswith(REPOSITORY + "/")
+            else InclusionLevel.UNDEFINED
+        )
+        files.append(
+            File.generated(config, uri, content=markdown, inclusion=inclusion)
+        )
     _check_docstrings(config)
     return files
 
