@@ -22,11 +22,12 @@
 Links in the README, the tutorials and the pages under docs/ are written
 for the repository (relative paths, as a reader browsing it follows
 them): links to a page the site has (README.md, a tutorial, a page of
-docs/), images and CSV files are rewritten to the site's copies; a markdown file of
-the repository they link to (a protocol, a results README; and what it
-links to in turn) becomes a page under `repository/`, outside the
-navigation; a link to any other file of the repository becomes the
-file's path in code; a link to a file that does not exist is a warning.
+docs/), images and CSV files are rewritten to the site's copies; a
+markdown file of the repository they link to (a protocol, a results
+README; and what it links to in turn) becomes a page under
+`repository/`, outside the navigation; a link to any other file of the
+repository becomes the file's path in code; a link to a file that does
+not exist is a warning.
 """
 
 import ast
