@@ -61,6 +61,7 @@ _LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)\s]+)\)")
 _HELP_MARKER = re.compile(r"^<!-- argparse-help: keras-sam ?(.*?) -->$", re.M)
 _API_IDENTIFIER = re.compile(r"^::: ([\w.]+)", re.M)
 _HTML_ID = re.compile(r'id="(keras_sam(?:\.\w+)*)"')
+_TABLE_CELL = re.compile(r"<t([dh])\b[^>]*>.*?</t\1>", re.S)
 
 # Set by `on_files` and read by `on_page_markdown`: generated page
 # (src_uri) -> its markdown, and repository path -> site src_uri.
@@ -572,7 +573,9 @@ def on_page_markdown(markdown, page, config, files):
 def on_page_content(html, page, config, files):
     if page.file.src_uri.startswith("api/"):
         _API_IDS.update(_HTML_ID.findall(html))
-    return html
+    # A table cell's code writes `|` as `\|` (`rho g / \|g\|`): GitHub
+    # shows `|`, Python-Markdown keeps the backslash.
+    return _TABLE_CELL.sub(lambda m: m.group(0).replace("\\|", "|"), html)
 
 
 def on_post_build(config):
