@@ -1,7 +1,7 @@
 """MkDocs hooks that make the generated pages of the documentation site.
 
-- The guide: one page per `## ` section of README.md (the text before the
-  first section is the home page), so the README stays the one source.
+- The home page: README.md, the repository's front page (the guide pages
+  are markdown files under docs/guide/, the sources of their own).
 - The tutorials: each `tutorials/*.py` whose docstring starts with
   `Title:` (the keras-io format: string statements are markdown, the rest
   is code), rendered without running it, followed by the figures its
@@ -14,10 +14,18 @@
   modules the API pages document (their `::: name` lines) has a
   docstring; one that lacks it is a warning, so `mkdocs build --strict`
   fails.
+- An API coverage check: every name the package exports (`keras_sam`'s
+  `__all__`; of each module it exports, that module's `__all__` or, if it
+  has none, the public names it defines) has an entry on a page under
+  docs/api/; one without is a warning.
 
-Links in the README and the tutorials are written for the repository:
-links to a page the site has (README.md, a tutorial) and images are
-rewritten to the site's copies; a link to any other file of the
+Links in the README, the tutorials and the pages under docs/ are written
+for the repository (relative paths, as a reader browsing it follows
+them): links to a page the site has (README.md, a tutorial, a page of
+docs/), images and CSV files are rewritten to the site's copies; a
+markdown file of the repository they link to (a protocol, a results
+README; and what it links to in turn) becomes a page under
+`repository/`, outside the navigation; a link to any other file of the
 repository becomes the file's path in code; a link to a file that does
 not exist is a warning.
 """
@@ -33,29 +41,35 @@ import re
 import subprocess
 import sys
 
-from mkdocs.structure.files import File
+from mkdocs.structure.files import File, InclusionLevel
 
 log = logging.getLogger("mkdocs.hooks.keras_sam")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = "keras_sam"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+# Linked files of these kinds are copied into the site too (results).
+ASSET_SUFFIXES = (*IMAGE_SUFFIXES, ".csv")
 ASSETS = "assets"
+# Where the repository's markdown files that pages link to (a protocol,
+# a results README) are shown, outside the navigation.
+REPOSITORY = "repository"
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:")
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)\s]+)\)")
 _HELP_MARKER = re.compile(r"^<!-- argparse-help: keras-sam ?(.*?) -->$", re.M)
 _API_IDENTIFIER = re.compile(r"^::: ([\w.]+)", re.M)
+_HTML_ID = re.compile(r'id="(keras_sam(?:\.\w+)*)"')
+_TABLE_CELL = re.compile(r"<t([dh])\b[^>]*>.*?</t\1>", re.S)
 
 # Set by `on_files` and read by `on_page_markdown`: generated page
 # (src_uri) -> its markdown, and repository path -> site src_uri.
 _PAGES = {}
 _SITE_PATHS = {}
 _FILES = None
-
-
-def _slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+# The HTML ids of the API pages' entries, collected by `on_page_content`.
+_API_IDS = set()
 
 
 def _split_fenced(text):
@@ -75,33 +89,6 @@ def _split_fenced(text):
     yield code, "".join(chunk)
 
 
-def _readme_sections(text):
-    """`(intro, [(heading, body), ...])`: README.md cut at `## ` lines."""
-    intro, sections = [], []
-    current = intro
-    for is_code, chunk in _split_fenced(text):
-        if is_code:
-            current.append(chunk)
-            continue
-        for line in chunk.splitlines(keepends=True):
-            if line.startswith("## "):
-                sections.append((line[3:].strip(), []))
-                current = sections[-1][1]
-            else:
-                current.append(line)
-    return "".join(intro), [(h, "".join(b)) for h, b in sections]
-
-
-def _demote_headings(text):
-    """`### x` -> `## x`, outside code: a section page's `#` is its title."""
-    out = []
-    for is_code, chunk in _split_fenced(text):
-        if not is_code:
-            chunk = re.sub(r"^#(#+ )", r"\1", chunk, flags=re.M)
-        out.append(chunk)
-    return "".join(out)
-
-
 def _add_asset(repo_path):
     """Copies a repository file into the site; returns its src_uri."""
     uri = posixpath.join(ASSETS, repo_path)
@@ -119,9 +106,7 @@ def _rewrite_links(text, source, page_uri):
 
     def replace(match):
         bang, label, target = match.groups()
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith(
-            "#"
-        ):
+        if _SCHEME.match(target) or target.startswith("#"):
             return match.group(0)
         path, _, anchor = target.partition("#")
         repo_path = posixpath.normpath(
@@ -135,7 +120,7 @@ def _rewrite_links(text, source, page_uri):
             )
             return match.group(0)
         uri = _SITE_PATHS.get(repo_path)
-        if uri is None and repo_path.lower().endswith(IMAGE_SUFFIXES):
+        if uri is None and repo_path.lower().endswith(ASSET_SUFFIXES):
             uri = _add_asset(repo_path)
         if uri is None:
             shown = label.strip("`").rstrip("/")
@@ -151,6 +136,50 @@ def _rewrite_links(text, source, page_uri):
     for is_code, chunk in _split_fenced(text):
         out.append(chunk if is_code else _LINK.sub(replace, chunk))
     return "".join(out)
+
+
+def _linked_markdown(sources):
+    """The repository's markdown files that `sources` (`(repository path,
+    markdown)` pairs) link to, directly or through one another, and that
+    the site has no page for: `{repository path: src_uri}`."""
+    found, queue = {}, list(sources)
+    while queue:
+        source, text = queue.pop()
+        for is_code, chunk in _split_fenced(text):
+            if is_code:
+                continue
+            for _, _, target in _LINK.findall(chunk):
+                if _SCHEME.match(target) or target.startswith("#"):
+                    continue
+                path = posixpath.normpath(
+                    posixpath.join(
+                        posixpath.dirname(source), target.partition("#")[0]
+                    )
+                )
+                if (
+                    path.endswith(".md")
+                    and path not in _SITE_PATHS
+                    and path not in found
+                    and (ROOT / path).is_file()
+                ):
+                    found[path] = posixpath.join(REPOSITORY, path)
+                    queue.append((path, (ROOT / path).read_text()))
+    return found
+
+
+def _render_repository_page(repo_path, uri):
+    """A repository markdown file as a page, saying where it comes from."""
+    text = (ROOT / repo_path).read_text()
+    note = (
+        '!!! info "A file of the repository"\n'
+        f"    `{repo_path}`, shown as the repository holds it.\n\n"
+    )
+    first, _, rest = text.partition("\n")
+    if first.startswith("# "):
+        text = f"{first}\n\n{note}{rest}"
+    else:
+        text = note + text
+    return _rewrite_links(text, repo_path, uri)
 
 
 # ---------------------------------------------------------------- tutorials
@@ -394,26 +423,84 @@ def _check_docstrings(config):
         log.warning("no docstring: %s", path)
 
 
+# ------------------------------------------------------ API coverage check
+
+
+def _exported_names():
+    """`{public path: paths its entry may have}` for every exported name:
+    `keras_sam.__all__` and, for each module it exports, that module's
+    `__all__` or (without one) the public names the module defines."""
+    import griffe
+
+    package = griffe.load(
+        PACKAGE,
+        search_paths=[str(ROOT)],
+        resolve_aliases=True,
+        resolve_external=False,
+    )
+
+    def target(obj):
+        return obj.final_target if obj.is_alias else obj
+
+    names = {}
+    for name in sorted(package.exports or ()):
+        exported = target(package.members[name])
+        names[f"{PACKAGE}.{name}"] = {exported.path}
+        if exported.kind.value != "module":
+            continue
+        if exported.exports is not None:
+            members = sorted(exported.exports)
+        else:
+            members = [
+                n
+                for n, m in exported.members.items()
+                if not n.startswith("_")
+                and not m.is_alias
+                and m.kind.value != "module"
+            ]
+        for member in members:
+            obj = exported.members.get(member)
+            if obj is None:
+                paths = set()
+            elif obj.is_alias or obj.kind.value != "module":
+                paths = {target(obj).path}
+            else:
+                # A function re-exported from the submodule of its name
+                # (`keras_sam.models.resnet`, the `resnet` builder), which
+                # the submodule hides from griffe.
+                paths = {f"{obj.path}.{member}"}
+            names[f"{exported.path}.{member}"] = paths
+    return names
+
+
+def _check_api_coverage():
+    """Warns for each exported name that no API page has an entry for."""
+    for name, paths in _exported_names().items():
+        if not (paths | {name}) & _API_IDS:
+            log.warning(
+                "%s has no API entry: add `::: %s` to a page in docs/api/",
+                name,
+                min(paths or {name}),
+            )
+
+
 # ---------------------------------------------------------------- hooks
 
 _CONFIG = None
 
 
 def on_config(config):
+    """Appends the tutorial pages to the nav's "Tutorials" section."""
     global _CONFIG
     _CONFIG = config
-    readme = (ROOT / "README.md").read_text()
-    _, sections = _readme_sections(readme)
-    guide = [{h: f"guide/{_slug(h)}.md"} for h, _ in sections]
+    _API_IDS.clear()
     tutorials = []
     for path in _tutorial_scripts():
         title = _tutorial_header(ast.get_docstring(ast.parse(path.read_text())))
         tutorials.append({title["Title"]: f"tutorials/{path.stem}.md"})
     for entry in config["nav"] or []:
-        if isinstance(entry, dict) and "Guide" in entry:
-            entry["Guide"] = guide
         if isinstance(entry, dict) and "Tutorials" in entry:
-            entry["Tutorials"] = tutorials
+            entry["Tutorials"] = list(entry["Tutorials"] or []) + tutorials
     return config
 
 
@@ -423,38 +510,73 @@ def on_files(files, config):
     _PAGES.clear()
     _SITE_PATHS.clear()
     _SITE_PATHS["README.md"] = "index.md"
+    docs = _docs_prefix(config)
+    for file in files.documentation_pages():
+        _SITE_PATHS[posixpath.join(docs, file.src_uri)] = file.src_uri
     scripts = _tutorial_scripts()
     for path in scripts:
         _SITE_PATHS[path.relative_to(ROOT).as_posix()] = (
             f"tutorials/{path.stem}.md"
         )
 
-    intro, sections = _readme_sections((ROOT / "README.md").read_text())
-    home = _rewrite_links(intro, "README.md", "index.md")
-    home += "\n## Contents\n\n" + "".join(
-        f"- [{h}](guide/{_slug(h)}.md)\n" for h, _ in sections
-    )
-    _PAGES["index.md"] = home
-    for heading, body in sections:
-        uri = f"guide/{_slug(heading)}.md"
-        body = _rewrite_links(_demote_headings(body), "README.md", uri)
-        _PAGES[uri] = f"# {heading}\n{body}"
-    for path in scripts:
-        uri = _SITE_PATHS[path.relative_to(ROOT).as_posix()]
-        markdown = _render_tutorial(path)
-        _PAGES[uri] = _rewrite_links(
-            markdown, path.relative_to(ROOT).as_posix(), uri
-        )
+    readme = (ROOT / "README.md").read_text()
+    tutorials = {
+        path.relative_to(ROOT).as_posix(): _render_tutorial(path)
+        for path in scripts
+    }
+    sources = [("README.md", readme), *tutorials.items()]
+    sources += [
+        (posixpath.join(docs, file.src_uri), file.content_string)
+        for file in files.documentation_pages()
+    ]
+    linked = _linked_markdown(sources)
+    _SITE_PATHS.update(linked)
+
+    _PAGES["index.md"] = _rewrite_links(readme, "README.md", "index.md")
+    for repo_path, markdown in tutorials.items():
+        uri = _SITE_PATHS[repo_path]
+        _PAGES[uri] = _rewrite_links(markdown, repo_path, uri)
+    for repo_path, uri in linked.items():
+        _PAGES[uri] = _render_repository_page(repo_path, uri)
     for uri, markdown in _PAGES.items():
         if files.get_file_from_path(uri) is not None:
             log.warning("%s is generated; remove it from docs/", uri)
             files.remove(files.get_file_from_path(uri))
-        files.append(File.generated(config, uri, content=markdown))
+        inclusion = (
+            InclusionLevel.NOT_IN_NAV
+            if uri.startswith(REPOSITORY + "/")
+            else InclusionLevel.UNDEFINED
+        )
+        files.append(
+            File.generated(config, uri, content=markdown, inclusion=inclusion)
+        )
     _check_docstrings(config)
     return files
 
 
+def _docs_prefix(config):
+    """The docs folder's path in the repository (`docs`)."""
+    docs_dir = pathlib.Path(config["docs_dir"]).resolve()
+    return docs_dir.relative_to(ROOT).as_posix()
+
+
 def on_page_markdown(markdown, page, config, files):
-    if page.file.src_uri == "cli.md":
-        return _render_cli(markdown)
-    return markdown
+    uri = page.file.src_uri
+    if uri in _PAGES:
+        return markdown  # generated: its links are already rewritten
+    if uri == "cli.md":
+        markdown = _render_cli(markdown)
+    source = posixpath.join(_docs_prefix(config), uri)
+    return _rewrite_links(markdown, source, uri)
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri.startswith("api/"):
+        _API_IDS.update(_HTML_ID.findall(html))
+    # A table cell's code writes `|` as `\|` (`rho g / \|g\|`): GitHub
+    # shows `|`, Python-Markdown keeps the backslash.
+    return _TABLE_CELL.sub(lambda m: m.group(0).replace("\\|", "|"), html)
+
+
+def on_post_build(config):
+    _check_api_coverage()

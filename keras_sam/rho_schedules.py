@@ -14,6 +14,8 @@ import keras
 from keras_sam import _validation
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
+"""The base class of a `rho` schedule (an alias of
+`keras.optimizers.schedules.LearningRateSchedule`)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
