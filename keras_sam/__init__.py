@@ -9,8 +9,8 @@ from keras_sam import (
     landscape,
     models,
     rho_schedules,
+    rules,
     stateless,
-    variants,
 )
 from keras_sam.perturbed_subset import NORMALIZATION_LAYERS
 from keras_sam.sam_model import SAMModel
@@ -32,6 +32,15 @@ __all__ = [
     "landscape",
     "models",
     "rho_schedules",
+    "rules",
     "stateless",
-    "variants",
 ]
+
+
+def __getattr__(name):
+    # `keras_sam.variants`, the deprecated name of `keras_sam.rules`.
+    if name == "variants":
+        import importlib
+
+        return importlib.import_module("keras_sam.variants")
+    raise AttributeError(f"module 'keras_sam' has no attribute {name!r}")

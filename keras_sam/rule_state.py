@@ -10,22 +10,23 @@ from keras_sam import perturbed_subset
 
 
 class RuleState(keras.layers.Layer):
-    """The state variables of `variant`, created once the wrapped model's
+    """The state variables of `rule`, created once the wrapped model's
     trainable variables exist (`build_for`)."""
 
-    def __init__(self, variant, perturb, **kwargs):
+    def __init__(self, rule, perturb, **kwargs):
         super().__init__(trainable=False, **kwargs)
-        self.variant = variant
+        self.rule = rule
         self.perturb = perturb
 
     def build_for(self, sam_model):
-        """Creates the variables `variant.state_shapes` asks for, given
+        """Creates the variables `rule.state_shapes` asks for, given
         the variables `perturb` selects. Idempotent."""
         if self.built:
             return
         trainable = sam_model.trainable_variables
-        perturbed = perturbed_weights(sam_model, trainable)
-        shapes = self.variant.state_shapes(perturbed, trainable)
+        mask = perturbed_mask(sam_model, trainable)
+        perturbed = [v for v, chosen in zip(trainable, mask) if chosen]
+        shapes = self.rule.state_shapes(perturbed, trainable)
         for index, shape in enumerate(shapes):
             self.add_weight(
                 shape=shape, initializer="zeros", dtype="float32",
@@ -42,13 +43,6 @@ def perturbed_mask(sam_model, trainable_variables):
     return perturbed_subset.perturbed_mask(
         sam_model.perturb, sam_model.model, trainable_variables
     )
-
-
-def perturbed_weights(sam_model, values):
-    """The entries of `values` (aligned with the trainable variables) that
-    the ascent moves."""
-    mask = perturbed_mask(sam_model, sam_model.trainable_variables)
-    return [v for v, chosen in zip(values, mask) if chosen]
 
 
 def state_indices(sam_model, non_trainable_variables):

@@ -1,8 +1,10 @@
 """`SAMModel`: sharpness-aware training for any Keras model."""
 
+import warnings
+
 import keras
 
-from keras_sam import _keras_compat, _validation, perturbed_subset, variants
+from keras_sam import _keras_compat, _validation, perturbed_subset, rules
 from keras_sam.backend import SAMTrainer
 from keras_sam.rho_schedules import check_rho, serialize_rho
 from keras_sam.rule_state import RuleState
@@ -49,16 +51,17 @@ class SAMModel(SAMTrainer, keras.Model):
             `keras.optimizers.schedules.LearningRateSchedule` giving it
             at `optimizer.iterations` (see `keras_sam.rho_schedules`).
             Defaults to `0.05`.
-        adaptive: Boolean, shorthand for `variant=ASAM(eta)` (Kwon et al.,
+        adaptive: Boolean, shorthand for `rule=ASAM(eta)` (Kwon et al.,
             2021), whose neighbourhood scales with the weights; use a
             larger `rho` (the ASAM paper uses 0.5 to 2.0 on CIFAR).
             Defaults to `False`.
         eta: Non-negative float, ASAM's offset in `T = |w| + eta`. Only
             used when `adaptive=True`. Defaults to `0.01`.
-        variant: `None` (SAM) or a rule from `keras_sam.variants`
-            (`SAM()`, `ASAM(eta)`, `GSAM(alpha)`, `FriendlySAM()`), which
-            chooses the ascent point and the applied gradient. Defaults
-            to `None`.
+        rule: `None` (SAM) or a rule from `keras_sam.rules` (`SAM()`,
+            `ASAM(eta)`, `GSAM(alpha)`, `FriendlySAM()`, the cheaper
+            `LookSAM()`, `ESAM()`, ...), which chooses the ascent point and
+            the applied gradient. Defaults to `None`. (`variant=`, its name
+            before 0.2, is still accepted, with a `DeprecationWarning`.)
         perturb: Which variables the ascent moves: `None` (every
             trainable variable), a tuple of layer classes (with
             `keras_sam.NORMALIZATION_LAYERS`, SAM-ON: Mueller et al.,
@@ -135,11 +138,23 @@ class SAMModel(SAMTrainer, keras.Model):
         eta=0.01,
         num_batch_splits=None,
         perturbation="replica",
-        variant=None,
+        rule=None,
         perturb=None,
         split_perturbation="per_split",
         **kwargs,
     ):
+        if "variant" in kwargs:
+            warnings.warn(
+                "`SAMModel(variant=...)` is now `SAMModel(rule=...)`; "
+                "`variant` will be removed in a future version.",
+                DeprecationWarning, stacklevel=2,
+            )
+            if rule is not None:
+                raise ValueError(
+                    "Pass `rule` (the new name of `variant`), not both. "
+                    f"Received: rule={rule!r}, variant={kwargs['variant']!r}."
+                )
+            rule = kwargs.pop("variant")
         rho = check_rho(rho)
         eta = _validation.check_non_negative_float("eta", eta)
         if not isinstance(model, keras.Model):
@@ -155,7 +170,7 @@ class SAMModel(SAMTrainer, keras.Model):
                 f"(`model.model`). Received: model={model.name!r}."
             )
         _validation.check_bool("adaptive", adaptive)
-        variant = variants.get(variant, adaptive=adaptive, eta=eta)
+        rule = rules.get(rule, adaptive=adaptive, eta=eta)
         perturb = perturbed_subset.check_perturb(perturb)
         num_batch_splits = _validation.check_optional_int(
             "num_batch_splits", num_batch_splits
@@ -167,14 +182,14 @@ class SAMModel(SAMTrainer, keras.Model):
         super().__init__(**kwargs)
         self.model = model
         self.rho = rho
-        self.variant = variant
-        self.adaptive = isinstance(variant, variants.ASAM)
-        self.eta = variant.eta if self.adaptive else eta
+        self.rule = rule
+        self.adaptive = isinstance(rule, rules.ASAM)
+        self.eta = rule.eta if self.adaptive else eta
         self.num_batch_splits = num_batch_splits
         self.perturbation = perturbation
         self.split_perturbation = split_perturbation
         self.perturb = perturb
-        self.rule_state = RuleState(variant, perturb, name="rule_state")
+        self.rule_state = RuleState(rule, perturb, name="rule_state")
         self.sharpness_tracker = keras.metrics.Mean(name="sam_sharpness")
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         if model.built:
@@ -208,7 +223,7 @@ class SAMModel(SAMTrainer, keras.Model):
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.model),
             "rho": serialize_rho(self.rho),
-            "variant": keras.saving.serialize_keras_object(self.variant),
+            "rule": keras.saving.serialize_keras_object(self.rule),
             "num_batch_splits": self.num_batch_splits,
             "perturbation": self.perturbation,
             "split_perturbation": self.split_perturbation,
@@ -219,6 +234,8 @@ class SAMModel(SAMTrainer, keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if "variant" in config:  # saved before 0.2
+            config["rule"] = config.pop("variant")
         config["model"] = keras.saving.deserialize_keras_object(
             config["model"], custom_objects=custom_objects
         )

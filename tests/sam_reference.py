@@ -252,7 +252,7 @@ class AESAMPolicy:
 
 
 def hash32(index, step, seed):
-    """`keras_sam.variants`' 32-bit integer hash, in NumPy int32 (whose
+    """`keras_sam.rules`' 32-bit integer hash, in NumPy int32 (whose
     arithmetic wraps like the backends')."""
     def shift(x, s):
         return (x >> s) & ((1 << (32 - s)) - 1)

@@ -77,25 +77,25 @@ def test_replica_mode_equals_per_half_batch_reference(splits):
     np.testing.assert_allclose(history["grad_norm"], norm, rtol=1e-5)
 
 
-@pytest.mark.parametrize("perturbation,variant", [
+@pytest.mark.parametrize("perturbation,rule", [
     ("replica", None), ("global", None),
-    ("replica", keras_sam.variants.FriendlySAM()),
-    ("global", keras_sam.variants.GSAM(alpha=0.2)),
-    ("replica", keras_sam.variants.LookSAM(every=2)),
-    ("global", keras_sam.variants.RandomizedSAM(probability=0.5)),
+    ("replica", keras_sam.rules.FriendlySAM()),
+    ("global", keras_sam.rules.GSAM(alpha=0.2)),
+    ("replica", keras_sam.rules.LookSAM(every=2)),
+    ("global", keras_sam.rules.RandomizedSAM(probability=0.5)),
     # Each replica decides from its own gradient norm; the statistics are
     # averaged, so the replicas' state and weights stay equal.
-    ("replica", keras_sam.variants.AESAM(total_steps=50)),
-    ("global", keras_sam.variants.ESAM(0.5, 0.5)),
-    ("replica", keras_sam.variants.MomentumSAM()),
+    ("replica", keras_sam.rules.AESAM(total_steps=50)),
+    ("global", keras_sam.rules.ESAM(0.5, 0.5)),
+    ("replica", keras_sam.rules.MomentumSAM()),
 ])
-def test_replicas_stay_bit_identical(perturbation, variant):
+def test_replicas_stay_bit_identical(perturbation, rule):
     rng = np.random.default_rng(22)
     x = rng.normal(size=(80, 4)).astype("float32")
     y = rng.normal(size=(80, 1)).astype("float32")
     with mirrored().scope():
         sam = keras_sam.SAMModel(bn_dropout_model(), rho=0.1,
-                                 perturbation=perturbation, variant=variant)
+                                 perturbation=perturbation, rule=rule)
         sam.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                     loss="mse")
     sam.fit(x, y, batch_size=16, epochs=10, verbose=0, shuffle=False)
@@ -142,8 +142,8 @@ def test_one_device_strategy_equals_default():
 
 
 RULES = {
-    "gsam": (lambda: keras_sam.variants.GSAM(alpha=0.4), {"alpha": 0.4}),
-    "friendly": (lambda: keras_sam.variants.FriendlySAM(sigma=0.7, decay=0.6),
+    "gsam": (lambda: keras_sam.rules.GSAM(alpha=0.4), {"alpha": 0.4}),
+    "friendly": (lambda: keras_sam.rules.FriendlySAM(sigma=0.7, decay=0.6),
                  None),
 }
 
@@ -165,7 +165,7 @@ def test_rules_in_replica_mode_equal_per_half_batch_reference(rule):
         )
         expected = optimizer.apply(expected, grads)
     sam, _ = fit_sam(mirrored(), params, x, y, 16, 3, rho=0.1,
-                     variant=make_rule())
+                     rule=make_rule())
     for got, want in zip(sam.get_weights(), expected):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 

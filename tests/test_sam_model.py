@@ -181,7 +181,7 @@ def test_shared_split_perturbation_with_gsam_and_save(tmp_path):
     sam, _ = keras_run(
         params, x, y, keras.optimizers.SGD(0.1), 2, rho=0.1,
         num_batch_splits=4, split_perturbation="shared",
-        variant=keras_sam.variants.GSAM(alpha=0.3),
+        rule=keras_sam.rules.GSAM(alpha=0.3),
     )
     assert_weights_close(sam, expected)
     sam.save(tmp_path / "shared.keras")

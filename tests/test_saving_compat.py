@@ -55,3 +55,21 @@ def test_pre_refactor_file_keeps_its_arguments_and_trains_on():
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))
     assert int(model.optimizer.iterations) == 4
     assert isinstance(model, keras_sam.SAMModel)
+
+
+def test_variant_is_the_deprecated_name_of_rule():
+    import importlib
+    import sys
+
+    sys.modules.pop("keras_sam.variants", None)
+    with pytest.warns(DeprecationWarning, match="keras_sam.rules"):
+        variants = importlib.import_module("keras_sam.variants")
+    assert variants.GSAM is keras_sam.rules.GSAM
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.warns(DeprecationWarning, match="rule="):
+        model = keras_sam.SAMModel(inner, variant=keras_sam.rules.GSAM(0.2))
+    assert model.rule == keras_sam.rules.GSAM(alpha=0.2)
+    assert "variant" not in model.get_config()
+    with pytest.raises(ValueError, match="not both"):
+        keras_sam.SAMModel(inner, rule=keras_sam.rules.SAM(),
+                           variant=keras_sam.rules.SAM())

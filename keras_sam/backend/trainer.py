@@ -170,13 +170,13 @@ class SAMTrainerBase:
     def _first_point(self, step):
         """Step 1's point: `w`, or the rule's on the perturbed variables
         (MomentumSAM: `w` moved along the optimizer's momentum)."""
-        direction = self.variant.first_direction(
+        direction = self.rule.first_direction(
             self.optimizer, step.optimizer_values
         )
         if direction is None:
             return step.weights
         mask = self._perturbed_mask()
-        points = self.variant.first_point(
+        points = self.rule.first_point(
             _chosen(step.weights, mask), step.rho, _chosen(direction, mask)
         )
         return _merged(points, step.weights, mask)
@@ -238,7 +238,7 @@ class SAMTrainerBase:
         """
         norm = ascent.global_norm(ascent_gradients)
         grad_norm = norm / step.loss_scale
-        state = self.variant.observe(
+        state = self.rule.observe(
             grad_norm, self._rule_state(chunk.non_trainable, step)
         )
 
@@ -247,10 +247,10 @@ class SAMTrainerBase:
                                 state)
 
         def plain():
-            applied, new_state = self.variant.between(clean.gradients, state)
+            applied, new_state = self.rule.between(clean.gradients, state)
             return Outcome(applied, ops.zeros(()), ops.zeros(()), new_state)
 
-        decision = self._ascends(step, state)
+        decision = self._decision(step, state)
         if decision is True:
             outcome = sam()
         elif decision is False:
@@ -276,7 +276,7 @@ class SAMTrainerBase:
         # 2. Ascent: w + eps, eps = rho g / ||g|| (or the rule's), on the
         # perturbed variables (the norm over them); the others stay at w.
         mask = self._perturbed_mask()
-        points, state = self.variant.ascent(
+        points, state = self.rule.ascent_point(
             _chosen(gradients, mask), _chosen(step.weights, mask), step.rho,
             state, step.gradient_scale, norm if all(mask) else None,
         )
@@ -286,7 +286,7 @@ class SAMTrainerBase:
         # ESAM).
         perturbed = self._perturbed_pass(point, chunk, clean, step)
         # The gradient to apply: g_p for SAM, the rule's otherwise.
-        applied, state = self.variant.descent(
+        applied, state = self.rule.descent(
             clean.gradients, perturbed.gradients, state
         )
         return Outcome(applied, perturbed.loss - clean.loss, ops.ones(()),
@@ -294,17 +294,17 @@ class SAMTrainerBase:
 
     def _perturbed_pass(self, point, chunk, clean, step):
         """Step 3's pass at `point` on the rows the rule selects."""
-        batch = self.variant.descent_batch(
+        batch = self.rule.descent_batch(
             self, point, chunk, clean.y_pred, step.variables
         )
         return self._pass(point, chunk._replace(batch=batch), step)
 
-    def _ascends(self, step, state):
+    def _decision(self, step, state):
         """The rule's decision (`True` every step for SAM); `False` with
         `rho=0`, where the step is exactly the plain step, one pass."""
         if not (isinstance(self.rho, Schedule) or self.rho > 0.0):
             return False
-        return self.variant.ascends_at(step.iterations, state)
+        return self.rule.ascends_at(step.iterations, state)
 
     # The rule's state and the perturbed variables ------------------------
 
@@ -363,7 +363,7 @@ class SAMTrainerBase:
         )
         if isinstance(self.rho, Schedule):
             logs["rho"] = rho
-        if not self.variant.measures_sharpness:
+        if not self.rule.measures_sharpness:
             logs.pop("sam_sharpness", None)
         return logs
 

@@ -1,4 +1,4 @@
-"""The SAM family (`keras_sam.variants`), rho schedules and `perturb=`
+"""The SAM family (`keras_sam.rules`), rho schedules and `perturb=`
 subsets against the NumPy float64 reference (tests/sam_reference.py)."""
 
 import keras
@@ -8,7 +8,7 @@ import sam_reference as ref
 from test_sam_model import OPTIMIZERS, make_mlp, make_problem
 
 import keras_sam
-from keras_sam import variants
+from keras_sam import rules
 
 multi_backend = pytest.mark.multi_backend
 
@@ -59,9 +59,9 @@ def assert_steps_close(got_steps, want_steps):
 
 
 RULES = {
-    "gsam": (lambda: variants.GSAM(alpha=0.4), lambda: {"alpha": 0.4}),
+    "gsam": (lambda: rules.GSAM(alpha=0.4), lambda: {"alpha": 0.4}),
     "friendly": (
-        lambda: variants.FriendlySAM(sigma=0.7, decay=0.6),
+        lambda: rules.FriendlySAM(sigma=0.7, decay=0.6),
         lambda: {"friendly": ref.Friendly(0.7, 0.6)},
     ),
 }
@@ -77,7 +77,7 @@ def test_rules_match_numpy_after_one_and_three_steps(rule, optimizer):
     want, logs = reference_steps(params, x, y, make_ref(), 3,
                                  **reference_kwargs())
     _, got, history = keras_steps(params, x, y, make_keras(), 3,
-                                  rho=0.1, variant=make_rule())
+                                  rho=0.1, rule=make_rule())
     assert_steps_close(got, want)
     clean, sharpness, norm = np.array(logs).T
     np.testing.assert_allclose(history["sam_sharpness"], sharpness,
@@ -97,7 +97,7 @@ def test_rules_with_batch_splits_and_a_perturbed_subset():
         )
         _, got, _ = keras_steps(
             params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), 3,
-            splits=3, rho=0.1, variant=make_rule(), perturb=second_dense_only,
+            splits=3, rho=0.1, rule=make_rule(), perturb=second_dense_only,
         )
         assert_steps_close(got, want)
 
@@ -166,7 +166,7 @@ def friendly_sam_model(params, **kwargs):
     sam = keras_sam.SAMModel(
         make_mlp(params), rho=keras.optimizers.schedules.PolynomialDecay(
             0.1, 10, 0.02),
-        variant=variants.FriendlySAM(sigma=0.5, decay=0.8),
+        rule=rules.FriendlySAM(sigma=0.5, decay=0.8),
         perturb=(keras.layers.Dense,), **kwargs,
     )
     sam.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -185,7 +185,7 @@ def test_save_load_keeps_rule_state_and_training_continues_identically(
     path = tmp_path / "friendly.keras"
     first.save(path)
     loaded = keras.saving.load_model(path)
-    assert loaded.variant == first.variant
+    assert loaded.rule == first.rule
     assert loaded.perturb == (keras.layers.Dense,)
     assert loaded.rho.get_config() == first.rho.get_config()
     state = [keras.ops.convert_to_numpy(v) for v in first.rule_state.variables]
@@ -198,35 +198,35 @@ def test_save_load_keeps_rule_state_and_training_continues_identically(
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("variant", [
-    variants.SAM(), variants.ASAM(eta=0.2), variants.GSAM(alpha=0.3),
-    variants.FriendlySAM(sigma=0.4, decay=0.7),
-    variants.LookSAM(every=3, alpha=0.5),
-    variants.RandomizedSAM(probability=0.3, seed=4, period=100),
-    variants.LateSAM(start_step=7), variants.MomentumSAM(),
-    variants.AESAM(total_steps=50, decay=0.8, lower=-0.2, upper=2.0),
+@pytest.mark.parametrize("rule", [
+    rules.SAM(), rules.ASAM(eta=0.2), rules.GSAM(alpha=0.3),
+    rules.FriendlySAM(sigma=0.4, decay=0.7),
+    rules.LookSAM(every=3, alpha=0.5),
+    rules.RandomizedSAM(probability=0.3, seed=4, period=100),
+    rules.LateSAM(start_step=7), rules.MomentumSAM(),
+    rules.AESAM(total_steps=50, decay=0.8, lower=-0.2, upper=2.0),
 ])
-def test_every_variant_and_argument_survives_get_config(variant):
+def test_every_rule_and_argument_survives_get_config(rule):
     _, _, params = make_problem()
-    sam = keras_sam.SAMModel(make_mlp(params), rho=0.3, variant=variant,
+    sam = keras_sam.SAMModel(make_mlp(params), rho=0.3, rule=rule,
                              perturb=second_dense_only)
     again = keras_sam.SAMModel.from_config(sam.get_config())
-    assert again.variant == variant and again.rho == 0.3
+    assert again.rule == rule and again.rho == 0.3
     assert again.perturb is second_dense_only
-    assert again.adaptive == isinstance(variant, variants.ASAM)
+    assert again.adaptive == isinstance(rule, rules.ASAM)
 
 
 def test_adaptive_is_shorthand_for_asam():
     _, _, params = make_problem()
     sam = keras_sam.SAMModel(make_mlp(params), adaptive=True, eta=0.3)
-    assert sam.variant == variants.ASAM(eta=0.3)
+    assert sam.rule == rules.ASAM(eta=0.3)
     assert keras_sam.SAMModel.from_config(sam.get_config()).eta == 0.3
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"variant": variants.GSAM(alpha=0.1), "adaptive": True},
+    ({"rule": rules.GSAM(alpha=0.1), "adaptive": True},
      "either `adaptive=True`"),
-    ({"variant": "gsam"}, "Received: variant='gsam'"),
+    ({"rule": "gsam"}, "Received: rule='gsam'"),
     ({"perturb": ("BatchNormalization",)}, "are not layer classes"),
     ({"perturb": (int,)}, "are not layer classes"),
     ({"perturb": 3}, "Received: perturb=3"),
@@ -240,13 +240,13 @@ def test_bad_arguments_name_the_argument(kwargs, message):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: variants.GSAM(alpha=-0.1), "Received: alpha=-0.1"),
-    (lambda: variants.FriendlySAM(decay=1.0), "Received: decay=1.0"),
-    (lambda: variants.FriendlySAM(sigma=-1), "Received: sigma=-1"),
-    (lambda: variants.ASAM(eta=-1), "Received: eta=-1"),
-    (lambda: variants.AESAM(total_steps=0), "Received: total_steps=0"),
-    (lambda: variants.AESAM(10, decay=1.0), "Received: decay=1.0"),
-    (lambda: variants.AESAM(10, lower=float("nan")), "Received: lower=nan"),
+    (lambda: rules.GSAM(alpha=-0.1), "Received: alpha=-0.1"),
+    (lambda: rules.FriendlySAM(decay=1.0), "Received: decay=1.0"),
+    (lambda: rules.FriendlySAM(sigma=-1), "Received: sigma=-1"),
+    (lambda: rules.ASAM(eta=-1), "Received: eta=-1"),
+    (lambda: rules.AESAM(total_steps=0), "Received: total_steps=0"),
+    (lambda: rules.AESAM(10, decay=1.0), "Received: decay=1.0"),
+    (lambda: rules.AESAM(10, lower=float("nan")), "Received: lower=nan"),
 ])
 def test_bad_rule_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
@@ -273,7 +273,7 @@ def test_friendly_sam_keeps_its_average_in_true_gradient_units():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     sam = keras_sam.SAMModel(inner, rho=0.05,
-                             variant=variants.FriendlySAM())
+                             rule=rules.FriendlySAM())
     sam.compile(optimizer=keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(0.0)), loss="mse")
     sam.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
@@ -328,12 +328,12 @@ def cheap_reference(params, x, y, steps, decisions, looksam=None, rho=0.1):
 
 
 CHEAP = {
-    "looksam": (lambda: variants.LookSAM(every=3, alpha=0.7),
+    "looksam": (lambda: rules.LookSAM(every=3, alpha=0.7),
                 lambda step: step % 3 == 0),
-    "randomized": (lambda: variants.RandomizedSAM(probability=0.5, seed=3),
+    "randomized": (lambda: rules.RandomizedSAM(probability=0.5, seed=3),
                    lambda step: np.random.default_rng(3).random(8192)[step]
                    < 0.5),
-    "late": (lambda: variants.LateSAM(start_step=3), lambda step: step >= 3),
+    "late": (lambda: rules.LateSAM(start_step=3), lambda step: step >= 3),
 }
 
 
@@ -350,7 +350,7 @@ def test_cheaper_rules_match_numpy_step_by_step(rule):
                                       looksam)
     _, got, history = keras_steps(
         params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
-        rho=0.1, variant=make_rule(),
+        rho=0.1, rule=make_rule(),
     )
     assert_steps_close(got, want)
     # The decision was taken in the step: no ascent, no sharpness logged.
@@ -377,7 +377,7 @@ def test_a_skipped_ascent_costs_one_pass():
     inner = make_mlp(params)
     model = keras.Model(inputs, inner(CountTrainingPasses()(inputs)))
     sam = keras_sam.SAMModel(model, rho=0.1,
-                             variant=variants.LookSAM(every=4))
+                             rule=rules.LookSAM(every=4))
     sam.compile(optimizer="sgd", loss="mse", run_eagerly=True)
     CountTrainingPasses.calls = 0
     sam.fit(x, y, batch_size=len(x), epochs=8, shuffle=False, verbose=0)
@@ -411,12 +411,12 @@ def test_jax_cond_selects_on_cpu_and_returns_the_taken_branch():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: variants.LookSAM(every=0), "Received: every=0"),
-    (lambda: variants.LookSAM(alpha=-1.0), "Received: alpha=-1.0"),
-    (lambda: variants.RandomizedSAM(probability=1.5),
+    (lambda: rules.LookSAM(every=0), "Received: every=0"),
+    (lambda: rules.LookSAM(alpha=-1.0), "Received: alpha=-1.0"),
+    (lambda: rules.RandomizedSAM(probability=1.5),
      "Received: probability=1.5"),
-    (lambda: variants.RandomizedSAM(seed=-1), "Received: seed=-1"),
-    (lambda: variants.LateSAM(start_step=-2), "Received: start_step=-2"),
+    (lambda: rules.RandomizedSAM(seed=-1), "Received: seed=-1"),
+    (lambda: rules.LateSAM(start_step=-2), "Received: start_step=-2"),
 ])
 def test_bad_cheaper_rule_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
@@ -433,7 +433,7 @@ def test_momentum_sam_matches_numpy_with_one_pass_per_step():
     )
     _, got, history = keras_steps(
         params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), 4,
-        rho=0.3, variant=variants.MomentumSAM(),
+        rho=0.3, rule=rules.MomentumSAM(),
     )
     assert_steps_close(got, want)
     np.testing.assert_allclose(history["loss"], losses, rtol=1e-5)
@@ -447,7 +447,7 @@ def test_momentum_sam_matches_numpy_with_one_pass_per_step():
 def test_momentum_sam_needs_sgd_with_momentum(optimizer, message):
     x, y, params = make_problem(seed=13)
     sam = keras_sam.SAMModel(make_mlp(params), rho=0.3,
-                             variant=variants.MomentumSAM())
+                             rule=rules.MomentumSAM())
     sam.compile(optimizer=optimizer(), loss="mse")
     with pytest.raises(ValueError, match=message):
         sam.fit(x, y, epochs=1, verbose=0)
@@ -477,7 +477,7 @@ def test_aesam_decides_from_the_gradient_norm_like_numpy():
     assert any(decisions) and not all(decisions)
     model, got, history = keras_steps(
         params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
-        rho=0.1, variant=variants.AESAM(**rule),
+        rho=0.1, rule=rules.AESAM(**rule),
     )
     assert_steps_close(got, want)
     logged = np.array(history["sam_sharpness"])
@@ -489,7 +489,7 @@ def test_aesam_decides_from_the_gradient_norm_like_numpy():
 
 
 def test_aesam_ignores_a_non_finite_gradient_norm():
-    rule = variants.AESAM(total_steps=10)
+    rule = rules.AESAM(total_steps=10)
     state = [keras.ops.convert_to_tensor(v) for v in (2.0, 0.5, 1.0)]
     kept = rule.observe(float("inf"), state)
     np.testing.assert_array_equal(
@@ -502,7 +502,7 @@ def test_aesam_ignores_a_non_finite_gradient_norm():
 def test_esam_masks_are_the_numpy_hash():
     shapes = [(3, 5), (5,), (5, 2), (2,)]
     for step, seed in ((0, 0), (7, 3), (123456, 99)):
-        got = variants.weight_masks(shapes, float(step), seed, 0.3)
+        got = rules.weight_masks(shapes, float(step), seed, 0.3)
         sizes = [int(np.prod(s)) for s in shapes]
         index = np.arange(sum(sizes), dtype=np.int32)
         want = (ref.hash32(index, step, seed) & 0xFFFFFF) < 0.3 * 2.0**24
@@ -511,7 +511,7 @@ def test_esam_masks_are_the_numpy_hash():
         np.testing.assert_array_equal(flat, want)
     # Bernoulli(0.3) over a larger index range, and fresh masks per step.
     big = [np.ravel(keras.ops.convert_to_numpy(
-        variants.weight_masks([(4000,)], float(s), 1, 0.3)[0]))
+        rules.weight_masks([(4000,)], float(s), 1, 0.3)[0]))
         for s in (0, 1)]
     assert abs(big[0].mean() - 0.3) < 0.03 and (big[0] != big[1]).mean() > 0.3
 
@@ -534,7 +534,7 @@ def test_esam_matches_numpy_step_by_step():
         sharpness.append(gap)
     model, got, history = keras_steps(
         params, x, y, keras.optimizers.SGD(0.1, momentum=0.9), steps,
-        rho=0.1, variant=variants.ESAM(**rule),
+        rho=0.1, rule=rules.ESAM(**rule),
     )
     assert_steps_close(got, want)
     np.testing.assert_allclose(history["sam_sharpness"], sharpness,
