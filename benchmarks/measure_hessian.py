@@ -111,7 +111,7 @@ def compiled(name, seed, **kwargs):
 @contextlib.contextmanager
 def counting_products(probe_size):
     """Counts Hessian-vector products, in passes over the probe set."""
-    original = hessian.curvature._Curvature.hvp
+    original = hessian.curvature.Curvature.hvp
     counter = {"passes": 0.0}
 
     def hvp(self, vector, batches=None):
@@ -120,18 +120,18 @@ def counting_products(probe_size):
             counter["passes"] += int(keras.ops.shape(leaf)[0]) / probe_size
         return original(self, vector, batches)
 
-    hessian.curvature._Curvature.hvp = hvp
+    hessian.curvature.Curvature.hvp = hvp
     try:
         yield counter
     finally:
-        hessian.curvature._Curvature.hvp = original
+        hessian.curvature.Curvature.hvp = original
 
 
 # Accuracy ------------------------------------------------------------------
 
 
 def dense_hessian(model, probe):
-    curvature = hessian.curvature._prepare(model, probe, 128)
+    curvature = hessian.curvature.prepare_curvature(model, probe, 128)
     dim = curvature.dim
     matrix = np.zeros((dim, dim))
     basis = np.zeros(dim)
@@ -149,7 +149,7 @@ def lanczos_prefix_estimates(matrix, max_hvps, seed):
     estimates = []
     for m in range(1, max_hvps + 1):
         rng = np.random.default_rng(seed)
-        ritz = hessian.linalg._lanczos(
+        ritz = hessian.linalg.lanczos(
             lambda v: matrix @ v, len(matrix), m, rng
         )
         top = list(ritz[::-1][:3]) + [float("nan")] * 3

@@ -49,7 +49,7 @@ def per_sample_hessians(width, num_samples, seed):
     model.compile(optimizer="sgd", loss="mse")
     x = rng.normal(size=(num_samples, 3)).astype("float32")
     y = model.predict(x, verbose=0)
-    loss = curvature._prepare(model, (x, y), 128)
+    loss = curvature.prepare_curvature(model, (x, y), 128)
     units = np.eye(loss.dim)
     hessians = []
     for i in range(num_samples):

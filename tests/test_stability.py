@@ -19,7 +19,7 @@ from keras import ops
 
 import keras_sam
 from keras_sam import hessian
-from keras_sam.hessian import stability
+from keras_sam.hessian import stability_theory
 
 multi_backend = pytest.mark.multi_backend
 
@@ -178,7 +178,7 @@ def test_growth_matches_enumerated_batches(momentum, nesterov):
 
 
 def test_arpack_path_matches_enumeration(monkeypatch):
-    monkeypatch.setattr(stability, "_DENSE_SECOND_MOMENT_SIZE", 0)
+    monkeypatch.setattr(stability_theory, "_DENSE_SECOND_MOMENT_SIZE", 0)
     x = np.random.default_rng(1).normal(size=(10, 4))
     hessians = hessians_of(x)
     sharpness = np.linalg.eigvalsh(hessians.mean(axis=0))[-1]

@@ -88,7 +88,7 @@ class ProbeCallback(keras.callbacks.Callback):
         # Keras may keep dispatching batch ends asynchronously (no host
         # sync per step); step measurements must run in the train loop.
         self.async_safe = freq_unit == "epoch"
-        self._rng = linalg._rng(seed)
+        self._rng = linalg.make_rng(seed)
         self._warned = False
         self._reset()
 

@@ -8,7 +8,7 @@ from keras_sam.callbacks._probe_callback import (
     optional_learning_rate,
     optional_momentum,
 )
-from keras_sam.hessian import stability
+from keras_sam.hessian import noise_batches
 
 
 class LinearStability(ProbeCallback):
@@ -183,7 +183,7 @@ class LinearStability(ProbeCallback):
         n = self.probe.num_samples
         m = self.num_iterations
         k = self.num_directions
-        exact, size, count = stability._noise_plan(
+        exact, size, count = noise_batches.noise_plan(
             n, batch_size, self.max_exact_samples, self.num_noise_batches
         )
         # Wu's criterion is computed without momentum only; the projected

@@ -2,7 +2,7 @@
 
 from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import ProbeCallback, optional_int
-from keras_sam.hessian import stability
+from keras_sam.hessian import noise_batches
 
 
 class NoiseAlignment(ProbeCallback):
@@ -120,7 +120,7 @@ class NoiseAlignment(ProbeCallback):
     def cost(self):
         batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
-        exact, size, count = stability._noise_plan(
+        exact, size, count = noise_batches.noise_plan(
             n, batch_size, self.max_exact_samples, self.num_noise_batches
         )
         if exact:

@@ -3,6 +3,10 @@
 The loss is `keras_sam.stateless.stateless_loss` in inference mode; its
 gradient and Hessian-vector products come from the backend's autodiff
 (`keras_sam.backend`), compiled once per model.
+
+Internal to `keras_sam.hessian` and `keras_sam.landscape`: its public
+names (`prepare_curvature`, `Curvature`, `check_model`, ...) are what
+those modules share; none is part of the package's API.
 """
 
 import weakref
@@ -13,10 +17,10 @@ import numpy as np
 from keras_sam import backend as sam_backend
 from keras_sam import stateless
 from keras_sam._validation import check_int, short_repr
-from keras_sam.hessian.probe import _weighted_batches, as_probe_set
+from keras_sam.hessian.probe import as_probe_set, weighted_batches
 
 # model -> compiled functions; the functions hold the model weakly.
-_COMPILED = weakref.WeakKeyDictionary()
+COMPILED_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
 def probe_loss(model, state, batch):
@@ -30,11 +34,12 @@ def probe_loss(model, state, batch):
     loss, _ = stateless.stateless_loss(
         model, *state, x, y, sample_weight, training=False
     )
-    replicas = _num_replicas()
+    replicas = num_replicas()
     return loss * replicas if replicas > 1 else loss
 
 
-def _num_replicas():
+def num_replicas():
+    """Replicas of the current `tf.distribute` strategy; 1 elsewhere."""
     if keras.backend.backend() != "tensorflow":
         return 1
     import tensorflow as tf
@@ -52,7 +57,7 @@ def _functions(model):
     all with respect to the trainable values `state[0]`, as lists of
     tensors.
     """
-    cache = _COMPILED.setdefault(model, {})
+    cache = COMPILED_FUNCTIONS.setdefault(model, {})
     if "functions" not in cache:
         cache["functions"] = _build_functions(weakref.ref(model))
     return cache["functions"]
@@ -78,7 +83,7 @@ def _build_functions(model_ref):
     )
 
 
-class _Curvature:
+class Curvature:
     """The probe loss of `model` at its current weights, on flat vectors.
 
     Snapshots the variable values once; `hvp`, `gradient` and `loss` take
@@ -90,9 +95,9 @@ class _Curvature:
         self.probe = probe
         self.probe_batch_size = probe_batch_size
         self.state = (
-            _snapshot(model.trainable_variables),
-            _snapshot(model.non_trainable_variables),
-            _snapshot(model.metrics_variables),
+            snapshot(model.trainable_variables),
+            snapshot(model.non_trainable_variables),
+            snapshot(model.metrics_variables),
         )
         self.shapes = [tuple(v.shape) for v in model.trainable_variables]
         self.dtypes = [
@@ -109,11 +114,11 @@ class _Curvature:
         """Weighted microbatches of the samples `indices` (default all)."""
         if indices is None:
             if self._full is None:
-                self._full = _weighted_batches(
+                self._full = weighted_batches(
                     self.probe, None, self.probe_batch_size
                 )
             return self._full
-        return _weighted_batches(self.probe, indices, self.probe_batch_size)
+        return weighted_batches(self.probe, indices, self.probe_batch_size)
 
     def hvp(self, flat_vector, batches=None):
         """`H v` for the samples of `batches` (default: the probe set)."""
@@ -206,14 +211,18 @@ def _layer_path(variable_path):
     return layer or variable_path
 
 
-def _snapshot(variables):
+def snapshot(variables):
+    """The current values of `variables`, as tensors (detached on
+    torch)."""
     values = [keras.ops.convert_to_tensor(v) for v in variables]
     if keras.backend.backend() == "torch":
         values = [v.detach() for v in values]
     return values
 
 
-def _check_model(model):
+def check_model(model):
+    """Raises `ValueError` unless `model` is a built, compiled Keras model
+    with trainable variables."""
     is_model = isinstance(model, keras.Model)
     if not is_model:
         raise ValueError(
@@ -237,7 +246,9 @@ def _check_model(model):
         )
 
 
-def _prepare(model, data, probe_batch_size):
-    _check_model(model)
+def prepare_curvature(model, data, probe_batch_size):
+    """The `Curvature` of `model`'s probe loss on `data`, after checking
+    the model and `probe_batch_size`."""
+    check_model(model)
     probe_batch_size = check_int("probe_batch_size", probe_batch_size)
-    return _Curvature(model, as_probe_set(data), probe_batch_size)
+    return Curvature(model, as_probe_set(data), probe_batch_size)
