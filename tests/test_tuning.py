@@ -373,24 +373,6 @@ def test_chief_and_two_workers_on_localhost(tmp_path):
     assert "Worker finished" in (tmp_path / "worker0.log").read_text()
 
 
-def test_kerastuner_internals_exist():
-    from keras_sam.experiments import _kerastuner_compat
-
-    _kerastuner_compat.check()
-
-
-def test_kerastuner_check_names_the_version(monkeypatch):
-    import keras_tuner
-
-    from keras_sam.experiments import _kerastuner_compat
-
-    monkeypatch.setattr(
-        _kerastuner_compat, "TUNER_METHODS", ("_gone_in_a_later_release",)
-    )
-    with pytest.raises(ImportError, match=keras_tuner.__version__):
-        _kerastuner_compat.check()
-
-
 def test_trial_begin_names_the_id_the_records_use(
     tiny_splits, tmp_path, capsys
 ):
