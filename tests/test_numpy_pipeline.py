@@ -134,6 +134,25 @@ def test_crops_and_flips_are_those_of_the_closed_form():
     assert np.all(np.abs(x.mean(axis=0) - expected) <= tolerance)
 
 
+def test_reflect_padding_crops_windows_of_the_mirrored_image():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 5, 5, 2)).astype("float32")
+    crops = numpy_pipeline.crop_and_flip(
+        images, np.random.default_rng(3), 2, padding_mode="reflect"
+    )
+    # The same draws, read off NumPy's reflect padding window by window.
+    draws = np.random.default_rng(3)
+    dy, dx = draws.integers(0, 5, 6), draws.integers(0, 5, 6)
+    flip = draws.random(6) < 0.5
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), "reflect")
+    for i, crop in enumerate(crops):
+        window = padded[i, dy[i] : dy[i] + 5, dx[i] : dx[i] + 5]
+        expected = window[:, ::-1] if flip[i] else window
+        np.testing.assert_array_equal(crop, expected)
+    with pytest.raises(ValueError, match="padding_mode='wrap'"):
+        numpy_pipeline.crop_and_flip(images, rng, padding_mode="wrap")
+
+
 def _check_offsets_and_flips(dy, dx, flip):
     span = 2 * PADDING + 1
     counts = np.bincount(dy * span + dx, minlength=span * span)
