@@ -283,11 +283,7 @@ def _projected_growth(
     else:
         mean_hessian = projected(None)
     second_moment = SecondMomentMap(
-        mean_hessian,
-        sample_hessians,
-        noise_weight,
-        learning_rate,
-        momentum,
-        nesterov,
+        mean_hessian, sample_hessians, noise_weight,
+        learning_rate, momentum, nesterov,
     )
     return second_moment.spectral_radius() - 1.0

@@ -481,12 +481,9 @@ def sgd_second_moment_growth(
             f"batch_size={batch_size}, dataset_size={population}."
         )
     hessians = (hessians + np.swapaxes(hessians, 1, 2)) / 2.0
+    noise_weight = finite_population_factor(population, batch_size)
     second_moment = SecondMomentMap(
-        hessians.mean(axis=0),
-        hessians,
-        finite_population_factor(population, batch_size),
-        learning_rate,
-        momentum,
-        nesterov,
+        hessians.mean(axis=0), hessians, noise_weight,
+        learning_rate, momentum, nesterov,
     )
     return second_moment.spectral_radius() - 1.0
