@@ -570,15 +570,9 @@ def summarize(rows, settings):
     return summary
 
 
-def _fmt(mean, half, digits=2):
-    if mean is None:
-        return "n/a"
-    if half is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
 def table_lines(rows, settings):
+    from keras_sam.experiments.reproduce import format_interval
+
     summary = summarize(rows, settings)
     lines = [
         "| setting | quantity (test error, %) | n "
@@ -588,7 +582,8 @@ def table_lines(rows, settings):
     for s in summary:
         lines.append(
             f"| {s['setting']} | {s['quantity']} | {s['n']} | "
-            f"{_fmt(s['mean'], s['half_width'])} | {s.get('verdict', '')} |"
+            f"{format_interval(s['mean'], s['half_width'])} | "
+            f"{s.get('verdict', '')} |"
         )
     lines += [
         "",

@@ -293,10 +293,9 @@ def minimal_jax_sam(model, rho):
 
 
 def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
-    from tf_keras_models import tf_keras_twin
-
     from keras_sam import models
     from keras_sam.experiments import _step_timing
+    from keras_sam.experiments._tf_keras_twin import tf_keras_twin
 
     # The same architecture made of tf-keras layers.
     tf_keras.mixed_precision.set_global_policy(

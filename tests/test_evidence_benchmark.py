@@ -2,7 +2,6 @@
 the paired statistics (against SciPy), and a killed grid resuming without
 repeating a run."""
 
-import importlib.util
 import io
 import pathlib
 
@@ -10,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats
+from scripts import load_script
+
+from keras_sam.experiments import _run_records
 
 SCRIPT = (
     pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
@@ -19,10 +21,7 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def evidence():
-    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/evidence.py")
 
 
 def test_batches_are_seeded_crops_and_flips_of_the_images(evidence):
@@ -107,7 +106,7 @@ def test_killed_grid_resumes_without_repeating(evidence, tmp_path):
     assert evidence.run_grid(out, data_dir, settings, max_runs=1,
                              verbose=0) == 1
     assert evidence.run_grid(out, data_dir, settings, verbose=0) == 1
-    rows = evidence._read_csv(out / "runs.csv")
+    rows = _run_records.read_csv(out / "runs.csv")
     assert [(r["arm"], r["seed"]) for r in rows] == [("sgd", "0"),
                                                      ("sam", "0")]
     assert rows[0]["init_digest"] == rows[1]["init_digest"]
