@@ -477,7 +477,7 @@ def main(argv=None):
             + list(sys.argv[1:] if argv is None else argv)
         ),
         "commit": _run_records.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": _run_records.now(),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     name = (

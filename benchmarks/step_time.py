@@ -47,7 +47,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -557,7 +556,7 @@ def main(argv=None):
             + list(sys.argv[1:] if argv is None else argv)
         ),
         "commit": _run_records.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": _run_records.now(),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     pixels = "" if size == 32 else f"_{size}px"

@@ -24,7 +24,6 @@ References:
       https://arxiv.org/abs/1712.09913
 """
 
-import weakref
 
 import keras
 import numpy as np
@@ -33,11 +32,11 @@ from keras_sam import _keras_compat, stateless
 from keras_sam import backend as sam_backend
 from keras_sam._validation import check_int, check_positive_float, short_repr
 from keras_sam.hessian.curvature import (
-    COMPILED_FUNCTIONS,
     check_model,
-    num_replicas,
+    compiled_for,
     prepare_curvature,
     snapshot,
+    undo_replica_scaling,
 )
 from keras_sam.hessian.linalg import make_rng
 from keras_sam.hessian.probe import (
@@ -398,10 +397,7 @@ def _evaluation_function(model):
     """`(state, metric_values, batch) -> (loss, metric_values)`, compiled
     and cached per model: the probe loss and the compiled metrics'
     variables updated with the batch, statelessly."""
-    cache = COMPILED_FUNCTIONS.setdefault(model, {})
-    if "evaluate" not in cache:
-        cache["evaluate"] = _build_evaluation(weakref.ref(model))
-    return cache["evaluate"]
+    return compiled_for(model, "evaluate", _build_evaluation)
 
 
 def _build_evaluation(model_ref):
@@ -416,8 +412,7 @@ def _build_evaluation(model_ref):
         with keras.StatelessScope(state_mapping=mapping) as scope:
             model.compute_metrics(x, y, y_pred, sample_weight)
         updated = [scope.get_current_value(v) for v in model.metrics_variables]
-        replicas = num_replicas()
-        return (loss * replicas if replicas > 1 else loss), updated
+        return undo_replica_scaling(loss), updated
 
     return sam_backend.compile_function(evaluate)
 

@@ -20,7 +20,16 @@ from keras_sam._validation import check_int, short_repr
 from keras_sam.hessian.probe import as_probe_set, weighted_batches
 
 # model -> compiled functions; the functions hold the model weakly.
-COMPILED_FUNCTIONS = weakref.WeakKeyDictionary()
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_for(model, name, build):
+    """`build(weakref.ref(model))`, built once per model: the compiled
+    functions of `model` cached under `name` (they hold it weakly)."""
+    cache = _COMPILED.setdefault(model, {})
+    if name not in cache:
+        cache[name] = build(weakref.ref(model))
+    return cache[name]
 
 
 def probe_loss(model, state, batch):
@@ -34,11 +43,17 @@ def probe_loss(model, state, batch):
     loss, _ = stateless.stateless_loss(
         model, *state, x, y, sample_weight, training=False
     )
-    replicas = num_replicas()
+    return undo_replica_scaling(loss)
+
+
+def undo_replica_scaling(loss):
+    """`loss` times the number of replicas of the current `tf.distribute`
+    strategy, which Keras divided the compiled loss by."""
+    replicas = _num_replicas()
     return loss * replicas if replicas > 1 else loss
 
 
-def num_replicas():
+def _num_replicas():
     """Replicas of the current `tf.distribute` strategy; 1 elsewhere."""
     if keras.backend.backend() != "tensorflow":
         return 1
@@ -57,10 +72,7 @@ def _functions(model):
     all with respect to the trainable values `state[0]`, as lists of
     tensors.
     """
-    cache = COMPILED_FUNCTIONS.setdefault(model, {})
-    if "functions" not in cache:
-        cache["functions"] = _build_functions(weakref.ref(model))
-    return cache["functions"]
+    return compiled_for(model, "functions", _build_functions)
 
 
 def _build_functions(model_ref):
@@ -176,6 +188,8 @@ class Curvature:
         return blocks
 
     def flatten(self, tensors):
+        """Tensors shaped like the trainable variables, as one flat
+        float64 vector."""
         return np.concatenate(
             [
                 np.asarray(keras.ops.convert_to_numpy(t), np.float64).ravel()
@@ -189,6 +203,8 @@ class Curvature:
         return [p.reshape(s) for p, s in zip(parts, self.shapes)]
 
     def unflatten(self, flat, name="vector"):
+        """A flat vector of length `dim` as tensors shaped like the
+        trainable variables; `ValueError` naming `name` otherwise."""
         flat = np.asarray(flat, dtype=np.float64)
         if flat.shape != (self.dim,):
             raise ValueError(

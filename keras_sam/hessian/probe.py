@@ -115,6 +115,8 @@ def _leaves(structure):
 
 
 def to_numpy(value):
+    """A tensor of any backend (or array-like) as a NumPy array; float64
+    data is cast to `keras.config.floatx()` unless that is float64."""
     if hasattr(value, "detach"):  # torch
         value = value.detach().cpu()
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
