@@ -13,6 +13,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from no_tensorflow import write_blocker
 
 from keras_sam.experiments import (
     data_pipeline,
@@ -397,28 +398,9 @@ class _Holder:
         self.train.set_epoch(epoch)
 
 
-# TensorFlow made unimportable: a meta_path finder refusing it, installed
-# by a sitecustomize.py on PYTHONPATH before anything is imported.
-_BLOCKER = '''
-import sys
-
-class _NoTensorFlow:
-    """Refuses to import tensorflow and tensorflow_datasets."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(f"{name} is blocked for this test")
-        return None
-
-sys.meta_path.insert(0, _NoTensorFlow())
-'''
-
-
 def _without_tensorflow(tmp_path, code, timeout):
     pytest.importorskip("jax")
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(_BLOCKER)
+    blocker = write_blocker(tmp_path / "blocker")
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
