@@ -5,7 +5,8 @@ Each writes its values into `logs` (so `History`, `CSVLogger`,
 and momentum from the optimizer, and keeps within a wall-time budget.
 The numbers come from `keras_sam.hessian`.
 
-Common arguments. Every callback here takes these four, after its own:
+Common arguments. Every callback here takes these four after its own
+(each class's docstring lists them too):
 
 - `freq`: Integer, measure every `freq` epochs (or steps). Defaults to
   `1`.

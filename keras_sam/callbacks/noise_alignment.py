@@ -40,10 +40,15 @@ class NoiseAlignment(SGDNoiseCallback):
             per-sample gradients. Defaults to `64`.
         num_noise_batches: Integer or `None`, random batches when not
             exact. Defaults to `None`.
-        freq, freq_unit, max_overhead, probe_batch_size: When to measure,
-            the wall-time budget and the microbatch size, as for every
-            callback here (see "Common arguments" in `keras_sam.callbacks`).
-            Default to `1`, `"epoch"`, `0.05` and `128`.
+        freq: Integer, measure every `freq` epochs (or steps). Defaults to
+            `1`.
+        freq_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
+        max_overhead: Float or `None`, the largest fraction of training
+            wall time this callback may take; `None` for no limit. The
+            first and the last epoch are measured regardless. Defaults to
+            `0.05`.
+        probe_batch_size: Integer, samples per microbatch. Defaults to
+            `128`.
         seed: Integer or `None`. Defaults to `None`.
 
     Example:

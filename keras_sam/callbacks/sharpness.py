@@ -43,10 +43,15 @@ class Sharpness(ProbeCallback):
             optimizer's. Defaults to `None`.
         momentum: Float or `None`; if given, used instead of the
             optimizer's. Defaults to `None`.
-        freq, freq_unit, max_overhead, probe_batch_size: When to measure,
-            the wall-time budget and the microbatch size, as for every
-            callback here (see "Common arguments" in `keras_sam.callbacks`).
-            Default to `1`, `"epoch"`, `0.05` and `128`.
+        freq: Integer, measure every `freq` epochs (or steps). Defaults to
+            `1`.
+        freq_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
+        max_overhead: Float or `None`, the largest fraction of training
+            wall time this callback may take; `None` for no limit. The
+            first and the last epoch are measured regardless. Defaults to
+            `0.05`.
+        probe_batch_size: Integer, samples per microbatch. Defaults to
+            `128`.
         seed: Integer or `None`, seeds the Lanczos start vectors. Defaults
             to `None`.
 
