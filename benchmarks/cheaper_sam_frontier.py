@@ -29,12 +29,10 @@ import pathlib
 import statistics
 import sys
 
+from keras_sam.experiments._run_records import read_csv
+from keras_sam.experiments.reproduce import mean_and_interval
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from keras_sam.experiments.reproduce import mean_and_interval  # noqa: E402
-
 ROUND_DIRS = ("evidence_round2", "evidence_variants", "evidence_cheaper",
               "evidence_cheaper_round5")
 # evidence arm -> variant_cost arm that times the same rule.
@@ -53,11 +51,6 @@ LATE_BEFORE_START = "LateSAM, before start"
 NOT_COSTED = {"aesam": "ascent fraction over the run not recorded"}
 FIELDS = ("setting", "arm", "n", "test_error", "test_error_half_width",
           "cost_ratio", "cost_source")
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def median_ratios(cost_rows):

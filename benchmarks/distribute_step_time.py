@@ -57,8 +57,6 @@ import sys
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import benchmark_env  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "benchmarks"
 README_BEGIN = "<!-- BEGIN distribute_step_time.py section -->"
@@ -80,17 +78,17 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet-20")
     parser.add_argument(
         "--batch-size",
-        type=benchmark_env.positive_int,
+        type=_at_least(1),
         default=64,
         help="global batch, split over the 2 replicas (default: 64)",
     )
     parser.add_argument(
         "--steps",
-        type=_at_least_two,
+        type=_at_least(2),
         default=8,
         help="steps per timed fit; the first is not timed (default: 8)",
     )
-    parser.add_argument("--repeats", type=benchmark_env.positive_int, default=7)
+    parser.add_argument("--repeats", type=_at_least(1), default=7)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,46 +106,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _at_least_two(text):
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {text}")
-    return value
+def _at_least(minimum):
+    """`argparse` type: an integer >= `minimum` (checked before Keras is
+    imported)."""
 
+    def integer(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be >= {minimum}, got {text}"
+            )
+        return value
 
-def _step_time():
-    """`benchmarks/step_time.py`, for its environment helpers."""
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    import step_time
-
-    return step_time
+    return integer
 
 
 # Variants ------------------------------------------------------------------
-
-
-def _timer_class(keras):
-    class StepTimer(keras.callbacks.Callback):
-        """Seconds from the end of the first step to the end of the epoch."""
-
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 0:
-                # Reading a value waits for the step to finish.
-                float(logs["loss"])
-                self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            float(logs["loss"])
-            self.seconds = time.perf_counter() - self.start
-
-    return StepTimer
-
-
-class FitVariant(_step_time().Variant):
-    """A compiled model; `run(steps)` is seconds per step of one `fit`,
-    timed from the end of its first step."""
-
-    untimed_steps = 1
 
 
 class AllReduceVariant:
@@ -191,6 +165,7 @@ def build_variants(args, strategy, x, y):
 
     import keras_sam
     from keras_sam import models
+    from keras_sam.experiments import _step_timing
 
     options = {
         "input_shape": x.shape[1:],
@@ -198,7 +173,7 @@ def build_variants(args, strategy, x, y):
         "classifier_activation": None,
     }
     keras.utils.set_random_seed(args.seed)
-    timer = _timer_class(keras)
+    timer = _step_timing.step_timer_class(keras.callbacks.Callback)
     variants = []
     with strategy.scope():
         plain = models.get_model(args.model, **options)
@@ -220,7 +195,10 @@ def build_variants(args, strategy, x, y):
                 ),
             )
             variants.append(
-                FitVariant(name, model, timer, x, y, args.batch_size)
+                _step_timing.TimedModel(
+                    name, model, timer, x, y, args.batch_size,
+                    untimed_steps=1,
+                )
             )
     shapes = [tuple(v.shape) for v in plain.trainable_variables]
     variants.append(AllReduceVariant(strategy, shapes))
@@ -422,7 +400,9 @@ def regenerate_readme(output_dir):
     lines.append(README_END)
     section = "\n".join(lines)
 
-    return benchmark_env.write_readme_section(
+    from keras_sam.experiments import _run_records
+
+    return _run_records.write_readme_section(
         output_dir, README_BEGIN, README_END, section
     )
 
@@ -433,8 +413,6 @@ def main(argv=None):
         print(f"wrote {regenerate_readme(args.output)}")
         return 0
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    # Time this checkout's keras_sam, installed or not.
-    sys.path.insert(0, str(REPO_ROOT))
     import tensorflow as tf
 
     # Two logical devices, before TensorFlow initializes its devices.
@@ -446,11 +424,11 @@ def main(argv=None):
     import numpy as np
 
     import keras_sam
+    from keras_sam.experiments import _run_records, _step_timing
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError("this benchmark needs KERAS_BACKEND=tensorflow")
-    step_time = _step_time()
-    device, _, versions = benchmark_env.describe_device("tensorflow")
+    device, _, versions = _run_records.describe_device("tensorflow")
     devices = [f"/cpu:{i}" for i in range(NUM_REPLICAS)]
     strategy = tf.distribute.MirroredStrategy(devices)
     print(f"device: {device}; {strategy.num_replicas_in_sync} replicas",
@@ -462,7 +440,7 @@ def main(argv=None):
     y = rng.integers(0, 10, size=samples).astype(np.int32)
     variants, details = build_variants(args, strategy, x, y)
     # Timed from the end of each run's first step: 2 steps warm up.
-    step_time.measure(variants, args.steps, 2, args.repeats)
+    _step_timing.measure(variants, args.steps, 2, args.repeats)
     results, ratios, paired_ratios, overhead = summarize(
         variants, args.batch_size
     )
@@ -492,19 +470,19 @@ def main(argv=None):
         "ratios": ratios,
         "paired_ratios": paired_ratios,
         "overhead": overhead,
-        "load_average": benchmark_env.load_average(),
+        "load_average": _run_records.load_average(),
         "versions": versions,
         "command": shlex.join(
             ["python", "benchmarks/distribute_step_time.py"]
             + list(sys.argv[1:] if argv is None else argv)
         ),
-        "commit": benchmark_env.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _run_records.git_commit(),
+        "date": _run_records.now(),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     name = (
-        f"distribute_step_time_{step_time._slug(args.model)}"
-        f"_b{args.batch_size}_{step_time._slug(device.split(',')[0])}.json"
+        f"distribute_step_time_{_step_timing.slug(args.model)}"
+        f"_b{args.batch_size}_{_step_timing.slug(device.split(',')[0])}.json"
     )
     path = args.output / name
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -35,16 +35,17 @@ import shutil
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import benchmark_env  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from keras_sam.experiments import _run_records, numpy_pipeline  # noqa: E402
+from keras_sam.experiments.label_noise import (  # noqa: E402
+    symmetric_label_noise,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PROTOCOL = {
     "protocol": "PROTOCOL.md",
@@ -147,34 +148,6 @@ CURVE_FIELDS = (
 # Data -------------------------------------------------------------------
 
 
-def symmetric_label_noise(labels, fraction, num_classes, seed):
-    """Replaces exactly `round(fraction * N)` labels by a different class.
-
-    The rows are a seeded random choice; each new label is uniform over
-    the `num_classes - 1` wrong classes, so exactly that fraction of the
-    returned labels is wrong.
-
-    Returns:
-        `(noisy_labels, is_noisy)`, int64 and bool arrays of shape `(N,)`.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(
-            "Argument `fraction` must be in [0, 1). "
-            f"Received: fraction={fraction!r}."
-        )
-    rng = np.random.default_rng(seed)
-    count = int(round(fraction * len(labels)))
-    rows = rng.permutation(len(labels))[:count]
-    noisy = labels.copy()
-    noisy[rows] = (labels[rows] + rng.integers(1, num_classes, count)) % (
-        num_classes
-    )
-    is_noisy = np.zeros(len(labels), dtype=bool)
-    is_noisy[rows] = True
-    return noisy, is_noisy
-
-
 class AugmentedBatches(keras.utils.PyDataset):
     """Seeded batches with 4-pixel pad-and-crop and horizontal flips.
 
@@ -188,10 +161,8 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __init__(self, x, y, batch_size, seed, augment=True):
         super().__init__()
         self.augment = augment
-        p = self.padding if augment else 0
-        self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-        self.y = y
-        self.size, self.height, self.width = x.shape[:3]
+        self.x, self.y = x, y
+        self.size = len(x)
         self.batch_size = batch_size
         self.seed = seed
         self.set_epoch(0)
@@ -209,13 +180,9 @@ class AugmentedBatches(keras.utils.PyDataset):
         if not self.augment:
             return self.x[rows], self.y[rows]
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        top = rng.integers(0, 2 * self.padding + 1, len(rows))
-        left = rng.integers(0, 2 * self.padding + 1, len(rows))
-        flip = rng.random(len(rows)) < 0.5
-        i = top[:, None] + np.arange(self.height)[None, :]
-        j = left[:, None] + np.arange(self.width)[None, :]
-        j = np.where(flip[:, None], j[:, ::-1], j)
-        crops = self.x[rows[:, None, None], i[:, :, None], j[:, None, :]]
+        crops = numpy_pipeline.crop_and_flip(
+            self.x[rows], rng, self.padding, padding_mode="reflect"
+        )
         return crops, self.y[rows]
 
     def on_epoch_end(self):
@@ -402,7 +369,9 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
         callbacks=_callbacks(batches, curve_path, backup_dir),
         verbose=verbose,
     )
-    curve = _dedupe_epochs(_read_csv(curve_path))
+    curve = _dedupe_epochs(
+        _run_records.read_csv(curve_path, missing_ok=True)
+    )
     _write_csv(curve_path, CURVE_FIELDS, curve)
     test_loss, test_accuracy = model.evaluate(
         data["x_test"], data["y_test"], batch_size=1000, verbose=0
@@ -455,14 +424,6 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
 # CSV helpers --------------------------------------------------------------
 
 
-def _read_csv(path):
-    path = pathlib.Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _write_csv(path, fields, rows):
     path = pathlib.Path(path)
     temporary = path.with_suffix(".tmp")
@@ -512,8 +473,6 @@ def check_settings(output_dir, settings):
 
 
 def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
-    from keras_sam.experiments import _run_records
-
     output_dir = pathlib.Path(output_dir)
     check_settings(output_dir, settings)
     data = load_data(data_dir, settings)  # fails before anything is written
@@ -523,9 +482,10 @@ def run_grid(output_dir, data_dir, settings, max_runs=None, verbose=2):
         _run_records.write_json(settings_path, settings)
     runs_path = output_dir / "runs.csv"
     done = {
-        (r["setting"], r["arm"], int(r["seed"])) for r in _read_csv(runs_path)
+        (r["setting"], r["arm"], int(r["seed"]))
+        for r in _run_records.read_csv(runs_path, missing_ok=True)
     }
-    commit = benchmark_env.git_commit() or "unknown"
+    commit = _run_records.git_commit() or "unknown"
     plan = run_plan(settings)
     made = 0
     for index, (setting, arm, seed, epochs) in enumerate(plan):
@@ -610,15 +570,9 @@ def summarize(rows, settings):
     return summary
 
 
-def _fmt(mean, half, digits=2):
-    if mean is None:
-        return "n/a"
-    if half is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
 def table_lines(rows, settings):
+    from keras_sam.experiments.reproduce import format_interval
+
     summary = summarize(rows, settings)
     lines = [
         "| setting | quantity (test error, %) | n "
@@ -628,7 +582,8 @@ def table_lines(rows, settings):
     for s in summary:
         lines.append(
             f"| {s['setting']} | {s['quantity']} | {s['n']} | "
-            f"{_fmt(s['mean'], s['half_width'])} | {s.get('verdict', '')} |"
+            f"{format_interval(s['mean'], s['half_width'])} | "
+            f"{s.get('verdict', '')} |"
         )
     lines += [
         "",
@@ -698,7 +653,7 @@ def plot_curves(output_dir, rows, settings):
     colors = ARM_COLORS
     for axis, setting in zip(axes[0], names):
         for path in sorted((output_dir / "curves").glob(f"{setting}_*.csv")):
-            curve = _read_csv(path)
+            curve = _run_records.read_csv(path, missing_ok=True)
             arm = path.stem[len(setting) + 1:].rsplit("_seed", 1)[0]
             axis.plot(
                 [int(r["epoch"]) for r in curve],
@@ -739,10 +694,10 @@ def all_rows(output_dir, settings):
     """The folder's runs, after the baseline runs they are paired with
     (round 3: round 2's SGD and SAM runs)."""
     output_dir = pathlib.Path(output_dir)
-    rows = _read_csv(output_dir / "runs.csv")
+    rows = _run_records.read_csv(output_dir / "runs.csv", missing_ok=True)
     if settings.get("baseline_dir"):
         baseline = output_dir.parent / settings["baseline_dir"] / "runs.csv"
-        rows = _read_csv(baseline) + rows
+        rows = _run_records.read_csv(baseline, missing_ok=True) + rows
     return rows
 
 
@@ -763,8 +718,6 @@ def write_report(output_dir):
 def write_summary(root=None):
     """`saved_results/evidence/README.md`: every round's table, the
     paper's Table 4 beside them, the command, commit and hardware."""
-    from keras_sam.experiments import _run_records
-
     root = pathlib.Path(root or ROOT / "saved_results")
     environment = _run_records.environment()
     lines = [
@@ -781,7 +734,7 @@ def write_summary(root=None):
         "- hardware: 2-core CPU machines, one per session (the CPU "
         "model is not recorded per run, so wall times compare within a "
         "session's runs only); this summary was written on "
-        f"{benchmark_env.cpu_name()}, {benchmark_env.cpu_count()} CPU "
+        f"{_run_records.processor_name()}, {_run_records.cpu_count()} CPU "
         f"cores; backend {environment['backend']}, Keras "
         f"{environment['keras']}",
         "- commands: `python benchmarks/evidence.py` (round 1), "

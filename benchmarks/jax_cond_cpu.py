@@ -23,15 +23,12 @@ Writes `saved_results/benchmarks/jax_cond_cpu.csv`.
 
 import csv
 import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import benchmark_env  # noqa: E402
 
 REPEATS = 3
 
@@ -93,6 +90,9 @@ def main():
         seconds = (time.perf_counter() - start) / REPEATS
         rows.append({"arm": name, "seconds": seconds})
         print(f"{name}: {seconds * 1000:.1f} ms", flush=True)
+    # Imported after the timing: it imports Keras and its backend.
+    from keras_sam.experiments import _run_records
+
     base = rows[0]["seconds"]
     path = ROOT / "saved_results" / "benchmarks" / "jax_cond_cpu.csv"
     with open(path, "w", newline="") as f:
@@ -105,9 +105,9 @@ def main():
             writer.writerow({
                 **row, "ratio_to_plain": row["seconds"] / base,
                 "jax": jax.__version__,
-                "processor": benchmark_env.cpu_name(),
-                "cores": benchmark_env.cpu_count(),
-                "commit": benchmark_env.git_commit(),
+                "processor": _run_records.processor_name(),
+                "cores": _run_records.cpu_count(),
+                "commit": _run_records.git_commit(),
             })
     print(f"wrote {path}")
 

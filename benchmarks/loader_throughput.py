@@ -28,15 +28,15 @@ import statistics
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import benchmark_env  # noqa: E402
 import numpy as np  # noqa: E402
+
+from keras_sam.experiments import _run_records  # noqa: E402
+from keras_sam.experiments.cli._arguments import positive_int  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # WRN-16-8 SAMModel, bf16, batch 128, one H100 (README, Performance).
 GPU_STEP_IMAGES_PER_SECOND = 16_500
@@ -60,9 +60,9 @@ FIELDS = (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=benchmark_env.positive_int,
+    parser.add_argument("--batch-size", type=positive_int,
                         default=256)
-    parser.add_argument("--train-size", type=benchmark_env.positive_int,
+    parser.add_argument("--train-size", type=positive_int,
                         default=5000,
                         help="images of the shipped sample (at most 5000)")
     parser.add_argument("--augments", default="basic,cutout")
@@ -70,11 +70,11 @@ def parse_args(argv=None):
                         help="Keras PyDataset worker threads to time")
     parser.add_argument("--pipelines", default="numpy",
                         help="numpy, or numpy,tf.data")
-    parser.add_argument("--rounds", type=benchmark_env.positive_int,
+    parser.add_argument("--rounds", type=positive_int,
                         default=5)
-    parser.add_argument("--epochs", type=benchmark_env.positive_int,
+    parser.add_argument("--epochs", type=positive_int,
                         default=2, help="epochs read per round")
-    parser.add_argument("--stage-repeats", type=benchmark_env.positive_int,
+    parser.add_argument("--stage-repeats", type=positive_int,
                         default=20)
     parser.add_argument("--output-dir",
                         default=str(ROOT / "saved_results" / "benchmarks"))
@@ -246,11 +246,11 @@ def write(rows, summary, args, load_start, load_end):
         "threads (1: each batch is made in the reading thread); tf.data "
         "runs its own AUTOTUNE thread pool. Images per CPU-second is the "
         "process's CPU time over all its threads, the throughput of one "
-        f"host core. {benchmark_env.cpu_name()}, "
-        f"{benchmark_env.cpu_count()} cores, shared with other jobs: load "
+        f"host core. {_run_records.processor_name()}, "
+        f"{_run_records.cpu_count()} cores, shared with other jobs: load "
         f"average {load_start:.1f} at the start, {load_end:.1f} at the "
         f"end; NumPy {np.__version__}, Keras {keras.__version__}; commit "
-        f"{benchmark_env.git_commit() or 'unknown'}; "
+        f"{_run_records.git_commit() or 'unknown'}; "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}. Rows: "
         "[loader_throughput.csv](loader_throughput.csv).",
         "",
@@ -291,7 +291,7 @@ def write(rows, summary, args, load_start, load_end):
         + f"; {total:.2f} in all.",
         README_END,
     ]
-    benchmark_env.write_readme_section(
+    _run_records.write_readme_section(
         output, README_BEGIN, README_END, "\n".join(lines)
     )
     return path
@@ -316,9 +316,9 @@ def _workers_sentence(summary):
 
 def main(argv=None):
     args = parse_args(argv)
-    load_start = benchmark_env.load_average() or float("nan")
+    load_start = _run_records.load_average() or float("nan")
     rows = measure(args)
-    load_end = benchmark_env.load_average() or float("nan")
+    load_end = _run_records.load_average() or float("nan")
     summary = summarize(rows)
     for s in summary:
         print(f"{s['pipeline']} {s['augment']} workers={s['workers']}: "

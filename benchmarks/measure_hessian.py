@@ -54,14 +54,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.sparse import linalg as sparse_linalg  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import benchmark_env  # noqa: E402
-
 from keras_sam import callbacks, hessian, landscape, models  # noqa: E402
-from keras_sam.experiments import datasets  # noqa: E402
+from keras_sam.experiments import _run_records, datasets  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "measurement"
 PARTS = ("accuracy", "overhead", "cost", "cost_landscape", "report", "all")
@@ -111,7 +107,7 @@ def compiled(name, seed, **kwargs):
 @contextlib.contextmanager
 def counting_products(probe_size):
     """Counts Hessian-vector products, in passes over the probe set."""
-    original = hessian.curvature._Curvature.hvp
+    original = hessian.curvature.Curvature.hvp
     counter = {"passes": 0.0}
 
     def hvp(self, vector, batches=None):
@@ -120,18 +116,18 @@ def counting_products(probe_size):
             counter["passes"] += int(keras.ops.shape(leaf)[0]) / probe_size
         return original(self, vector, batches)
 
-    hessian.curvature._Curvature.hvp = hvp
+    hessian.curvature.Curvature.hvp = hvp
     try:
         yield counter
     finally:
-        hessian.curvature._Curvature.hvp = original
+        hessian.curvature.Curvature.hvp = original
 
 
 # Accuracy ------------------------------------------------------------------
 
 
 def dense_hessian(model, probe):
-    curvature = hessian.curvature._prepare(model, probe, 128)
+    curvature = hessian.curvature.prepare_curvature(model, probe, 128)
     dim = curvature.dim
     matrix = np.zeros((dim, dim))
     basis = np.zeros(dim)
@@ -149,7 +145,7 @@ def lanczos_prefix_estimates(matrix, max_hvps, seed):
     estimates = []
     for m in range(1, max_hvps + 1):
         rng = np.random.default_rng(seed)
-        ritz = hessian.linalg._lanczos(
+        ritz = hessian.linalg.lanczos(
             lambda v: matrix @ v, len(matrix), m, rng
         )
         top = list(ritz[::-1][:3]) + [float("nan")] * 3
@@ -503,13 +499,6 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
-def read_csv(path):
-    if not path.exists():
-        return []
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
 def write_json(path, record):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -525,7 +514,7 @@ def record_run(args, part, commit):
         + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "commit": commit,
         "date": datetime.date.today().isoformat(),
-        "hardware": f"{benchmark_env.cpu_name()}, "
+        "hardware": f"{_run_records.processor_name()}, "
         f"{os.cpu_count()} cores visible",
         "software": f"Python {platform.python_version()}, Keras "
         f"{keras.__version__}, backend {keras.backend.backend()}",
@@ -566,7 +555,7 @@ def plot(output):
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    accuracy = read_csv(output / "accuracy.csv")
+    accuracy = _run_records.read_csv(output / "accuracy.csv", missing_ok=True)
     if accuracy:
         figure, axes = pyplot.subplots(figsize=(6, 4))
         for method, style in (("lanczos", "-"), ("power_iteration", "--")):
@@ -596,7 +585,7 @@ def plot(output):
         figure.tight_layout()
         figure.savefig(output / "accuracy.png", dpi=120)
         pyplot.close(figure)
-    overhead = read_csv(output / "overhead.csv")
+    overhead = _run_records.read_csv(output / "overhead.csv", missing_ok=True)
     if overhead:
         names = list(dict.fromkeys(r["variant"] for r in overhead))
         figure, axes = pyplot.subplots(figsize=(7, 5))
@@ -657,7 +646,7 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             "",
         ]
 
-    accuracy = read_csv(output / "accuracy.csv")
+    accuracy = _run_records.read_csv(output / "accuracy.csv", missing_ok=True)
     lines += ["## Accuracy of the top eigenvalue (`accuracy.csv`)", ""]
     lines += provenance("accuracy")
     if accuracy:
@@ -738,7 +727,7 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             for r in direct
         ]
         lines += ["", "![accuracy](accuracy.png)", ""]
-    stability = read_csv(output / "stability.csv")
+    stability = _run_records.read_csv(output / "stability.csv", missing_ok=True)
     if stability:
         lines += [
             "## Sampled against exact `linear_stability` (`stability.csv`)",
@@ -763,7 +752,7 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             for r in stability
         ]
         lines.append("")
-    overhead = read_csv(output / "overhead.csv")
+    overhead = _run_records.read_csv(output / "overhead.csv", missing_ok=True)
     lines += ["## Overhead of the callbacks in `fit` (`overhead.csv`)", ""]
     lines += provenance("overhead")
     if overhead:
@@ -796,7 +785,7 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
                 f"{'/'.join(r['fit_seconds'] for r in chosen)} |"
             )
         lines += ["", "![overhead](overhead.png)", ""]
-    cost = read_csv(output / "cost.csv")
+    cost = _run_records.read_csv(output / "cost.csv", missing_ok=True)
     lines += ["## Cost of one call (`cost.csv`)", ""]
     lines += provenance("cost")
     if cost:
@@ -814,7 +803,9 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             for r in cost
         ]
         lines.append("")
-    second = read_csv(output / "cost_landscape.csv")
+    second = _run_records.read_csv(
+        output / "cost_landscape.csv", missing_ok=True
+    )
     if second:
         lines += ["## Cost of the second-tier measures "
                   "(`cost_landscape.csv`)", ""]
@@ -845,7 +836,7 @@ def main(argv=None):
         if args.part == "all"
         else ((args.part,) if args.part != "report" else ())
     )
-    commit = benchmark_env.git_commit()
+    commit = _run_records.git_commit()
     for part in parts:
         {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost,
          "cost_landscape": run_cost_landscape}[part](args)

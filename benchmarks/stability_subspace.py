@@ -25,12 +25,8 @@ import argparse
 import csv
 import os
 import pathlib
-import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
@@ -38,6 +34,8 @@ import numpy as np  # noqa: E402
 
 from keras_sam import hessian  # noqa: E402
 from keras_sam.hessian import curvature  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def per_sample_hessians(width, num_samples, seed):
@@ -49,7 +47,7 @@ def per_sample_hessians(width, num_samples, seed):
     model.compile(optimizer="sgd", loss="mse")
     x = rng.normal(size=(num_samples, 3)).astype("float32")
     y = model.predict(x, verbose=0)
-    loss = curvature._prepare(model, (x, y), 128)
+    loss = curvature.prepare_curvature(model, (x, y), 128)
     units = np.eye(loss.dim)
     hessians = []
     for i in range(num_samples):

@@ -44,15 +44,11 @@ import json
 import os
 import pathlib
 import platform
-import re
 import shlex
 import statistics
 import sys
-import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import benchmark_env  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "benchmarks"
 README_BEGIN = "<!-- BEGIN step_time.py section (generated, do not edit) -->"
@@ -85,32 +81,32 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet-20")
     parser.add_argument(
         "--image-size",
-        type=benchmark_env.positive_int,
+        type=_positive_int,
         default=32,
         help="side of the synthetic images (default: 32; ImageNet: 224)",
     )
     parser.add_argument(
         "--num-classes",
-        type=benchmark_env.positive_int,
+        type=_positive_int,
         default=10,
         help="classes of the synthetic labels (default: 10; ImageNet: 1000)",
     )
     parser.add_argument(
-        "--batch-size", type=benchmark_env.positive_int, default=128
+        "--batch-size", type=_positive_int, default=128
     )
     parser.add_argument(
         "--steps",
-        type=benchmark_env.positive_int,
+        type=_positive_int,
         default=None,
         help="timed steps per repeat (default: 10 on CPU, 50 on a GPU)",
     )
     parser.add_argument(
         "--warmup",
-        type=benchmark_env.positive_int,
+        type=_positive_int,
         default=3,
         help="steps of the untimed warm-up fit (default: 3)",
     )
-    parser.add_argument("--repeats", type=benchmark_env.positive_int, default=5)
+    parser.add_argument("--repeats", type=_positive_int, default=5)
     parser.add_argument(
         "--mixed-precision",
         choices=tuple(PRECISION_POLICIES),
@@ -161,59 +157,16 @@ def parse_args(argv=None):
 # Environment -------------------------------------------------------------
 
 
-def _slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+def _positive_int(text):
+    """`argparse` type: an integer >= 1 (checked before Keras is
+    imported, which the backend option must precede)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
-# Variants ------------------------------------------------------------------
-
-
-def _timing_callback(callback_base):
-    """A callback class (for Keras 3 or tf-keras) timing one epoch."""
-
-    class EpochTimer(callback_base):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            # Reading a value waits for the device to finish the epoch.
-            float(logs["loss"])
-            self.seconds = time.perf_counter() - self.start
-
-    return EpochTimer
-
-
-class Variant:
-    """A compiled model and how to time `steps` steps of it.
-
-    `run(steps)` returns seconds per step: the callback's time over
-    `steps - untimed_steps` (a timer that starts after the first step sets
-    `untimed_steps = 1`).
-    """
-
-    untimed_steps = 0
-
-    def __init__(self, name, model, callback_class, x, y, batch_size):
-        self.name = name
-        self.model = model
-        self.callback_class = callback_class
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.times = []
-
-    def run(self, steps):
-        timer = self.callback_class()
-        samples = steps * self.batch_size
-        self.model.fit(
-            self.x[:samples],
-            self.y[:samples],
-            batch_size=self.batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-            callbacks=[timer],
-        )
-        return timer.seconds / (steps - self.untimed_steps)
+# Timed models --------------------------------------------------------------
 
 
 def build_variants(args, x, y):
@@ -221,6 +174,7 @@ def build_variants(args, x, y):
 
     import keras_sam
     from keras_sam import models
+    from keras_sam.experiments import _step_timing
 
     keras.mixed_precision.set_dtype_policy(
         PRECISION_POLICIES[args.mixed_precision]
@@ -247,12 +201,12 @@ def build_variants(args, x, y):
         )
         return model
 
-    callback = _timing_callback(keras.callbacks.Callback)
+    callback = _step_timing.epoch_timer_class(keras.callbacks.Callback)
     variants = [
-        Variant(
+        _step_timing.TimedModel(
             "keras_sgd", compile_keras(plain), callback, x, y, args.batch_size
         ),
-        Variant(
+        _step_timing.TimedModel(
             "sam_model", compile_keras(sam), callback, x, y, args.batch_size
         ),
     ]
@@ -269,7 +223,9 @@ def build_variants(args, x, y):
         minimal = compile_keras(minimal_jax_sam(reference, args.rho))
         details["jit_compile"]["minimal_jax_sam"] = str(minimal.jit_compile)
         variants.append(
-            Variant("minimal_jax_sam", minimal, callback, x, y, args.batch_size)
+            _step_timing.TimedModel(
+                "minimal_jax_sam", minimal, callback, x, y, args.batch_size
+            )
         )
     if args.backend == "tensorflow" and not args.no_tf_keras:
         try:
@@ -336,9 +292,9 @@ def minimal_jax_sam(model, rho):
 
 
 def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
-    from tf_keras_models import tf_keras_twin
-
     from keras_sam import models
+    from keras_sam.experiments import _step_timing
+    from keras_sam.experiments._tf_keras_twin import tf_keras_twin
 
     # The same architecture made of tf-keras layers.
     tf_keras.mixed_precision.set_global_policy(
@@ -363,22 +319,14 @@ def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
         )
         name = "tf_keras_sam" if wrap else "tf_keras_sgd"
         details["jit_compile"][name] = str(getattr(model, "_jit_compile", jit))
-        callback = _timing_callback(tf_keras.callbacks.Callback)
-        built.append(Variant(name, model, callback, x, y, args.batch_size))
+        callback = _step_timing.epoch_timer_class(tf_keras.callbacks.Callback)
+        built.append(
+            _step_timing.TimedModel(
+                name, model, callback, x, y, args.batch_size
+            )
+        )
     details["tf_keras_version"] = tf_keras.__version__
     return built
-
-
-def measure(variants, steps, warmup, repeats):
-    for variant in variants:
-        print(f"warm-up {variant.name} ({warmup} steps)", flush=True)
-        variant.run(warmup)
-    for repeat in range(repeats):
-        shift = repeat % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.times.append(variant.run(steps))
-        line = ", ".join(f"{v.name} {1e3 * v.times[-1]:.1f}" for v in variants)
-        print(f"repeat {repeat + 1}/{repeats} ms/step: {line}", flush=True)
 
 
 # Results -----------------------------------------------------------------
@@ -513,7 +461,9 @@ def regenerate_readme(output_dir):
     lines.append(README_END)
     section = "\n".join(lines)
 
-    return benchmark_env.write_readme_section(
+    from keras_sam.experiments import _run_records
+
+    return _run_records.write_readme_section(
         output_dir, README_BEGIN, README_END, section
     )
 
@@ -538,19 +488,20 @@ def main(argv=None):
         return 0
     # Keras reads the backend once, when first imported.
     os.environ["KERAS_BACKEND"] = args.backend
-    # Time this checkout's keras_sam, installed or not.
-    sys.path.insert(0, str(REPO_ROOT))
     import keras
     import numpy as np
 
     import keras_sam
+    from keras_sam.experiments import _run_records, _step_timing
 
     if keras.backend.backend() != args.backend:
         raise RuntimeError(
             f"Keras was loaded with backend {keras.backend.backend()!r}, "
             f"not {args.backend!r}."
         )
-    device, accelerator, versions = benchmark_env.describe_device(args.backend)
+    device, accelerator, versions = _run_records.describe_device(
+        args.backend
+    )
     steps = args.steps or (50 if accelerator else 10)
     print(f"device: {device}; backend: {args.backend}", flush=True)
 
@@ -560,7 +511,7 @@ def main(argv=None):
     x = rng.standard_normal((samples, size, size, 3), dtype=np.float32)
     y = rng.integers(0, args.num_classes, size=samples).astype(np.int32)
     variants, details = build_variants(args, x, y)
-    measure(variants, steps, args.warmup, args.repeats)
+    _step_timing.measure(variants, steps, args.warmup, args.repeats)
     results, ratios, paired_ratios = summarize(variants, args.batch_size)
 
     versions.update(
@@ -594,7 +545,7 @@ def main(argv=None):
         "results": results,
         "ratios": ratios,
         "paired_ratios": paired_ratios,
-        "load_average": benchmark_env.load_average(),
+        "load_average": _run_records.load_average(),
         "versions": versions,
         "command": shlex.join(
             [
@@ -604,15 +555,15 @@ def main(argv=None):
             ]
             + list(sys.argv[1:] if argv is None else argv)
         ),
-        "commit": benchmark_env.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _run_records.git_commit(),
+        "date": _run_records.now(),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     pixels = "" if size == 32 else f"_{size}px"
     name = (
-        f"step_time_{args.backend}_{_slug(args.model)}{pixels}"
+        f"step_time_{args.backend}_{_step_timing.slug(args.model)}{pixels}"
         f"_{args.mixed_precision}_b{args.batch_size}"
-        f"_{_slug(device.split(',')[0])}.json"
+        f"_{_step_timing.slug(device.split(',')[0])}.json"
     )
     path = args.output / name
     path.write_text(json.dumps(record, indent=2) + "\n")

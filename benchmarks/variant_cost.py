@@ -22,15 +22,15 @@ import statistics
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import benchmark_env  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from keras_sam.experiments import _run_records  # noqa: E402
+from keras_sam.experiments.cli._arguments import positive_int  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def arms(rho):
@@ -143,7 +143,7 @@ def write(rows, summary, args, backend):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    device, _, versions = benchmark_env.describe_device(backend)
+    device, _, versions = _run_records.describe_device(backend)
     begin = f"<!-- variant_cost {backend} begin -->"
     end = f"<!-- variant_cost {backend} end -->"
     lines = [
@@ -156,7 +156,7 @@ def write(rows, summary, args, backend):
         "arm, each ratio between neighbouring blocks of one process. "
         f"{device}; {', '.join(f'{k} {v}' for k, v in versions.items())}, "
         f"Keras {keras.__version__}; commit "
-        f"{benchmark_env.git_commit() or 'unknown'}; load average at the "
+        f"{_run_records.git_commit() or 'unknown'}; load average at the "
         f"end {_load_text()}. Rows: "
         f"[variant_cost_{backend}.csv](variant_cost_{backend}.csv).",
         "",
@@ -176,25 +176,25 @@ def write(rows, summary, args, backend):
             f"| {target} |"
         )
     lines.append(end)
-    benchmark_env.write_readme_section(output, begin, end, "\n".join(lines))
+    _run_records.write_readme_section(output, begin, end, "\n".join(lines))
     return path
 
 
 def _load_text():
-    load = benchmark_env.load_average()
+    load = _run_records.load_average()
     return "unknown" if load is None else f"{load:.2f}"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=benchmark_env.positive_int,
+    parser.add_argument("--rounds", type=positive_int,
                         default=15)
-    parser.add_argument("--block", type=benchmark_env.positive_int,
+    parser.add_argument("--block", type=positive_int,
                         default=10, help="steps per block (default 10, two "
                         "LookSAM periods)")
-    parser.add_argument("--batch-size", type=benchmark_env.positive_int,
+    parser.add_argument("--batch-size", type=positive_int,
                         default=128)
-    parser.add_argument("--width", type=benchmark_env.positive_int,
+    parser.add_argument("--width", type=positive_int,
                         default=32)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--output-dir", default=str(

@@ -24,7 +24,6 @@ References:
       https://arxiv.org/abs/1712.09913
 """
 
-import weakref
 
 import keras
 import numpy as np
@@ -33,18 +32,18 @@ from keras_sam import _keras_compat, stateless
 from keras_sam import backend as sam_backend
 from keras_sam._validation import check_int, check_positive_float, short_repr
 from keras_sam.hessian.curvature import (
-    _COMPILED,
-    _check_model,
-    _num_replicas,
-    _prepare,
-    _snapshot,
+    check_model,
+    compiled_for,
+    prepare_curvature,
+    snapshot,
+    undo_replica_scaling,
 )
-from keras_sam.hessian.linalg import _rng
+from keras_sam.hessian.linalg import make_rng
 from keras_sam.hessian.probe import (
     DEFAULT_PROBE_BATCH_SIZE,
-    _to_numpy,
-    _weighted_batches,
     as_probe_set,
+    to_numpy,
+    weighted_batches,
 )
 
 __all__ = [
@@ -231,7 +230,7 @@ def loss_surface_2d(
     extent = check_positive_float("extent", extent)
     evaluator = _Evaluator(model, data, probe_batch_size)
     if directions is None:
-        rng = _rng(seed)
+        rng = make_rng(seed)
         directions = [_filter_normalized(model, rng) for _ in range(2)]
     first, second = _check_pair(directions)
     first = evaluator.flat("directions[0]", first)
@@ -293,14 +292,14 @@ def filter_normalized_direction(model, seed=None):
             "Argument `model` must be a built `keras.Model`. Received: "
             f"model={short_repr(model)} of type {type(model).__name__}."
         )
-    return _filter_normalized(model, _rng(seed))
+    return _filter_normalized(model, make_rng(seed))
 
 
 def _filter_normalized(model, rng):
     output_axes = _output_axes(model)
     direction = []
     for variable in model.trainable_variables:
-        weights = np.asarray(_to_numpy(variable), np.float64)
+        weights = np.asarray(to_numpy(variable), np.float64)
         if weights.ndim < 2:
             direction.append(np.zeros_like(weights))
             continue
@@ -333,11 +332,11 @@ class _Evaluator:
     """The probe loss and compiled metrics at flat trainable weights."""
 
     def __init__(self, model, data, probe_batch_size):
-        _check_model(model)
+        check_model(model)
         probe = as_probe_set(data)
         probe_batch_size = check_int("probe_batch_size", probe_batch_size)
         _build_metrics(model, probe, probe_batch_size)
-        self.curvature = _prepare(model, probe, probe_batch_size)
+        self.curvature = prepare_curvature(model, probe, probe_batch_size)
         self.model = model
         self._evaluate = _evaluation_function(model)
         self._reset_values = _reset_metric_values(model)
@@ -371,7 +370,7 @@ class _Evaluator:
                 f"such variables. Received: {name}={received}."
             )
         return np.concatenate(
-            [np.asarray(_to_numpy(w), np.float64).ravel() for w in weights]
+            [np.asarray(to_numpy(w), np.float64).ravel() for w in weights]
         )
 
 
@@ -390,7 +389,7 @@ def _build_metrics(model, probe, probe_batch_size):
     if not isinstance(model, keras.Model) or _keras_compat.fully_built(model):
         return
     first = np.arange(min(probe.num_samples, probe_batch_size))
-    batch, _ = _weighted_batches(probe, first, probe_batch_size)[0]
+    batch, _ = weighted_batches(probe, first, probe_batch_size)[0]
     _keras_compat.symbolic_build(model, data_batch=batch)
 
 
@@ -398,10 +397,7 @@ def _evaluation_function(model):
     """`(state, metric_values, batch) -> (loss, metric_values)`, compiled
     and cached per model: the probe loss and the compiled metrics'
     variables updated with the batch, statelessly."""
-    cache = _COMPILED.setdefault(model, {})
-    if "evaluate" not in cache:
-        cache["evaluate"] = _build_evaluation(weakref.ref(model))
-    return cache["evaluate"]
+    return compiled_for(model, "evaluate", _build_evaluation)
 
 
 def _build_evaluation(model_ref):
@@ -416,15 +412,14 @@ def _build_evaluation(model_ref):
         with keras.StatelessScope(state_mapping=mapping) as scope:
             model.compute_metrics(x, y, y_pred, sample_weight)
         updated = [scope.get_current_value(v) for v in model.metrics_variables]
-        replicas = _num_replicas()
-        return (loss * replicas if replicas > 1 else loss), updated
+        return undo_replica_scaling(loss), updated
 
     return sam_backend.compile_function(evaluate)
 
 
 def _reset_metric_values(model):
     """The values the metrics variables take after `reset_state`."""
-    current = _snapshot(model.metrics_variables)
+    current = snapshot(model.metrics_variables)
     mapping = list(zip(model.metrics_variables, current))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         for metric in model.metrics:

@@ -11,7 +11,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from test_stability import enumerated_growth
+from test_stability_theory import enumerated_growth
 
 import keras_sam
 from keras_sam import callbacks

@@ -3,15 +3,12 @@ arm's mean and t interval, its measured cost, LateSAM's schedule mix."""
 
 import csv
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
+from scripts import load_script
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
-
-import cheaper_sam_frontier as frontier  # noqa: E402
+frontier = load_script("benchmarks/cheaper_sam_frontier.py")
 
 T_975_DF2 = 4.302652729749464  # Student t quantile, 2 degrees of freedom
 ERRORS = {"sgd": [30.0, 32.0, 34.0], "sam": [29.0, 30.0, 31.5],

@@ -5,11 +5,11 @@ devices and a MirroredStrategy before TensorFlow starts), so only the
 summary and the README section are tested here, on made-up times.
 """
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+from scripts import load_script
 
 SCRIPT = (
     pathlib.Path(__file__).resolve().parent.parent
@@ -20,11 +20,7 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("distribute_step_time",
-                                                  SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/distribute_step_time.py")
 
 
 class FakeVariant:

@@ -1,8 +1,7 @@
-"""`benchmarks/evidence.py` at tiny sizes: the label noise, the batches,
+"""`benchmarks/evidence.py` at tiny sizes: the batches,
 the paired statistics (against SciPy), and a killed grid resuming without
 repeating a run."""
 
-import importlib.util
 import io
 import pathlib
 
@@ -10,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats
+from scripts import load_script
+
+from keras_sam.experiments import _run_records
 
 SCRIPT = (
     pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
@@ -19,24 +21,7 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def evidence():
-    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_noise_flips_exactly_the_fraction_to_other_classes(evidence):
-    labels = np.repeat(np.arange(10), 50)
-    noisy, is_noisy = evidence.symmetric_label_noise(labels, 0.4, 10, seed=3)
-    assert is_noisy.sum() == 200
-    np.testing.assert_array_equal(noisy != labels, is_noisy)
-    assert noisy.min() >= 0 and noisy.max() <= 9
-    # Every wrong class is reachable: the new labels are spread out.
-    assert len(np.unique(noisy[is_noisy] - labels[is_noisy])) > 5
-    again, _ = evidence.symmetric_label_noise(labels, 0.4, 10, seed=3)
-    np.testing.assert_array_equal(noisy, again)
-    with pytest.raises(ValueError, match="fraction=1.5"):
-        evidence.symmetric_label_noise(labels, 1.5, 10, seed=0)
+    return load_script("benchmarks/evidence.py")
 
 
 def test_batches_are_seeded_crops_and_flips_of_the_images(evidence):
@@ -121,7 +106,7 @@ def test_killed_grid_resumes_without_repeating(evidence, tmp_path):
     assert evidence.run_grid(out, data_dir, settings, max_runs=1,
                              verbose=0) == 1
     assert evidence.run_grid(out, data_dir, settings, verbose=0) == 1
-    rows = evidence._read_csv(out / "runs.csv")
+    rows = _run_records.read_csv(out / "runs.csv")
     assert [(r["arm"], r["seed"]) for r in rows] == [("sgd", "0"),
                                                      ("sam", "0")]
     assert rows[0]["init_digest"] == rows[1]["init_digest"]

@@ -8,23 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from no_tensorflow import write_blocker
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "cifar10"
-
-BLOCKER = '''
-import sys
-
-
-class _NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(f"{name} is blocked for this test")
-        return None
-
-
-sys.meta_path.insert(0, _NoTensorFlow())
-'''
 
 
 @pytest.mark.slow
@@ -32,8 +19,7 @@ def test_gpu_reproduce_runs_sam_and_sgd_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     if not (DATA / "train.npz").is_file():
         pytest.skip(f"no CIFAR-10 copy at {DATA}")
-    (tmp_path / "blocker").mkdir()
-    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+    write_blocker(tmp_path / "blocker")
     env = dict(
         os.environ, SKIP_WHEELS="1", PYTHONPATH=str(tmp_path / "blocker"),
         EPOCHS="1", PATH=f"{pathlib.Path(sys.executable).parent}:"

@@ -309,7 +309,7 @@ def test_subclassed_model_without_training_argument():
 
 def test_lanczos_finds_repeated_eigenvalues():
     matrix = np.diag([5.0, 5.0, 3.0, 1.0, -2.0, 0.0])
-    ritz = hessian.linalg._lanczos(
+    ritz = hessian.linalg.lanczos(
         lambda v: matrix @ v, 6, 6, np.random.default_rng(0)
     )
     np.testing.assert_allclose(np.sort(ritz)[::-1][:3], [5.0, 5.0, 3.0])
@@ -512,14 +512,16 @@ def test_noise_alignment_least_squares():
 # Bad input --------------------------------------------------------------------
 
 
+def raises(match, function, *args, **kwargs):
+    """`function(*args, **kwargs)` raises a `ValueError` matching `match`."""
+    with pytest.raises(ValueError, match=match):
+        function(*args, **kwargs)
+
+
 def test_bad_input_raises_value_error():
     x, y = least_squares_data()
     model = least_squares_model(3)
     data = (x, y)
-
-    def raises(match, function, *args, **kwargs):
-        with pytest.raises(ValueError, match=match):
-            function(*args, **kwargs)
 
     raises("empty", hessian.top_eigenvalues, model, (x[:0], y[:0]))
     raises("`k`.*k=0", hessian.top_eigenvalues, model, data, k=0)
@@ -834,10 +836,6 @@ def test_bad_input_of_the_density_and_sharpness_functions():
     x, y = least_squares_data()
     model = least_squares_model(3)
     data = (x, y)
-
-    def raises(match, function, *args, **kwargs):
-        with pytest.raises(ValueError, match=match):
-            function(*args, **kwargs)
 
     raises("num_steps=0", hessian.eigenvalue_density, model, data, 0)
     raises("num_runs=0", hessian.eigenvalue_density, model, data, 3, 0)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from test_hessian import least_squares_data
 
 from keras_sam import landscape
 
@@ -23,13 +24,6 @@ def least_squares(dim=3, weights=None):
         model.set_weights([np.asarray(weights, "float32").reshape(dim, 1)])
     model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
     return model
-
-
-def least_squares_data(n=8, dim=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype("float32")
-    y = rng.normal(size=(n, 1)).astype("float32")
-    return x, y
 
 
 def closed_form(x, y, w):
@@ -48,7 +42,7 @@ def assert_unchanged(model, before):
 
 @multi_backend
 def test_interpolation_matches_closed_form_beyond_the_segment():
-    x, y = least_squares_data()
+    x, y = least_squares_data(n=8)
     start = np.array([0.3, -1.0, 2.0])
     end = np.array([1.0, 0.5, -0.5])
     model = least_squares(weights=end)
@@ -156,7 +150,7 @@ def test_filter_normalized_direction_matches_each_filter_norm():
 
 @multi_backend
 def test_loss_surfaces_match_closed_form():
-    x, y = least_squares_data(seed=2)
+    x, y = least_squares_data(n=8, seed=2)
     w = np.array([0.5, -0.2, 1.0])
     model = least_squares(weights=w)
     before = snapshot(model)
@@ -203,7 +197,7 @@ def test_loss_surfaces_match_closed_form():
 
 
 def test_bad_input_raises_value_error():
-    x, y = least_squares_data()
+    x, y = least_squares_data(n=8)
     model = least_squares()
     weights = [np.zeros((3, 1))]
 

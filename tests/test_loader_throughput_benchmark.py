@@ -2,12 +2,10 @@
 every round, whole epochs counted, the README section written."""
 
 import csv
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
+from scripts import load_script
 
-import loader_throughput  # noqa: E402
+loader_throughput = load_script("benchmarks/loader_throughput.py")
 
 
 def test_every_configuration_reads_whole_epochs(tmp_path):

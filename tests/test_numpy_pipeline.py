@@ -13,6 +13,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from no_tensorflow import write_blocker
 
 from keras_sam.experiments import (
     data_pipeline,
@@ -132,6 +133,25 @@ def test_crops_and_flips_are_those_of_the_closed_form():
     expected, variance = crops.mean(axis=0), crops.var(axis=0)
     tolerance = 6 * np.sqrt(variance / COUNT) + 1e-6
     assert np.all(np.abs(x.mean(axis=0) - expected) <= tolerance)
+
+
+def test_reflect_padding_crops_windows_of_the_mirrored_image():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 5, 5, 2)).astype("float32")
+    crops = numpy_pipeline.crop_and_flip(
+        images, np.random.default_rng(3), 2, padding_mode="reflect"
+    )
+    # The same draws, read off NumPy's reflect padding window by window.
+    draws = np.random.default_rng(3)
+    dy, dx = draws.integers(0, 5, 6), draws.integers(0, 5, 6)
+    flip = draws.random(6) < 0.5
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), "reflect")
+    for i, crop in enumerate(crops):
+        window = padded[i, dy[i] : dy[i] + 5, dx[i] : dx[i] + 5]
+        expected = window[:, ::-1] if flip[i] else window
+        np.testing.assert_array_equal(crop, expected)
+    with pytest.raises(ValueError, match="padding_mode='wrap'"):
+        numpy_pipeline.crop_and_flip(images, rng, padding_mode="wrap")
 
 
 def _check_offsets_and_flips(dy, dx, flip):
@@ -378,28 +398,9 @@ class _Holder:
         self.train.set_epoch(epoch)
 
 
-# TensorFlow made unimportable: a meta_path finder refusing it, installed
-# by a sitecustomize.py on PYTHONPATH before anything is imported.
-_BLOCKER = '''
-import sys
-
-class _NoTensorFlow:
-    """Refuses to import tensorflow and tensorflow_datasets."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(f"{name} is blocked for this test")
-        return None
-
-sys.meta_path.insert(0, _NoTensorFlow())
-'''
-
-
 def _without_tensorflow(tmp_path, code, timeout):
     pytest.importorskip("jax")
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(_BLOCKER)
+    blocker = write_blocker(tmp_path / "blocker")
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",

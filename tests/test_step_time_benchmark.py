@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from scripts import load_script
 
 import keras_sam
 
@@ -21,10 +22,7 @@ SCRIPT = (
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/step_time.py")
 
 
 def test_tiny_run_writes_json_and_readme_section(tmp_path):
@@ -161,43 +159,3 @@ def test_jax_backend_runs_without_tensorflow(tmp_path):
     }
     assert "sam_model_over_minimal_jax_sam" in record["ratios"]
     assert "tensorflow" not in record["versions"]
-
-
-@pytest.mark.parametrize("name", ["resnet-8", "wrn-10-1", "pyramidnet-11-8"])
-def test_tf_keras_twin_computes_what_the_keras_model_does(name):
-    tf_keras = pytest.importorskip("tf_keras")
-    sys.path.insert(0, str(SCRIPT.parent))
-    from tf_keras_models import tf_keras_twin
-
-    keras.utils.set_random_seed(0)
-    model = keras_sam.models.get_model(
-        name, weight_decay=5e-4, classifier_activation=None
-    )
-    twin = tf_keras_twin(model, tf_keras)
-    assert [layer.name for layer in twin.layers] == [
-        layer.name for layer in model.layers
-    ]
-    twin.set_weights(model.get_weights())
-    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3))
-    x = x.astype("float32")
-    np.testing.assert_allclose(
-        np.asarray(twin(x, training=False)),
-        keras.ops.convert_to_numpy(model(x, training=False)),
-        atol=1e-5,
-    )
-    # Coupled L2: the same regularization loss at the same weights.
-    np.testing.assert_allclose(
-        float(sum(twin.losses)),
-        float(sum(keras.ops.convert_to_numpy(v) for v in model.losses)),
-        rtol=1e-5,
-    )
-
-
-def test_tf_keras_twin_refuses_custom_layers():
-    tf_keras = pytest.importorskip("tf_keras")
-    sys.path.insert(0, str(SCRIPT.parent))
-    from tf_keras_models import tf_keras_twin
-
-    model = keras_sam.models.get_model("shake-shake-8-2x4d")
-    with pytest.raises(ValueError, match="ShakeShake"):
-        tf_keras_twin(model, tf_keras)

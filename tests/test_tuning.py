@@ -3,7 +3,6 @@ and models, seeded executions, the CSV export checked against the trials,
 resuming a sweep killed with SIGKILL, and a chief with two workers on
 127.0.0.1."""
 
-import csv
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from keras_sam import SAMModel
 from keras_sam.experiments import datasets, tuning
+from keras_sam.experiments._run_records import read_csv
 from keras_sam.experiments.config import RunConfig
 
 pytest.importorskip("tensorflow")
@@ -28,11 +28,6 @@ def tiny_splits():
     return datasets.load_splits(
         "cifar10", source="sample", train_size=200, test_size=60
     )
-
-
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _decay_steps(model):
@@ -112,7 +107,7 @@ def test_grid_search_rows_match_trials_and_seeds(tiny_splits, tmp_path):
     rows = tuning.export_results(
         tuner, tmp_path / "trials.csv", tmp_path / "best.json"
     )
-    assert _read_csv(tmp_path / "trials.csv") == [
+    assert read_csv(tmp_path / "trials.csv") == [
         {key: str(value) for key, value in row.items()} for row in rows
     ]
     # One row per trial and seed, every grid point once.
@@ -295,7 +290,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    rows = _read_csv(output / "trials.csv")
+    rows = read_csv(output / "trials.csv")
     assert [r["trial_id"] for r in rows] == ["0000", "0001", "0002"]
     assert sorted(float(r["rho"]) for r in rows) == [0.0, 0.05, 0.1]
     assert {r["status"] for r in rows} == {"COMPLETED"}
@@ -311,7 +306,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
         check=False,
     )
     assert again.returncode == 0
-    assert _read_csv(output / "trials.csv") == rows
+    assert read_csv(output / "trials.csv") == rows
 
 
 def _free_port():
@@ -356,7 +351,7 @@ def test_chief_and_two_workers_on_localhost(tmp_path):
     for tuner_id, process in processes.items():
         text = (tmp_path / f"{tuner_id}.log").read_text()
         assert process.returncode == 0, f"{tuner_id}:\n{text[-3000:]}"
-    rows = _read_csv(output / "trials.csv")
+    rows = read_csv(output / "trials.csv")
     assert len(rows) == 6
     assert sorted(float(r["rho"]) for r in rows) == [
         0.0,
@@ -371,24 +366,6 @@ def test_chief_and_two_workers_on_localhost(tmp_path):
     # Trials ran in the workers, both of them; the chief only served.
     assert {r["tuner_id"] for r in rows} == {"worker0", "worker1"}
     assert "Worker finished" in (tmp_path / "worker0.log").read_text()
-
-
-def test_kerastuner_internals_exist():
-    from keras_sam.experiments import _kerastuner_compat
-
-    _kerastuner_compat.check()
-
-
-def test_kerastuner_check_names_the_version(monkeypatch):
-    import keras_tuner
-
-    from keras_sam.experiments import _kerastuner_compat
-
-    monkeypatch.setattr(
-        _kerastuner_compat, "TUNER_METHODS", ("_gone_in_a_later_release",)
-    )
-    with pytest.raises(ImportError, match=keras_tuner.__version__):
-        _kerastuner_compat.check()
 
 
 def test_trial_begin_names_the_id_the_records_use(

@@ -51,6 +51,10 @@ pytestmark = pytest.mark.skipif(
 def _run(args, timeout):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("KERAS_SAM_TUTORIAL_QUICK", None)
+    # The scripts import the package: this checkout's, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), env.get("PYTHONPATH")])
+    )
     result = subprocess.run(
         [sys.executable, *map(str, args)], env=env, cwd=REPO,
         capture_output=True, text=True, timeout=timeout,

@@ -2,14 +2,11 @@
 round, ratios taken against the same round's plain block."""
 
 import csv
-import pathlib
-import sys
 
 import pytest
+from scripts import load_script
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
-
-import variant_cost  # noqa: E402
+variant_cost = load_script("benchmarks/variant_cost.py")
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import make_plots
 import numpy as np
+import tutorial_results
 import tutorial_utils
 
 import keras_sam
@@ -296,7 +297,7 @@ starting value to `1e-2` (where the quadratic picture still holds),
 against the predicted `(1 - lr a)^2 = 1.44`:
 """
 
-growth = make_plots.loss_growth_rate(
+growth = tutorial_results.loss_growth_rate(
     [r for r in rows if r["experiment"] == "sharp_start_lr_2.2_over_a"]
 )
 print(f"loss growth per step: measured {growth}, predicted 1.44")

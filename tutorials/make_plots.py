@@ -9,12 +9,11 @@ python tutorials/make_plots.py                    # saved_results/tutorials
 python tutorials/make_plots.py --results-dir DIR  # another copy
 ```
 
-Needs only NumPy and Matplotlib: no Keras, no training.
+No training: NumPy, Matplotlib, and `tutorial_results.py` for reading
+the CSVs and writing the README's headline numbers.
 """
 
 import argparse
-import csv
-import json
 import math
 import pathlib
 
@@ -23,25 +22,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import tutorial_results  # noqa: E402
+from tutorial_results import climb, read_csv  # noqa: E402
 
 RESULTS_ROOT = (
     pathlib.Path(__file__).resolve().parent.parent / "saved_results"
     / "tutorials"
 )
 DPI = 110
-
-
-def read_csv(path):
-    """Rows of a CSV as dicts; numeric fields as floats, others str."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value)
-            except (TypeError, ValueError):
-                pass
-    return rows
 
 
 def _save(figure, path):
@@ -123,9 +111,9 @@ def plot_gd_stability(output_dir):
         right.axhline(threshold, color=color, linestyle="--", linewidth=1)
     first = [r for r in starts if r["experiment"] == names[-1]]
     rate, sharpness0 = first[0]["learning_rate"], first[0]["sharpness"]
-    climb = _climb(first)
-    if climb:
-        anchor = climb[0]
+    rising = climb(first)
+    if rising:
+        anchor = rising[0]
         steps = np.arange(anchor["step"], first[-1]["step"] + 1)
         predicted = anchor["loss"] * (1.0 - rate * sharpness0) ** (
             2 * (steps - anchor["step"])
@@ -143,26 +131,6 @@ def plot_gd_stability(output_dir):
     right.set_title("sharpness (dashed: 2/lr)")
     right.legend(fontsize=8)
     _save(figure, output_dir / "sharp_minimum_escape.png")
-
-
-def _climb(rows):
-    """The rows of a restart whose loss is on its way up, between 100
-    times the starting loss and 1e-2 (where the quadratic model holds)."""
-    losses = [r["loss"] for r in rows]
-    peak = int(np.argmax(losses))
-    return [r for r in rows[: peak + 1]
-            if 100 * rows[0]["loss"] < r["loss"] < 1e-2]
-
-
-def loss_growth_rate(rows):
-    """Mean factor per step by which the loss grows during the climb,
-    or None when the climb has fewer than three rows."""
-    climb = _climb(rows)
-    if len(climb) < 3:
-        return None
-    steps = np.array([r["step"] for r in climb], dtype=float)
-    logs = np.log([r["loss"] for r in climb])
-    return float(np.exp((logs[-1] - logs[0]) / (steps[-1] - steps[0])))
 
 
 # 03 ------------------------------------------------------------------------
@@ -572,317 +540,6 @@ PLOTTERS = {
 }
 
 
-# Headline numbers, from the CSVs --------------------------------------------
-
-
-def _mean_std(values):
-    values = np.asarray(values, dtype=float)
-    spread = values.std(ddof=1) if len(values) > 1 else float("nan")
-    return values.mean(), spread
-
-
-def headline_quickstart(folder):
-    rows = read_csv(folder / "history.csv")
-    last = rows[-1]
-    with open(folder / "run.json") as f:
-        same = json.load(f)["summary"].get("reload_same_predictions")
-    return [
-        f"After {int(last['epoch'])} epochs of SAM (rho 0.05): test "
-        f"accuracy {100 * last['val_accuracy']:.1f}%, `sam_sharpness` "
-        f"{last['sam_sharpness']:.4f}, `sharpness` {last['sharpness']:.1f} "
-        f"(`gd_stability_ratio` {last['gd_stability_ratio']:.3f}); "
-        "predictions of the reloaded `.keras` file equal the original's: "
-        f"{same} (from `run.json`).",
-    ]
-
-
-def headline_gd_stability(folder):
-    rows = read_csv(folder / "gd_stability.csv")
-    eos = [r for r in rows if r["experiment"] == "edge_of_stability"]
-    steps = max(r["step"] for r in eos)
-    lines = []
-    for rate in sorted({r["learning_rate"] for r in eos}):
-        part = [r for r in eos if r["learning_rate"] == rate]
-        ratios = [r["sharpness"] * rate / 2 for r in part]
-        late = [r["sharpness"] * rate / 2 for r in part
-                if r["step"] > steps / 2]
-        if max(ratios) < 0.9:
-            lines.append(
-                f"lr {rate:g} (2/lr = {2 / rate:.1f}): sharpness stays "
-                f"below 2/lr, ends at {part[-1]['sharpness']:.1f}."
-            )
-        else:
-            median = float(np.median(late))
-            lines.append(
-                f"lr {rate:g} (2/lr = {2 / rate:.1f}): sharpness / (2/lr) "
-                f"over the second half: median {median:.3f}, range "
-                f"{min(late):.3f} to {max(late):.3f} "
-                f"({'within' if abs(median - 1) <= 0.1 else 'outside'} "
-                f"the 10% target); final loss {part[-1]['loss']:.1e}."
-            )
-    restarts = {r["experiment"] for r in rows} - {"edge_of_stability"}
-    for name in sorted(restarts):
-        part = [r for r in rows if r["experiment"] == name]
-        measured = [r for r in part if not math.isnan(r["sharpness"])]
-        growth = loss_growth_rate(part)
-        predicted = (1 - part[0]["learning_rate"] * part[0]["sharpness"]) ** 2
-        lines.append(
-            f"Restart at a minimum of sharpness {part[0]['sharpness']:.2f} "
-            f"with lr = {name.split('_')[3]}/a (2/lr = "
-            f"{part[0]['threshold']:.2f}): loss {part[0]['loss']:.1e} -> "
-            f"max {max(r['loss'] for r in part):.1e}, last measured "
-            f"sharpness {measured[-1]['sharpness']:.2f}"
-            + (
-                f"; loss grew {growth:.3f}x per step on the way up "
-                f"(linear theory: {predicted:.3f}x)" if growth else ""
-            )
-            + "."
-        )
-    return lines
-
-
-def headline_sgd_escape(folder):
-    runs = read_csv(folder / "escape_runs.csv")
-    scalar = read_csv(folder / "scalar_criteria.csv")
-    lines = []
-    if (folder / "momentum_escape.csv").is_file():
-        momentum = read_csv(folder / "momentum_escape.csv")
-        for beta in sorted({r["momentum"] for r in momentum}):
-            part = [r for r in momentum if r["momentum"] == beta]
-            lines.append(
-                f"1-D, SGD with momentum {beta:g} (exact threshold lr* = "
-                f"{part[0]['critical_learning_rate']:.4f}): left the sharp "
-                "minimum in " + ", ".join(
-                    f"{int(r['escaped'])}/{int(r['seeds'])} seeds at "
-                    f"{r['factor']:g} lr*" for r in part) + "."
-            )
-    toy = [r for r in runs if r["experiment"] == "toy"]
-    for method in ("gd", "sgd"):
-        part = [r for r in toy if r["method"] == method]
-        lines.append(
-            f"1-D example, {method.upper()}: left the sharp minimum in "
-            f"{sum(r['escaped'] == 'True' for r in part)}/{len(part)} "
-            f"seeds (ended at the flat one in "
-            f"{sum(r['at_flat_minimum'] == 'True' for r in part)})."
-        )
-    network = [r for r in runs if r["experiment"] == "network"]
-    for method in ("gd", "sgd"):
-        part = [r for r in network if r["method"] == method]
-        escaped = [r for r in part if r["escaped"] == "True"]
-        ratios = [r["gd_stability_ratio"] for r in part]
-        label = "GD" if method == "gd" else (
-            f"SGD, B = {int(part[0]['batch_size'])}"
-        )
-        lines.append(
-            f"Network, {label}, same lr 0.05, from the GD minimum: "
-            f"escaped {len(escaped)}/{len(part)} seeds; at the GD minima "
-            f"`gd_stability_ratio` {min(ratios):.2f} to {max(ratios):.2f}, "
-            f"`sgd_stable` false in "
-            f"{sum(r['sgd_stable'] == 0.0 for r in part)}/{len(part)}"
-            + (
-                f"; mean sharpness {_mean(escaped, 'sharpness'):.1f} -> "
-                f"{_mean(escaped, 'final_sharpness'):.1f}"
-                if escaped and method == "sgd" else ""
-            )
-            + "."
-        )
-    sweep = [r for r in runs if r["experiment"] == "batch_size_sweep"]
-    seeds = {r["seed"] for r in sweep}
-    main = [r for r in network if r["method"] == "sgd" and r["seed"] in seeds]
-    for size in sorted({r["batch_size"] for r in sweep + main}):
-        part = [r for r in sweep + main if r["batch_size"] == size]
-        lines.append(
-            f"Batch-size sweep ({len(part)} seeds), B = {int(size)}: "
-            f"`sgd_stable` false in "
-            f"{sum(r['sgd_stable'] == 0.0 for r in part)}, escaped in "
-            f"{sum(r['escaped'] == 'True' for r in part)}."
-        )
-    for row in scalar:
-        lines.append(
-            f"Curvatures {{{_compress(row['curvatures'])}}}, "
-            f"lr 1: exact {_stability(row['exact_stable'])} "
-            f"({row['mean_square_factor']:.2f}), lecture form "
-            f"{_stability(row['lecture_stable_s_std'])}"
-            f", Lyapunov {row['lyapunov_exponent']:+.3f}, simulated SGD "
-            f"escaped {100 * row['simulated_escape_fraction']:.0f}%."
-        )
-    return lines
-
-
-def _compress(curvatures):
-    """'0;0;0;4' -> '0 (x3), 4'."""
-    values = str(curvatures).split(";")
-    groups = []
-    for value in values:
-        if groups and groups[-1][0] == value:
-            groups[-1][1] += 1
-        else:
-            groups.append([value, 1])
-    return ", ".join(
-        value if count == 1 else f"{value} (x{count})"
-        for value, count in groups
-    )
-
-
-def _mean(rows, key):
-    return float(np.mean([r[key] for r in rows]))
-
-
-def _stability(flag):
-    return "stable" if flag == "True" else "unstable"
-
-
-def headline_sam_flatness(folder):
-    rows = read_csv(folder / "sam_flatness.csv")
-    seeds = sorted({r["seed"] for r in rows})
-    lines = []
-    for key, label, scale in (
-        ("test_accuracy", "test accuracy %", 100.0),
-        ("sharpness", "sharpness", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("weight_norm", "weight norm", 1.0),
-    ):
-        parts = {}
-        for name in ("sgd", "sam"):
-            parts[name] = scale * np.array(
-                [r[key] for r in rows if r["optimizer"] == name]
-            )
-        difference = parts["sam"] - parts["sgd"]
-        (sgd_mean, sgd_std), (sam_mean, sam_std) = (
-            _mean_std(parts["sgd"]), _mean_std(parts["sam"])
-        )
-        lines.append(
-            f"{label}: SGD {sgd_mean:.2f} +- {sgd_std:.2f}, SAM "
-            f"{sam_mean:.2f} +- {sam_std:.2f} (mean +- std over "
-            f"{len(seeds)} seeds); SAM - SGD per seed "
-            f"{', '.join(f'{d:+.2f}' for d in difference)}."
-        )
-    return lines
-
-
-def headline_full_batch(folder):
-    rows = read_csv(folder / "full_batch_vs_sgd.csv")
-    lines = []
-    for name in dict.fromkeys(r["run"] for r in rows):
-        part = [r for r in rows if r["run"] == name]
-        mean, spread = _mean_std([100 * r["test_accuracy"] for r in part])
-        paper = part[0]["paper_accuracy"]
-        paper_text = (
-            f"paper {paper:.2f}%" if isinstance(paper, float)
-            else "not in the paper's table"
-        )
-        spread_text = "" if math.isnan(spread) else f" +- {spread:.1f}"
-        seeds = "1 seed" if len(part) == 1 else f"{len(part)} seeds"
-        lines.append(
-            f"{part[0]['paper_row']} (`{name}`, {int(part[0]['epochs'])} "
-            f"epochs, {int(part[0]['steps'])} steps): test accuracy "
-            f"{mean:.1f}{spread_text}% over {seeds}; {paper_text}."
-        )
-    return lines
-
-
-def headline_flat_vs_sharp(folder):
-    rows = read_csv(folder / "minima.csv")
-    seeds = sorted({r["seed"] for r in rows})
-    lines = []
-    for key, label, scale in (
-        ("train_error", "train error %", 100.0),
-        ("test_error", "test error %", 100.0),
-        ("gap_loss", "generalization gap (test - train loss)", 1.0),
-        ("top_eigenvalue", "top eigenvalue", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("keskar_sharpness", "Keskar sharpness", 1.0),
-        ("adaptive_worst_sharpness", "adaptive worst-case sharpness", 1.0),
-        ("adaptive_average_sharpness", "adaptive average-case sharpness",
-         1.0),
-    ):
-        parts = {
-            regime: scale * np.array(
-                [r[key] for r in rows if r["regime"] == regime])
-            for regime in ("small", "large")
-        }
-        difference = parts["large"] - parts["small"]
-        (sb_mean, sb_std), (lb_mean, lb_std) = (
-            _mean_std(parts["small"]), _mean_std(parts["large"])
-        )
-        lines.append(
-            f"{label}: SB {sb_mean:.4g} +- {sb_std:.2g}, LB {lb_mean:.4g} "
-            f"+- {lb_std:.2g} (mean +- std over {len(seeds)} seeds); "
-            f"LB - SB per seed {', '.join(f'{d:+.3g}' for d in difference)}."
-        )
-    return lines
-
-
-HEADLINES = {
-    "01_quickstart": headline_quickstart,
-    "02_gd_stability": headline_gd_stability,
-    "03_sgd_escape": headline_sgd_escape,
-    "04_sam_flatness": headline_sam_flatness,
-    "05_full_batch_vs_sgd": headline_full_batch,
-    "06_flat_vs_sharp_minima": headline_flat_vs_sharp,
-}
-README_BEGIN = "<!-- BEGIN make_plots.py section (generated, do not edit) -->"
-README_END = "<!-- END make_plots.py section -->"
-
-
-def readme_section(root):
-    """The generated part of the README: per tutorial, its files, how
-    they were made (from `run.json`) and the headline numbers (from the
-    CSVs)."""
-    root = pathlib.Path(root)
-    lines = [README_BEGIN]
-    for name, headline in HEADLINES.items():
-        folder = root / name
-        if not (folder / "run.json").exists():
-            continue
-        with open(folder / "run.json") as f:
-            record = json.load(f)
-        files = sorted(p.name for p in folder.iterdir()
-                       if p.suffix in (".csv", ".png"))
-        lines += [
-            "",
-            f"## `{name}`",
-            "",
-            f"- Files: {', '.join(f'`{n}`' for n in files)}",
-            f"- Command: `{record['command']}`",
-            f"- Commit: `{record['commit']}`"
-            + (
-                " with uncommitted changes in "
-                + ", ".join(f"`{p}`" for p in record["uncommitted"])
-                if record.get("uncommitted") else ""
-            )
-            + f"; Keras {record['keras']}, {record['backend']} backend",
-            f"- Hardware: {record['hardware']} (shared; load average "
-            f"{record['load_average_end']} at the end)",
-            f"- Date: {record['date']}; wall time "
-            f"{record['runtime_seconds']:.0f} s, CPU time "
-            f"{record['cpu_seconds']:.0f} s",
-            "",
-            "Headline numbers (computed from the CSVs by `make_plots.py`):",
-            "",
-        ]
-        lines += [f"- {line}" for line in headline(folder)]
-    lines.append(README_END)
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(root, check=False):
-    """Rewrites the generated section of `root/README.md`; with `check`,
-    returns whether it is up to date instead."""
-    readme = pathlib.Path(root) / "README.md"
-    text = readme.read_text()
-    begin, end = text.index(README_BEGIN), text.index(README_END)
-    updated = (
-        text[:begin] + readme_section(root)
-        + text[end + len(README_END) + 1:]
-    )
-    if check:
-        return updated == text
-    readme.write_text(updated)
-    print(f"wrote {readme}")
-    return True
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default=str(RESULTS_ROOT))
@@ -894,7 +551,7 @@ def main():
     root = pathlib.Path(args.results_dir)
     readme = root / "README.md"
     if args.check_readme:
-        if not update_readme(root, check=True):
+        if not tutorial_results.update_readme(root, check=True):
             raise SystemExit(
                 f"{readme} is out of date: run python tutorials/make_plots.py"
             )
@@ -902,8 +559,8 @@ def main():
     for name, plotter in PLOTTERS.items():
         if (root / name).is_dir():
             plotter(root / name)
-    if readme.exists() and README_BEGIN in readme.read_text():
-        update_readme(root)
+    if readme.exists() and tutorial_results.README_BEGIN in readme.read_text():
+        tutorial_results.update_readme(root)
 
 
 if __name__ == "__main__":

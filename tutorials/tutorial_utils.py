@@ -15,12 +15,12 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
+
+from keras_sam.experiments import _run_records
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "saved_results" / "tutorials"
@@ -72,7 +72,10 @@ class Run:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
         # The code this run uses: recorded now, before anything can change.
-        self.commit, self.uncommitted = _commit(), _uncommitted()
+        self.commit = _run_records.git_commit() or "unknown"
+        self.uncommitted = _run_records.uncommitted_files(
+            "tutorials", "keras_sam"
+        )
         mode = "quick" if self.quick else "full"
         print(f"{name}: {mode} run, writing into {self.output_dir}")
 
@@ -104,7 +107,7 @@ class Run:
             .replace(microsecond=0)
             .isoformat()
             .replace("+00:00", "Z"),
-            "hardware": _hardware(),
+            "hardware": _run_records.hardware(),
             "load_average_end": round(os.getloadavg()[0], 2),
             "keras": keras.__version__,
             "backend": keras.backend.backend(),
@@ -146,35 +149,3 @@ def _command():
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
-def _git(*args):
-    return subprocess.run(
-        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-        check=False,
-    ).stdout
-
-
-def _commit():
-    return _git("rev-parse", "--short", "HEAD").strip() or "unknown"
-
-
-def _uncommitted():
-    """Changed or new files under `tutorials/` and `keras_sam/`: the code
-    this run used beyond the commit."""
-    status = _git("status", "--porcelain", "--", "tutorials", "keras_sam")
-    # Porcelain lines are "XY path": two status letters, a space.
-    return sorted(line[3:] for line in status.splitlines() if line.strip())
-
-
-def _hardware():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count()
-    return f"CPU: {model}, {cores} cores"

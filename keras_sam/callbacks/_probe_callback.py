@@ -7,7 +7,7 @@ import warnings
 import keras
 
 from keras_sam import _validation, hessian
-from keras_sam.hessian import linalg
+from keras_sam.hessian import linalg, noise_batches
 
 FREQ_UNITS = ("epoch", "step")
 
@@ -88,7 +88,7 @@ class ProbeCallback(keras.callbacks.Callback):
         # Keras may keep dispatching batch ends asynchronously (no host
         # sync per step); step measurements must run in the train loop.
         self.async_safe = freq_unit == "epoch"
-        self._rng = linalg._rng(seed)
+        self._rng = linalg.make_rng(seed)
         self._warned = False
         self._reset()
 
@@ -177,41 +177,6 @@ class ProbeCallback(keras.callbacks.Callback):
         nesterov = bool(getattr(optimizer, "nesterov", False))
         return learning_rate, momentum, nesterov
 
-    def training_sizes(self, batch_size=None, dataset_size=None):
-        """Returns the SGD batch size `B` and training set size `N`.
-
-        Keras 3's `fit` gives callbacks only `params["steps"]` (steps per
-        epoch), so at least one of `batch_size` and `dataset_size` must be
-        given: `B = ceil(N / steps)`, `N = B * steps` (or the probe set's
-        size when the steps are unknown).
-        """
-        steps = (self.params or {}).get("steps")
-        if batch_size is None:
-            if dataset_size is None or not steps:
-                raise ValueError(
-                    f"{type(self).__name__} needs the SGD batch size, "
-                    "which Keras does not pass to callbacks: give "
-                    "`batch_size` (or `dataset_size`, when the steps per "
-                    "epoch are known). Received: batch_size=None, "
-                    f"dataset_size={dataset_size}, steps per epoch={steps}."
-                )
-            batch_size = math.ceil(dataset_size / steps)
-        if dataset_size is None:
-            dataset_size = batch_size * steps if steps else None
-        return batch_size, dataset_size
-
-    @staticmethod
-    def check_sizes_given(owner, batch_size, dataset_size):
-        """At construction: one of `batch_size` and `dataset_size` is
-        needed (Keras does not pass the batch size to callbacks)."""
-        if batch_size is None and dataset_size is None:
-            raise ValueError(
-                f"{owner} needs the SGD batch size, which Keras does not "
-                "pass to callbacks: give `batch_size` (or `dataset_size`, "
-                "with `fit`'s steps per epoch known). Received: "
-                "batch_size=None, dataset_size=None."
-            )
-
     # Internals -------------------------------------------------------------
 
     def _check_probe_fits_model(self):
@@ -294,6 +259,80 @@ class ProbeCallback(keras.callbacks.Callback):
             "`max_overhead` (or set it to None), `freq`, or use fewer "
             "probe samples. (Warned once.)",
             stacklevel=2,
+        )
+
+
+class SGDNoiseCallback(ProbeCallback):
+    """Base class of the callbacks that measure SGD's batch noise.
+
+    Holds what `LinearStability` and `NoiseAlignment` share beyond the
+    schedule: the SGD batch size `B` and training set size `N` (Keras does
+    not pass the batch size to callbacks, so one of them is needed), and
+    how many probe samples stand for SGD's batches (`max_exact_samples`,
+    `num_noise_batches`, see `keras_sam.hessian.noise_batches`).
+    """
+
+    def __init__(
+        self, probe_data, batch_size, dataset_size, max_exact_samples,
+        num_noise_batches, freq, freq_unit, max_overhead, probe_batch_size,
+        seed,
+    ):
+        super().__init__(
+            probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
+        )
+        self.batch_size = optional_int("batch_size", batch_size)
+        self.dataset_size = optional_int("dataset_size", dataset_size)
+        if self.batch_size is None and self.dataset_size is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the SGD batch size, which "
+                "Keras does not pass to callbacks: give `batch_size` (or "
+                "`dataset_size`, with `fit`'s steps per epoch known). "
+                "Received: batch_size=None, dataset_size=None."
+            )
+        self.max_exact_samples = _validation.check_int(
+            "max_exact_samples", max_exact_samples, 0
+        )
+        self.num_noise_batches = optional_int(
+            "num_noise_batches", num_noise_batches
+        )
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.training_sizes()
+
+    def training_sizes(self):
+        """Returns the SGD batch size `B` and training set size `N`.
+
+        Keras 3's `fit` gives callbacks only `params["steps"]` (steps per
+        epoch), so at least one of `batch_size` and `dataset_size` must be
+        given: `B = ceil(N / steps)`, `N = B * steps` (or the probe set's
+        size when the steps are unknown).
+        """
+        batch_size, dataset_size = self.batch_size, self.dataset_size
+        steps = (self.params or {}).get("steps")
+        if batch_size is None:
+            if dataset_size is None or not steps:
+                raise ValueError(
+                    f"{type(self).__name__} needs the SGD batch size, "
+                    "which Keras does not pass to callbacks: give "
+                    "`batch_size` (or `dataset_size`, when the steps per "
+                    "epoch are known). Received: batch_size=None, "
+                    f"dataset_size={dataset_size}, steps per epoch={steps}."
+                )
+            batch_size = math.ceil(dataset_size / steps)
+        if dataset_size is None:
+            dataset_size = batch_size * steps if steps else None
+        return batch_size, dataset_size
+
+    def noise_plan(self):
+        """`(exact, b, count)` of `noise_batches.noise_plan` for this
+        training run: the probe-sample sets standing for SGD's batches."""
+        batch_size, _ = self.training_sizes()
+        return noise_batches.noise_plan(
+            self.probe.num_samples,
+            batch_size,
+            self.max_exact_samples,
+            self.num_noise_batches,
         )
 
 

@@ -2,16 +2,14 @@
 
 from keras_sam import _validation, hessian
 from keras_sam.callbacks._probe_callback import (
-    ProbeCallback,
+    SGDNoiseCallback,
     gd_stability_ratio,
-    optional_int,
     optional_learning_rate,
     optional_momentum,
 )
-from keras_sam.hessian import stability
 
 
-class LinearStability(ProbeCallback):
+class LinearStability(SGDNoiseCallback):
     """Logs the linear stability of GD and SGD at the current weights.
 
     Writes into `logs`, by `hessian.linear_stability` (Wu, Ma & E, 2018):
@@ -118,12 +116,9 @@ class LinearStability(ProbeCallback):
         seed=None,
     ):
         super().__init__(
-            probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
-        )
-        self.batch_size = optional_int("batch_size", batch_size)
-        self.dataset_size = optional_int("dataset_size", dataset_size)
-        self.check_sizes_given(
-            "LinearStability", self.batch_size, self.dataset_size
+            probe_data, batch_size, dataset_size, max_exact_samples,
+            num_noise_batches, freq, freq_unit, max_overhead,
+            probe_batch_size, seed,
         )
         self.learning_rate = optional_learning_rate(learning_rate)
         self.momentum = optional_momentum(momentum)
@@ -133,19 +128,9 @@ class LinearStability(ProbeCallback):
         self.num_directions = _validation.check_int(
             "num_directions", num_directions
         )
-        self.max_exact_samples = _validation.check_int(
-            "max_exact_samples", max_exact_samples, 0
-        )
-        self.num_noise_batches = optional_int(
-            "num_noise_batches", num_noise_batches
-        )
         self.tolerance = _validation.check_non_negative_float(
             "tolerance", tolerance
         )
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.training_sizes(self.batch_size, self.dataset_size)
 
     def measure(self):
         learning_rate, momentum, nesterov = self.training_settings(
@@ -153,9 +138,7 @@ class LinearStability(ProbeCallback):
         )
         if learning_rate <= 0:
             return self._missing()
-        batch_size, dataset_size = self.training_sizes(
-            self.batch_size, self.dataset_size
-        )
+        batch_size, dataset_size = self.training_sizes()
         result = hessian.linear_stability(
             self.model,
             self.probe,
@@ -179,13 +162,10 @@ class LinearStability(ProbeCallback):
         return {name: float(result[name]) for name in self.log_names}
 
     def cost(self):
-        batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
         m = self.num_iterations
         k = self.num_directions
-        exact, size, count = stability._noise_plan(
-            n, batch_size, self.max_exact_samples, self.num_noise_batches
-        )
+        exact, size, count = self.noise_plan()
         # Wu's criterion is computed without momentum only; the projected
         # Hessians take k products per set of samples.
         wu = 1 if self._momentum() == 0.0 else 0

@@ -1,11 +1,10 @@
 """`NoiseAlignment`: how SGD's gradient noise meets the curvature, in `logs`."""
 
 from keras_sam import _validation, hessian
-from keras_sam.callbacks._probe_callback import ProbeCallback, optional_int
-from keras_sam.hessian import stability
+from keras_sam.callbacks._probe_callback import SGDNoiseCallback
 
 
-class NoiseAlignment(ProbeCallback):
+class NoiseAlignment(SGDNoiseCallback):
     """Logs the curvature-weighted strength of SGD's gradient noise.
 
     Writes into `logs`, by `hessian.noise_alignment` (Wu, Wang & Su,
@@ -81,29 +80,14 @@ class NoiseAlignment(ProbeCallback):
         seed=None,
     ):
         super().__init__(
-            probe_data, freq, freq_unit, max_overhead, probe_batch_size, seed
-        )
-        self.batch_size = optional_int("batch_size", batch_size)
-        self.dataset_size = optional_int("dataset_size", dataset_size)
-        self.check_sizes_given(
-            "NoiseAlignment", self.batch_size, self.dataset_size
+            probe_data, batch_size, dataset_size, max_exact_samples,
+            num_noise_batches, freq, freq_unit, max_overhead,
+            probe_batch_size, seed,
         )
         self.num_samples = _validation.check_int("num_samples", num_samples)
-        self.max_exact_samples = _validation.check_int(
-            "max_exact_samples", max_exact_samples, 0
-        )
-        self.num_noise_batches = optional_int(
-            "num_noise_batches", num_noise_batches
-        )
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.training_sizes(self.batch_size, self.dataset_size)
 
     def measure(self):
-        batch_size, dataset_size = self.training_sizes(
-            self.batch_size, self.dataset_size
-        )
+        batch_size, dataset_size = self.training_sizes()
         result = hessian.noise_alignment(
             self.model,
             self.probe,
@@ -118,11 +102,8 @@ class NoiseAlignment(ProbeCallback):
         return {name: float(result[name]) for name in self.log_names}
 
     def cost(self):
-        batch_size, _ = self.training_sizes(self.batch_size, self.dataset_size)
         n = self.probe.num_samples
-        exact, size, count = stability._noise_plan(
-            n, batch_size, self.max_exact_samples, self.num_noise_batches
-        )
+        exact, size, count = self.noise_plan()
         if exact:
             return 2 + n + self.num_samples, n
         return 2 + count * (1 + size / n) + self.num_samples, 0

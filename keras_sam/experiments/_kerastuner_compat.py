@@ -9,12 +9,32 @@ import functools
 
 import keras_tuner
 
-# `_SeededTrials._build_and_fit_model` overrides this `Tuner` method: it
-# is the one place per execution where the seed can be set before the
-# model is built (no public hook runs there).
+# `ExecutionHook` overrides this `Tuner` method: it is the one place per
+# execution where the seed can be set before the model is built (no
+# public hook runs there).
 TUNER_METHODS = ("_build_and_fit_model",)
 # The grid oracle's ordering of tried combinations, rebuilt on reload.
 GRID_ORACLE_ATTRIBUTES = ("_compare", "_ordered_ids", "_populate_next")
+
+
+class ExecutionHook:
+    """Mixin for a `keras_tuner.Tuner`: a hook before each execution.
+
+    Calls `self.before_execution(trial)` before KerasTuner builds and fits
+    the model of each execution of a trial, and passes the dict it returns
+    as extra keyword arguments to `HyperModel.fit` (through KerasTuner's
+    private `Tuner._build_and_fit_model`, see `TUNER_METHODS`). Put it
+    before `keras_tuner.Tuner` in the bases.
+    """
+
+    def before_execution(self, trial):
+        """Returns the extra `fit` keyword arguments of the next execution
+        of `trial`. Defaults to none."""
+        return {}
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        extra = self.before_execution(trial)
+        return super()._build_and_fit_model(trial, *args, **extra, **kwargs)
 
 
 def rebuild_grid_order(oracle):

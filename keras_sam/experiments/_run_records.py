@@ -1,20 +1,38 @@
-"""What every experiment run records about itself (private).
+"""What every run records about itself (private to the repository).
 
-The environment (backend, versions, processor, commit), the time, JSON
-and CSV files, and the dtype policy a run trains under: shared by
-`reproduce`, `sweep` and `demo`.
+The one home of the run records that the experiments (`reproduce`,
+`sweep`, `demo`, `landscape`), the scripts in `benchmarks/` and the
+tutorials write: the commit and whether the checkout was dirty, the
+processor, the device, the date; and the files they read and write
+(CSV, JSON, a generated section of a README).
+
+"Dirty" has one meaning everywhere: tracked files of the checkout differ
+from the commit (`git status --porcelain --untracked-files=no`). The
+commit is that of the checkout holding the imported `keras_sam`, the code
+that ran.
 """
 
 import csv
 import json
+import os
 import pathlib
 import platform
 import subprocess
 import time
 
+_CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+
+COMMIT_ENVIRONMENT_VARIABLE = "BENCHMARK_COMMIT"
+"""Names the commit where the copy has no `.git` (a GPU machine given a
+copy of the working tree)."""
+
 
 def environment():
-    """Backend, Keras and Python versions, machine, processor, commit."""
+    """Backend, Keras and Python versions, machine, processor, commit.
+
+    Returns:
+        A dict of strings; `"commit"` is `"unknown"` where it is not known.
+    """
     import keras
 
     return {
@@ -22,41 +40,118 @@ def environment():
         "keras": keras.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _processor_name(),
-        "commit": _git_commit(),
+        "processor": processor_name(),
+        "commit": git_commit() or "unknown",
     }
 
 
-def _processor_name():
+def processor_name():
+    """The CPU model (`/proc/cpuinfo`), else what `platform` knows."""
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor() or platform.machine()
 
 
-def _git_commit():
-    """The checkout's short commit, `+dirty` when `keras_sam/` has
-    uncommitted changes; `"unknown"` outside a git checkout."""
+def cpu_count():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def hardware():
+    """`"CPU: <model>, <n> cores"`."""
+    return f"CPU: {processor_name()}, {cpu_count()} cores"
+
+
+def load_average():
+    """The 1-minute load average, or `None` where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def git_commit():
+    """The checkout's short commit, `+dirty` when it is dirty.
+
+    Returns:
+        A string; `$BENCHMARK_COMMIT` where that is set; `None` outside a
+        git checkout.
+    """
+    if os.environ.get(COMMIT_ENVIRONMENT_VARIABLE):
+        return os.environ[COMMIT_ENVIRONMENT_VARIABLE]
     try:
         commit = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "keras_sam")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
     return commit + ("+dirty" if dirty else "")
 
 
+def uncommitted_files(*paths):
+    """Changed or new files under `paths` of the checkout, sorted: the
+    code a run used beyond its commit. Empty outside a git checkout."""
+    try:
+        status = _git("status", "--porcelain", "--", *paths)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    # Porcelain lines are "XY path": two status letters, a space.
+    return sorted(line[3:] for line in status.splitlines() if line.strip())
+
+
 def _git(*arguments):
-    root = pathlib.Path(__file__).resolve().parents[2]
     return subprocess.run(
-        ["git", "-C", str(root), *arguments],
+        ["git", "-C", str(_CHECKOUT), *arguments],
         capture_output=True,
         text=True,
         timeout=10,
         check=True,
     ).stdout.strip()
+
+
+def describe_device(backend):
+    """Where a benchmark runs.
+
+    Args:
+        backend: `"jax"`, `"torch"` or `"tensorflow"`.
+
+    Returns:
+        `(device name, is_accelerator, backend library versions)`; a CPU
+        is named `"CPU: <model>, <n> cores"`.
+    """
+    versions = {}
+    accelerator = None
+    if backend == "jax":
+        import jax
+        import jaxlib
+
+        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            accelerator = f"{device.device_kind} ({device.platform})"
+    elif backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            accelerator = torch.cuda.get_device_name(0)
+    else:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            accelerator = details.get("device_name", gpus[0].name)
+    if accelerator is not None:
+        return accelerator, True, versions
+    return hardware(), False, versions
 
 
 def now():
@@ -73,10 +168,54 @@ def write_json(path, value):
     temporary.replace(path)
 
 
-def read_csv(path):
-    """The rows of a CSV file, as dicts of strings."""
+def read_csv(path, missing_ok=False):
+    """The rows of a CSV file, as dicts of strings.
+
+    Args:
+        path: The file.
+        missing_ok: Boolean, whether a missing file reads as no rows
+            (else `FileNotFoundError`). Defaults to `False`.
+
+    Returns:
+        A list of dicts, one per row, keyed by the header.
+    """
+    if missing_ok and not pathlib.Path(path).exists():
+        return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def replace_readme_section(text, begin, end, section):
+    """`text` with the part from the marker `begin` to the marker `end`
+    replaced by `section` (which holds both markers), or with `section`
+    appended where the markers are missing; the rest stays."""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        return head + section + tail
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write_readme_section(output_dir, begin, end, section):
+    """Writes `section` into `output_dir/README.md` between its markers.
+
+    Args:
+        output_dir: The folder of the README.
+        begin: The marker opening the generated section.
+        end: The marker closing it.
+        section: The new section, both markers included. A new README
+            starts with a "Benchmarks" heading.
+
+    Returns:
+        The README's `pathlib.Path`.
+    """
+    readme = pathlib.Path(output_dir) / "README.md"
+    if readme.exists():
+        text = readme.read_text()
+    else:
+        text = "# Benchmarks\n\nTiming results written by `benchmarks/`.\n"
+    readme.write_text(replace_readme_section(text, begin, end, section))
+    return readme
 
 
 def set_precision(mixed_precision):

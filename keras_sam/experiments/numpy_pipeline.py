@@ -70,11 +70,14 @@ def normalize(images, mean, std):
     return output
 
 
-def crop_and_flip(images, rng, padding=data_pipeline.PADDING):
-    """Random crop of the zero-padded images, then random horizontal flip.
+def crop_and_flip(
+    images, rng, padding=data_pipeline.PADDING, padding_mode="constant"
+):
+    """Random crop of the padded images, then random horizontal flip.
 
-    Each image of the batch is padded with `padding` zero pixels on every
-    side, cropped back to its size at an offset drawn uniformly from
+    Each image of the batch is padded with `padding` pixels on every
+    side (zeros, or the image mirrored for `padding_mode="reflect"`),
+    cropped back to its size at an offset drawn uniformly from
     `{0, ..., 2 padding}` in each direction, and flipped left-right with
     probability 1/2: the "basic" augmentation of the SAM paper, as
     `experiments.data_pipeline.crop_and_flip` does it. The crops are one
@@ -85,7 +88,9 @@ def crop_and_flip(images, rng, padding=data_pipeline.PADDING):
         images: batch array `(n, height, width, channels)`, any dtype.
         rng: a `numpy.random.Generator`; the row offsets, the column
             offsets and the flips are drawn from it, in that order.
-        padding: pixels of zero padding. Defaults to `4`.
+        padding: pixels of padding. Defaults to `4`.
+        padding_mode: `"constant"` (zeros) or `"reflect"` (as `np.pad`
+            names them). Defaults to `"constant"`.
 
     Returns:
         A new array like `images`.
@@ -96,17 +101,28 @@ def crop_and_flip(images, rng, padding=data_pipeline.PADDING):
     >>> crop_and_flip(np.ones((8, 32, 32, 3), np.uint8), rng).shape
     (8, 32, 32, 3)
     """
+    if padding_mode not in ("constant", "reflect"):
+        raise ValueError(
+            "Argument `padding_mode` must be 'constant' or 'reflect'. "
+            f"Received: padding_mode={padding_mode!r}."
+        )
     images = np.asarray(images)
     count, height, width, channels = images.shape
     span = 2 * padding + 1
     dy = rng.integers(0, span, size=count)
     dx = rng.integers(0, span, size=count)
     flip = rng.random(count) < 0.5
-    padded = np.zeros(
-        (count, height + 2 * padding, width + 2 * padding, channels),
-        images.dtype,
-    )
-    padded[:, padding : padding + height, padding : padding + width] = images
+    if padding_mode == "reflect":
+        pad = (padding, padding)
+        padded = np.pad(images, ((0, 0), pad, pad, (0, 0)), mode="reflect")
+    else:
+        padded = np.zeros(
+            (count, height + 2 * padding, width + 2 * padding, channels),
+            images.dtype,
+        )
+        padded[:, padding : padding + height, padding : padding + width] = (
+            images
+        )
     strides = padded.strides
     # crops[i, dy, dx] is the crop of image i at offset (dy, dx): a view.
     crops = np.lib.stride_tricks.as_strided(

@@ -97,7 +97,9 @@ def mean_and_interval(values, confidence=0.95):
     return mean, float(half_width)
 
 
-def _format_error(mean, half_width, digits=2):
+def format_interval(mean, half_width, digits=2):
+    """`"mean ± half_width"` to `digits` decimals, `"mean"` without a
+    half-width, `"n/a"` without a mean."""
     if mean is None:
         return "n/a"
     if half_width is None:
@@ -411,8 +413,8 @@ def _imagenet_table_lines(settings, info, summary, paper_row, same_setting):
 
     def cells(entry):
         return (
-            f"{_format_error(entry['mean_test_error'], entry['interval'])} | "
-            + _format_error(entry["mean_test_top5_error"],
+            f"{format_interval(entry['mean_test_error'], entry['interval'])} | "
+            + format_interval(entry["mean_test_top5_error"],
                             entry["top5_interval"])
         )
 
@@ -472,8 +474,8 @@ def _table_lines(settings, info, summary, paper_row, same_setting):
         "| | SAM | SGD | SAM epochs | SGD epochs | rho | seeds |",
         "|---|---|---|---|---|---|---|",
         f"| this run: {setting} | "
-        f"{_format_error(sam['mean_test_error'], sam['interval'])} | "
-        f"{_format_error(sgd['mean_test_error'], sgd['interval'])} | "
+        f"{format_interval(sam['mean_test_error'], sam['interval'])} | "
+        f"{format_interval(sgd['mean_test_error'], sgd['interval'])} | "
         f"{sam['epochs']} | {sgd['epochs']} | {sam['rho']:g} | "
         f"{len(sam['seeds'])} |",
     ]

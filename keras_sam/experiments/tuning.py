@@ -332,7 +332,7 @@ def _write_record(record_dir, record):
     os.replace(temporary, path)
 
 
-class _SeededTrials:
+class _SeededTrials(_kerastuner_compat.ExecutionHook):
     """Mixin for KerasTuner tuners: one execution per seed.
 
     Execution `i` of a trial uses `seeds[i]`: Keras is seeded with it
@@ -364,15 +364,12 @@ class _SeededTrials:
         self._executions[trial.trial_id] = 0
         return super().run_trial(trial, *args, **kwargs)
 
-    def _build_and_fit_model(self, trial, *args, **kwargs):
-        # A private KerasTuner method: see _kerastuner_compat.TUNER_METHODS.
+    def before_execution(self, trial):
         index = self._executions.get(trial.trial_id, 0)
         self._executions[trial.trial_id] = index + 1
         seed = self.seeds[index % len(self.seeds)]
         keras.utils.set_random_seed(seed)
-        return super()._build_and_fit_model(
-            trial, *args, seed=seed, trial_id=trial.trial_id, **kwargs
-        )
+        return {"seed": seed, "trial_id": trial.trial_id}
 
 
 class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):

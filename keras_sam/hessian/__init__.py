@@ -77,6 +77,7 @@ References:
 
 from keras_sam.hessian.alignment import noise_alignment
 from keras_sam.hessian.density import eigenvalue_density, smoothed_density
+from keras_sam.hessian.noise_batches import DEFAULT_MAX_EXACT_SAMPLES
 from keras_sam.hessian.probe import (
     DEFAULT_PROBE_BATCH_SIZE,
     ProbeSet,
@@ -95,11 +96,12 @@ from keras_sam.hessian.spectrum import (
     top_eigenvalues,
 )
 from keras_sam.hessian.stability import (
-    DEFAULT_MAX_EXACT_SAMPLES,
     DEFAULT_NUM_DIRECTIONS,
     DEFAULT_STABILITY_TOLERANCE,
-    gd_stability_threshold,
     linear_stability,
+)
+from keras_sam.hessian.stability_theory import (
+    gd_stability_threshold,
     sam_oscillation_amplitude,
     sam_stability_threshold,
     sgd_second_moment_growth,

@@ -4,15 +4,15 @@
 import numpy as np
 
 from keras_sam._validation import check_int
-from keras_sam.hessian.curvature import _prepare
-from keras_sam.hessian.linalg import _hutchinson, _rng
-from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
-from keras_sam.hessian.stability import (
+from keras_sam.hessian.curvature import prepare_curvature
+from keras_sam.hessian.linalg import hutchinson, make_rng
+from keras_sam.hessian.noise_batches import (
     DEFAULT_MAX_EXACT_SAMPLES,
-    _dataset_size,
-    _finite_population_factor,
-    _NoiseBatches,
+    NoiseBatches,
+    check_dataset_size,
 )
+from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
+from keras_sam.hessian.stability_theory import finite_population_factor
 
 
 def noise_alignment(
@@ -82,11 +82,11 @@ def noise_alignment(
     max_exact_samples = check_int("max_exact_samples", max_exact_samples, 0)
     if num_noise_batches is not None:
         num_noise_batches = check_int("num_noise_batches", num_noise_batches)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
-    population = _dataset_size(dataset_size, batch_size, curvature)
-    train_factor = _finite_population_factor(population, batch_size)
-    noise = _NoiseBatches(
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
+    population = check_dataset_size(dataset_size, batch_size, curvature)
+    train_factor = finite_population_factor(population, batch_size)
+    noise = NoiseBatches(
         curvature, batch_size, max_exact_samples, num_noise_batches, rng
     )
     mean_gradient = curvature.gradient()
@@ -100,7 +100,7 @@ def noise_alignment(
     else:
         curvature_noise = float(np.mean(quadratic)) / noise.factor
         gradient_noise = float(np.mean(squared)) / noise.factor
-    frobenius = _hutchinson(curvature, num_samples, rng)["frobenius_norm"]
+    frobenius = hutchinson(curvature, num_samples, rng)["frobenius_norm"]
     loss = curvature.loss()
     denominator = 2.0 * loss * frobenius**2
     return {

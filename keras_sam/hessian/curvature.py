@@ -3,6 +3,10 @@
 The loss is `keras_sam.stateless.stateless_loss` in inference mode; its
 gradient and Hessian-vector products come from the backend's autodiff
 (`keras_sam.backend`), compiled once per model.
+
+Internal to `keras_sam.hessian` and `keras_sam.landscape`: its public
+names (`prepare_curvature`, `Curvature`, `check_model`, ...) are what
+those modules share; none is part of the package's API.
 """
 
 import weakref
@@ -13,10 +17,19 @@ import numpy as np
 from keras_sam import backend as sam_backend
 from keras_sam import stateless
 from keras_sam._validation import check_int, short_repr
-from keras_sam.hessian.probe import _weighted_batches, as_probe_set
+from keras_sam.hessian.probe import as_probe_set, weighted_batches
 
 # model -> compiled functions; the functions hold the model weakly.
 _COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_for(model, name, build):
+    """`build(weakref.ref(model))`, built once per model: the compiled
+    functions of `model` cached under `name` (they hold it weakly)."""
+    cache = _COMPILED.setdefault(model, {})
+    if name not in cache:
+        cache[name] = build(weakref.ref(model))
+    return cache[name]
 
 
 def probe_loss(model, state, batch):
@@ -30,11 +43,18 @@ def probe_loss(model, state, batch):
     loss, _ = stateless.stateless_loss(
         model, *state, x, y, sample_weight, training=False
     )
+    return undo_replica_scaling(loss)
+
+
+def undo_replica_scaling(loss):
+    """`loss` times the number of replicas of the current `tf.distribute`
+    strategy, which Keras divided the compiled loss by."""
     replicas = _num_replicas()
     return loss * replicas if replicas > 1 else loss
 
 
 def _num_replicas():
+    """Replicas of the current `tf.distribute` strategy; 1 elsewhere."""
     if keras.backend.backend() != "tensorflow":
         return 1
     import tensorflow as tf
@@ -52,10 +72,7 @@ def _functions(model):
     all with respect to the trainable values `state[0]`, as lists of
     tensors.
     """
-    cache = _COMPILED.setdefault(model, {})
-    if "functions" not in cache:
-        cache["functions"] = _build_functions(weakref.ref(model))
-    return cache["functions"]
+    return compiled_for(model, "functions", _build_functions)
 
 
 def _build_functions(model_ref):
@@ -78,7 +95,7 @@ def _build_functions(model_ref):
     )
 
 
-class _Curvature:
+class Curvature:
     """The probe loss of `model` at its current weights, on flat vectors.
 
     Snapshots the variable values once; `hvp`, `gradient` and `loss` take
@@ -90,9 +107,9 @@ class _Curvature:
         self.probe = probe
         self.probe_batch_size = probe_batch_size
         self.state = (
-            _snapshot(model.trainable_variables),
-            _snapshot(model.non_trainable_variables),
-            _snapshot(model.metrics_variables),
+            snapshot(model.trainable_variables),
+            snapshot(model.non_trainable_variables),
+            snapshot(model.metrics_variables),
         )
         self.shapes = [tuple(v.shape) for v in model.trainable_variables]
         self.dtypes = [
@@ -109,11 +126,11 @@ class _Curvature:
         """Weighted microbatches of the samples `indices` (default all)."""
         if indices is None:
             if self._full is None:
-                self._full = _weighted_batches(
+                self._full = weighted_batches(
                     self.probe, None, self.probe_batch_size
                 )
             return self._full
-        return _weighted_batches(self.probe, indices, self.probe_batch_size)
+        return weighted_batches(self.probe, indices, self.probe_batch_size)
 
     def hvp(self, flat_vector, batches=None):
         """`H v` for the samples of `batches` (default: the probe set)."""
@@ -171,6 +188,8 @@ class _Curvature:
         return blocks
 
     def flatten(self, tensors):
+        """Tensors shaped like the trainable variables, as one flat
+        float64 vector."""
         return np.concatenate(
             [
                 np.asarray(keras.ops.convert_to_numpy(t), np.float64).ravel()
@@ -184,6 +203,8 @@ class _Curvature:
         return [p.reshape(s) for p, s in zip(parts, self.shapes)]
 
     def unflatten(self, flat, name="vector"):
+        """A flat vector of length `dim` as tensors shaped like the
+        trainable variables; `ValueError` naming `name` otherwise."""
         flat = np.asarray(flat, dtype=np.float64)
         if flat.shape != (self.dim,):
             raise ValueError(
@@ -206,14 +227,18 @@ def _layer_path(variable_path):
     return layer or variable_path
 
 
-def _snapshot(variables):
+def snapshot(variables):
+    """The current values of `variables`, as tensors (detached on
+    torch)."""
     values = [keras.ops.convert_to_tensor(v) for v in variables]
     if keras.backend.backend() == "torch":
         values = [v.detach() for v in values]
     return values
 
 
-def _check_model(model):
+def check_model(model):
+    """Raises `ValueError` unless `model` is a built, compiled Keras model
+    with trainable variables."""
     is_model = isinstance(model, keras.Model)
     if not is_model:
         raise ValueError(
@@ -237,7 +262,9 @@ def _check_model(model):
         )
 
 
-def _prepare(model, data, probe_batch_size):
-    _check_model(model)
+def prepare_curvature(model, data, probe_batch_size):
+    """The `Curvature` of `model`'s probe loss on `data`, after checking
+    the model and `probe_batch_size`."""
+    check_model(model)
     probe_batch_size = check_int("probe_batch_size", probe_batch_size)
-    return _Curvature(model, as_probe_set(data), probe_batch_size)
+    return Curvature(model, as_probe_set(data), probe_batch_size)

@@ -10,8 +10,8 @@ from keras_sam._validation import (
     check_positive_float,
     short_repr,
 )
-from keras_sam.hessian.curvature import _prepare
-from keras_sam.hessian.linalg import _lanczos_ritz_pairs, _rng
+from keras_sam.hessian.curvature import prepare_curvature
+from keras_sam.hessian.linalg import lanczos_ritz_pairs, make_rng
 from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
 
 
@@ -85,12 +85,12 @@ def eigenvalue_density(
     """
     num_steps = check_int("num_steps", num_steps)
     num_runs = check_int("num_runs", num_runs)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     nodes, weights = [], []
     for _ in range(num_runs):
         start = rng.choice([-1.0, 1.0], size=curvature.dim)
-        values, _, eigenvectors = _lanczos_ritz_pairs(
+        values, _, eigenvectors = lanczos_ritz_pairs(
             curvature.hvp, curvature.dim, num_steps, rng, start=start
         )
         nodes.append(values)

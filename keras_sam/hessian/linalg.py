@@ -1,5 +1,10 @@
 """Linear algebra on a Hessian given as a product `v -> H v`: Lanczos
-with full reorthogonalization (float64) and Hutchinson's trace."""
+with full reorthogonalization (float64) and Hutchinson's trace.
+
+Internal to `keras_sam.hessian`, `keras_sam.landscape` and the callbacks:
+its public names are what those modules share; none is part of the
+package's API.
+"""
 
 import math
 
@@ -9,7 +14,7 @@ from scipy import linalg as scipy_linalg
 from keras_sam._validation import is_integer
 
 
-def _lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
+def lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
     """Ritz values of a symmetric operator after `num_iterations` products.
 
     Lanczos with full reorthogonalization (twice, classical Gram-Schmidt)
@@ -30,7 +35,7 @@ def _lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
         unit Ritz vector of `values[j]` (orthonormal columns).
     """
     if return_vectors:
-        values, vectors, _ = _lanczos_ritz_pairs(
+        values, vectors, _ = lanczos_ritz_pairs(
             matvec, dim, num_iterations, rng
         )
         return values, vectors
@@ -38,7 +43,7 @@ def _lanczos(matvec, dim, num_iterations, rng, return_vectors=False):
     return scipy_linalg.eigh_tridiagonal(alphas, betas, eigvals_only=True)
 
 
-def _lanczos_ritz_pairs(matvec, dim, num_iterations, rng, start=None):
+def lanczos_ritz_pairs(matvec, dim, num_iterations, rng, start=None):
     """Ritz values, Ritz vectors and the tridiagonal's eigenvectors.
 
     Returns `(values, vectors, eigenvectors)`: `values` ascending,
@@ -110,7 +115,9 @@ def _random_unit(rng, dim, basis):
     return vector / np.linalg.norm(vector)
 
 
-def _rng(seed):
+def make_rng(seed):
+    """A `numpy.random.Generator` from an integer seed or `None`; raises
+    `ValueError` naming `seed` for anything else."""
     if seed is not None and not is_integer(seed):
         raise ValueError(
             f"Argument `seed` must be None or an integer. Received: "
@@ -119,7 +126,7 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
-def _hutchinson(curvature, num_samples, rng, blocks=None):
+def hutchinson(curvature, num_samples, rng, blocks=None):
     """Hutchinson's trace and Frobenius norm; per block if `blocks`.
 
     `blocks`: `{name: flat indices}`; block `B`'s estimate is
@@ -138,21 +145,21 @@ def _hutchinson(curvature, num_samples, rng, blocks=None):
             block_quadratic[name][i] = z[indices] @ product[indices]
     result = {
         "trace": float(np.mean(quadratic)),
-        "trace_stderr": _standard_error(quadratic),
+        "trace_stderr": standard_error(quadratic),
         "frobenius_norm": float(math.sqrt(np.mean(squared_norms))),
     }
     if blocks is not None:
         result["per_layer"] = {
             name: {
                 "trace": float(np.mean(values)),
-                "trace_stderr": _standard_error(values),
+                "trace_stderr": standard_error(values),
             }
             for name, values in block_quadratic.items()
         }
     return result
 
 
-def _standard_error(samples):
+def standard_error(samples):
     """The standard error of the mean of `samples` (NaN for one)."""
     if len(samples) < 2:
         return float("nan")

@@ -1,5 +1,10 @@
 """Probe data for the curvature measurements: read once into host
-memory, split into size-weighted microbatches."""
+memory, split into size-weighted microbatches.
+
+`ProbeSet`, `as_probe_set` and `DEFAULT_PROBE_BATCH_SIZE` are public
+(`keras_sam.hessian`); `to_numpy` and `weighted_batches` are shared with
+the other modules of `keras_sam.hessian` and `keras_sam.landscape` only.
+"""
 
 
 import keras
@@ -57,7 +62,7 @@ def as_probe_set(data):
     else:
         batches = [data]
     parts = [keras.utils.unpack_x_y_sample_weight(b) for b in batches]
-    parts = [tuple(_map(_to_numpy, p) for p in part) for part in parts]
+    parts = [tuple(_map(to_numpy, p) for p in part) for part in parts]
     if not parts:
         raise ValueError(
             f"Argument `data` is empty. Received: data={short_repr(data)}"
@@ -109,7 +114,9 @@ def _leaves(structure):
     return [leaf for leaf in keras.tree.flatten(structure) if leaf is not None]
 
 
-def _to_numpy(value):
+def to_numpy(value):
+    """A tensor of any backend (or array-like) as a NumPy array; float64
+    data is cast to `keras.config.floatx()` unless that is float64."""
     if hasattr(value, "detach"):  # torch
         value = value.detach().cpu()
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
@@ -130,7 +137,7 @@ def _num_samples(x, data):
     return int(leaves[0].shape[0])
 
 
-def _weighted_batches(probe, indices, probe_batch_size):
+def weighted_batches(probe, indices, probe_batch_size):
     """Splits the samples `indices` (or all) into microbatches of tensors.
 
     Returns a list of `(batch, weight)`, `batch = (x, y, sample_weight)`,

@@ -16,8 +16,8 @@ from keras_sam._validation import (
     check_optional_int,
     check_positive_float,
 )
-from keras_sam.hessian.curvature import _prepare
-from keras_sam.hessian.linalg import _rng, _standard_error
+from keras_sam.hessian.curvature import prepare_curvature
+from keras_sam.hessian.linalg import make_rng, standard_error
 from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
 
 SHARPNESS_KINDS = ("worst", "average")
@@ -77,8 +77,8 @@ def keskar_sharpness(
     """
     epsilon = check_positive_float("epsilon", epsilon)
     max_iterations = check_int("max_iterations", max_iterations)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     weights = curvature.weights()
     bound = epsilon * (np.abs(weights) + 1.0)
     loss = curvature.loss()
@@ -210,8 +210,8 @@ def adaptive_sharpness(
     num_steps = check_int("num_steps", num_steps)
     num_samples = check_int("num_samples", num_samples)
     batch_size = check_optional_int("batch_size", batch_size)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     weights = curvature.weights()
     scale = np.abs(weights) if adaptive else np.ones_like(weights)
     loss = curvature.loss()
@@ -243,7 +243,7 @@ def _average_sharpness(curvature, weights, scale, rho, num_samples, loss, rng):
     return {
         "sharpness": float(np.mean(rises)),
         "loss": loss,
-        "sharpness_stderr": _standard_error(rises),
+        "sharpness_stderr": standard_error(rises),
     }
 
 

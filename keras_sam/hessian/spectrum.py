@@ -4,14 +4,14 @@
 import numpy as np
 
 from keras_sam._validation import check_bool, check_int
-from keras_sam.hessian.curvature import _prepare
+from keras_sam.hessian.curvature import prepare_curvature
 from keras_sam.hessian.linalg import (
-    _hutchinson,
-    _lanczos,
-    _lanczos_ritz_pairs,
-    _rng,
+    hutchinson,
+    lanczos,
+    lanczos_ritz_pairs,
+    make_rng,
 )
-from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE, _to_numpy
+from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE, to_numpy
 
 
 def hessian_vector_product(
@@ -47,7 +47,7 @@ def hessian_vector_product(
     >>> v = [np.ones(w.shape) for w in model.trainable_variables]
     >>> hv = keras_sam.hessian.hessian_vector_product(model, (x, y), v)
     """
-    curvature = _prepare(model, data, probe_batch_size)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     as_list = isinstance(vector, (list, tuple))
     if as_list:
         if len(vector) != len(curvature.shapes):
@@ -64,10 +64,10 @@ def hessian_vector_product(
                     f"Received shapes {[np.shape(p) for p in vector]}."
                 )
         flat = np.concatenate(
-            [np.asarray(_to_numpy(p), np.float64).ravel() for p in vector]
+            [np.asarray(to_numpy(p), np.float64).ravel() for p in vector]
         )
     else:
-        flat = np.asarray(_to_numpy(vector), np.float64)
+        flat = np.asarray(to_numpy(vector), np.float64)
     product = curvature.hvp(flat)
     return curvature.split(product) if as_list else product
 
@@ -137,17 +137,17 @@ def top_eigenvalues(
     num_iterations = check_int("num_iterations", num_iterations)
     return_eigenvectors = check_bool("return_eigenvectors", return_eigenvectors)
     _check_iterations_cover_k(num_iterations, k)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     if k > curvature.dim:
         raise ValueError(
             f"Argument `k` must be at most the number of trainable "
             f"parameters ({curvature.dim}). Received: k={k}."
         )
     if not return_eigenvectors:
-        ritz = _lanczos(curvature.hvp, curvature.dim, num_iterations, rng)
+        ritz = lanczos(curvature.hvp, curvature.dim, num_iterations, rng)
         return ritz[::-1][:k].copy()
-    values, vectors, _ = _lanczos_ritz_pairs(
+    values, vectors, _ = lanczos_ritz_pairs(
         curvature.hvp, curvature.dim, num_iterations, rng
     )
     order = np.argsort(values)[::-1][:k]
@@ -207,12 +207,12 @@ def layer_top_eigenvalues(
     k = check_int("k", k)
     num_iterations = check_int("num_iterations", num_iterations)
     _check_iterations_cover_k(num_iterations, k)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     result = {}
     for layer, indices in curvature.layer_blocks().items():
         block = _block_operator(curvature, indices)
-        ritz = _lanczos(block, len(indices), num_iterations, rng)
+        ritz = lanczos(block, len(indices), num_iterations, rng)
         result[layer] = ritz[::-1][:k].copy()
     return result
 
@@ -296,7 +296,7 @@ def hessian_trace(
     """
     num_samples = check_int("num_samples", num_samples)
     per_layer = check_bool("per_layer", per_layer)
-    rng = _rng(seed)
-    curvature = _prepare(model, data, probe_batch_size)
+    rng = make_rng(seed)
+    curvature = prepare_curvature(model, data, probe_batch_size)
     blocks = curvature.layer_blocks() if per_layer else None
-    return _hutchinson(curvature, num_samples, rng, blocks)
+    return hutchinson(curvature, num_samples, rng, blocks)

@@ -1,4 +1,4 @@
-"""The tf-keras (Keras 2) twin of a `keras_sam.models` network.
+"""The tf-keras (Keras 2) twin of a `keras_sam.models` network (private).
 
 `benchmarks/step_time.py` times `SAMModel` against tf-keras's own
 `tf_keras.models.experimental.SharpnessAwareMinimization` on the same
