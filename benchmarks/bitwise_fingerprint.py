@@ -8,6 +8,9 @@ saves every weight to an `.npz`; `--compare a.npz b.npz` reports any
 array that differs in even one bit. Used to check that a refactor of the
 SAM step changes nothing (issue 11):
 
+It runs the installed `keras_sam` (`pip install -e .` of the checkout, or
+`PYTHONPATH=<checkout>`):
+
     KERAS_BACKEND=jax python benchmarks/bitwise_fingerprint.py \
         --output before.npz
     ... change the code, run again with --output after.npz ...
@@ -16,14 +19,9 @@ SAM step changes nothing (issue 11):
 
 import argparse
 import os
-import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 CASES = {
     "sam": {"rho": 0.05},
