@@ -219,7 +219,12 @@ class SAMModel(SAMTrainer, keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(
-            config["model"], custom_objects=custom_objects
-        )
+        try:
+            config["model"] = keras.saving.deserialize_keras_object(
+                config["model"], custom_objects=custom_objects
+            )
+        except TypeError as error:
+            # Keras wraps a TypeError raised here in a message that starts
+            # with the whole config; another type reaches the user as is.
+            raise _validation.unregistered_class_error(error) from error
         return cls(**config)
