@@ -339,8 +339,8 @@ def test_a_missing_backend_from_the_environment_says_what_to_install(
     assert cli.main(["demo", "--quick"]) == 2
     assert capsys.readouterr().err == (
         "keras-sam demo: error: the Keras backend is 'tensorflow' "
-        "(KERAS_BACKEND, keras.json or Keras' default), which needs the "
-        "tensorflow package, which is not installed; install it with "
+        "(KERAS_BACKEND, keras.json or Keras' default) and needs the "
+        "tensorflow package, not installed here; install it with "
         "`pip install tensorflow` (or `pip install 'keras-sam[cpu]'`; "
         "from a clone: `pip install -e '.[cpu]'`) or choose another "
         "--backend\n"

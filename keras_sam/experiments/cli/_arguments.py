@@ -111,10 +111,10 @@ def missing_backend(backend):
     else:
         where = (
             f"the Keras backend is {name!r} (KERAS_BACKEND, keras.json or "
-            "Keras' default), which needs"
+            "Keras' default) and needs"
         )
     return (
-        f"{where} the {module} package, which is not installed; install "
+        f"{where} the {module} package, not installed here; install "
         f"it with `pip install {distribution}` (or `pip install "
         f"'keras-sam[{extra}]'`; from a clone: `pip install -e "
         f"'.[{extra}]'`)"
