@@ -2,26 +2,22 @@
 
 It runs before anything imports Keras, which fixes its backend and, on
 TensorFlow, prints TensorFlow's native log lines (oneDNN, absl) on import
-whatever `TF_CPP_MIN_LOG_LEVEL` says. So it applies `--backend NAME` to
-`KERAS_BACKEND`, says what to install if the backend's package is
-missing, sends native (C++) output on stderr to /dev/null unless
-`--tf-logs` is given (Python's own errors and warnings still print), and
-then runs `keras_sam.experiments.cli.main`. `--help` and `--version`
-answer without importing Keras at all (`answer_without_keras`).
+whatever `TF_CPP_MIN_LOG_LEVEL` says. So it first parses and checks the
+arguments without importing Keras (`check_without_keras`: `--help`,
+`--version`, a usage error, a missing backend or package are answered in
+a fraction of a second, in one line, before anything is written), then
+applies `--backend NAME` to `KERAS_BACKEND`, sends native (C++) output on
+stderr to /dev/null unless `--tf-logs` is given (Python's own errors and
+warnings still print), and runs `keras_sam.experiments.cli.main`.
 """
 
-import ast
 import importlib.util
 import os
 import sys
 import types
 
-# The package of each Keras backend, and the setup.cfg extra that has it.
-BACKEND_PACKAGES = {
-    "tensorflow": ("tensorflow", "cpu"),
-    "jax": ("jax", "jax"),
-    "torch": ("torch", "torch"),
-}
+# The Keras backends `--backend` takes.
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def requested_backend(argv):
@@ -32,22 +28,6 @@ def requested_backend(argv):
         if argument.startswith("--backend="):
             return argument.split("=", 1)[1]
     return None
-
-
-def missing_backend(backend, find_spec=importlib.util.find_spec):
-    """`None` if `backend`'s package is installed (or `backend` is not one
-    of Keras's; the parser reports that), else the error message."""
-    if backend not in BACKEND_PACKAGES:
-        return None
-    package, extra = BACKEND_PACKAGES[backend]
-    if find_spec(package) is not None:
-        return None
-    return (
-        f"the Keras backend is {backend!r} (KERAS_BACKEND or --backend), "
-        f"which needs the {package} package, not installed here; install "
-        f"it with `pip install 'keras-sam[{extra}]'` (from a clone: "
-        f"`pip install -e '.[{extra}]'`) or choose another --backend"
-    )
 
 
 def quiet_native_stderr():
@@ -61,48 +41,40 @@ def quiet_native_stderr():
     sys.stderr = python_stderr
 
 
-# Arguments that only ask for help or the version (with command names).
-_HELP_ONLY = {
-    "-h", "--help", "--version", "demo", "sweep", "reproduce", "landscape",
-}
+def check_without_keras(argv):
+    """Parses and checks `argv` without importing Keras.
 
-
-def answer_without_keras(argv):
-    """Prints `--help` or `--version` (or the missing-command error) with
-    the parser loaded from `keras_sam/experiments/cli/` but without
-    running `keras_sam/__init__.py`, which imports Keras and its backend
-    (seconds, and TensorFlow's logs). Exits there; returns only when
-    `argv` asks for more, or if the parser cannot be loaded that way."""
-    if not set(argv) <= _HELP_ONLY:
-        return
+    The parser and the checks (`keras_sam.experiments.cli.parse_arguments`)
+    are loaded from `keras_sam/experiments/cli/` with a bare `keras_sam`
+    package: its submodules import, but its `__init__.py`, which imports
+    Keras and its backend (seconds, and TensorFlow's logs), does not run.
+    Exits for `--help` and `--version` (status 0) and for a usage error,
+    a missing backend or a missing package (status 2, one line on
+    stderr, nothing written); returns when the command is to run, or if
+    the parser cannot be loaded that way (the full import then checks the
+    same). Leaves no `keras_sam` module imported.
+    """
     spec = importlib.util.find_spec("keras_sam")
-    if spec is None or spec.origin is None:
+    if spec is None or spec.submodule_search_locations is None:
         return
+    loaded = sys.modules.get("keras_sam")
     package = types.ModuleType("keras_sam")
     package.__path__ = list(spec.submodule_search_locations)
-    package.__version__ = _version(spec.origin)
     sys.modules["keras_sam"] = package
     try:
-        from keras_sam.experiments.cli import build_parser
+        from keras_sam.experiments import cli
 
-        parser = build_parser()
-    except Exception:  # noqa: BLE001 - fall back to the full import
+        args, problem = cli.parse_arguments(argv)
+        if problem is not None:
+            sys.exit(cli._arguments.error(args.command, problem))
+    except ImportError:
+        return  # an incomplete package: the full import reports it
+    finally:
         for name in [m for m in sys.modules
                      if m == "keras_sam" or m.startswith("keras_sam.")]:
             del sys.modules[name]
-        return
-    parser.parse_args(argv)  # exits: help, version or a usage error
-
-
-def _version(init_path):
-    with open(init_path) as f:
-        for node in ast.parse(f.read()).body:
-            if isinstance(node, ast.Assign) and any(
-                getattr(target, "id", None) == "__version__"
-                for target in node.targets
-            ):
-                return node.value.value
-    return "unknown"
+        if loaded is not None:
+            sys.modules["keras_sam"] = loaded
 
 
 def main(argv=None):
@@ -110,14 +82,10 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     native_logs = "--tf-logs" in argv
     argv = [a for a in argv if a != "--tf-logs"]
-    answer_without_keras(argv)
+    check_without_keras(argv)
     backend = requested_backend(argv)
-    if backend in BACKEND_PACKAGES:
+    if backend in BACKENDS:
         os.environ["KERAS_BACKEND"] = backend
-    message = missing_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
-    if message is not None:
-        print(f"keras-sam: error: {message}", file=sys.stderr)
-        return 2
     if not native_logs:
         quiet_native_stderr()
     from keras_sam.experiments import cli

@@ -12,14 +12,13 @@ from keras_sam import (
     rules,
     stateless,
 )
+from keras_sam._version import __version__ as __version__
 from keras_sam.perturbed_subset import NORMALIZATION_LAYERS
 from keras_sam.sam_model import SAMModel
 
 # The experiment application (datasets, pipelines, the paper's recipe,
 # tuning, reproduce, demo and the `keras-sam` command line) is the
 # subpackage `keras_sam.experiments`, imported on demand.
-
-__version__ = "0.1.0"
 
 __all__ = [
     "NORMALIZATION_LAYERS",

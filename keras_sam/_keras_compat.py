@@ -74,6 +74,40 @@ def input_signature(model):
     return export_utils.get_input_signature(model)
 
 
+class FitTargetsCheck:
+    """Checks that `fit`'s first batch has targets, before Keras builds.
+
+    `fit` on JAX and torch builds the compiled loss from the first batch in
+    Keras's private `Trainer._symbolic_build` before the first step, and a
+    batch without targets fails there deep inside the backend
+    (`None is not a valid value for jnp.array`). This override looks at
+    the batch first, while `self._checking_fit_batches` is set (by
+    `SAMModel.fit`; `predict` batches have no targets), and raises the
+    error of `keras_sam._validation.check_targets`.
+    """
+
+    _checking_fit_batches = False
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        if self._checking_fit_batches:
+            if data_batch is None and iterator is not None:
+                # As Keras's own `_symbolic_build` takes the first batch.
+                for _, _, data_or_iterator in iterator:
+                    if isinstance(data_or_iterator, (list, tuple)):
+                        data_batch = data_or_iterator[0]
+                    else:
+                        data_batch = next(data_or_iterator)
+                    break
+            if data_batch is not None:
+                from keras_sam import _validation
+
+                _, y, _ = keras.utils.unpack_x_y_sample_weight(data_batch)
+                _validation.check_targets(y)
+        return super()._symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
+
 class LocalBatchSymbolicBuild:
     """Builds from `self._first_local_batch(iterator)` where it is a batch.
 

@@ -6,6 +6,7 @@ Every check returns the value converted to its canonical Python type.
 
 import math
 import numbers
+import re
 
 
 def short_repr(value, limit=200):
@@ -94,3 +95,47 @@ def check_choice(name, value, choices):
             f"Received: {name}={value!r}."
         )
     return value
+
+
+def unregistered_class_error(error):
+    """The error to raise for `error`, a `TypeError` of Keras while
+    loading a `SAMModel`'s inner model.
+
+    Keras's "Could not locate class 'Name'" becomes a `ValueError` whose
+    first line says the cause and the remedy (register the class); any
+    other `TypeError` is returned as it is.
+    """
+    match = re.match(r"Could not locate (\w+) '([^']+)'", str(error))
+    if match is None:
+        return error
+    kind, name = match.groups()
+    python_name = name.split(">")[-1]
+    return ValueError(
+        f"Could not load the SAMModel: its inner model uses the {kind} "
+        f"{name!r}, which Keras does not know; register it with "
+        "`@keras.saving.register_keras_serializable()` on its definition "
+        "and import that module before loading (or pass "
+        f"`custom_objects={{{python_name!r}: {python_name}}}` to "
+        "`keras.saving.load_model`)."
+    )
+
+
+def check_targets(y):
+    """`y`, the targets of a training batch; a `ValueError` if `None`.
+
+    A dataset or generator given to `fit` that yields inputs only (no
+    targets) unpacks to `y=None`, which a SAM step cannot train on.
+
+    Args:
+        y: the targets `keras.utils.unpack_x_y_sample_weight` gave.
+
+    Returns:
+        `y`.
+    """
+    if y is None:
+        raise ValueError(
+            "A dataset or generator given to `fit` must yield `(x, y)` or "
+            "`(x, y, sample_weight)`; it yielded inputs only (no targets, "
+            "y=None), and a SAM step needs a loss of targets."
+        )
+    return y

@@ -203,6 +203,16 @@ class SAMModel(SAMTrainer, keras.Model):
         self.rule_state.build_for(self)
         return outputs
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; a dataset or generator that yields inputs
+        only (no targets) is refused before the first step, in one line.
+        """
+        self._checking_fit_batches = True
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self._checking_fit_batches = False
+
     def export(self, filepath, format="tf_saved_model", verbose=None,
                input_signature=None, **kwargs):
         """`keras.Model.export`; the input signature defaults to the
@@ -236,7 +246,12 @@ class SAMModel(SAMTrainer, keras.Model):
         config = dict(config)
         if "variant" in config:  # saved before 0.2
             config["rule"] = config.pop("variant")
-        config["model"] = keras.saving.deserialize_keras_object(
-            config["model"], custom_objects=custom_objects
-        )
+        try:
+            config["model"] = keras.saving.deserialize_keras_object(
+                config["model"], custom_objects=custom_objects
+            )
+        except TypeError as error:
+            # Keras wraps a TypeError raised here in a message that starts
+            # with the whole config; another type reaches the user as is.
+            raise _validation.unregistered_class_error(error) from error
         return cls(**config)

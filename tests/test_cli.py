@@ -322,3 +322,39 @@ def test_the_parsers_model_names_are_the_registrys():
     from keras_sam.experiments.cli import _arguments
 
     assert _arguments.MODEL_NAMES == models.MODEL_NAMES
+
+
+def test_a_missing_backend_from_the_environment_says_what_to_install(
+    monkeypatch, capsys
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "tensorflow" else find_spec(name),
+    )
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert cli.main(["demo", "--quick"]) == 2
+    assert capsys.readouterr().err == (
+        "keras-sam demo: error: the Keras backend is 'tensorflow' "
+        "(KERAS_BACKEND, keras.json or Keras' default) and needs the "
+        "tensorflow package, not installed here; install it with "
+        "`pip install tensorflow` (or `pip install 'keras-sam[cpu]'`; "
+        "from a clone: `pip install -e '.[cpu]'`) or choose another "
+        "--backend\n"
+    )
+
+
+def test_the_backend_in_effect_reads_keras_json(monkeypatch, tmp_path):
+    from keras_sam.experiments.cli import _arguments
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert _arguments.backend_in_effect(None) == "tensorflow"
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    assert _arguments.backend_in_effect(None) == "torch"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert _arguments.backend_in_effect(None) == "jax"
+    assert _arguments.backend_in_effect("tensorflow") == "tensorflow"

@@ -24,7 +24,13 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_sam import _keras_compat, ascent, rule_state, stateless
+from keras_sam import (
+    _keras_compat,
+    _validation,
+    ascent,
+    rule_state,
+    stateless,
+)
 from keras_sam.backend.splits import BatchSplits, first_leaf
 from keras_sam.rho_schedules import Schedule
 
@@ -94,7 +100,7 @@ class ChunkResult(NamedTuple):
     ascended: object
 
 
-class SAMTrainerBase:
+class SAMTrainerBase(_keras_compat.FitTargetsCheck):
     """The methods every backend's `SAMTrainer.train_step` calls.
 
     Mixed into `keras_sam.SAMModel` through the backend's `SAMTrainer`;
@@ -116,6 +122,7 @@ class SAMTrainerBase:
         symbolically here, on the first trace, from the batch's shapes.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _validation.check_targets(y)
         if not _keras_compat.fully_built(self):
             _keras_compat.symbolic_build(self, data_batch=data)
         if not self.trainable_variables:

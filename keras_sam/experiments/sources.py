@@ -303,7 +303,8 @@ def _read_tfds(name, data_dir, download):
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise _SourceUnavailable(
-            f"tensorflow_datasets is not installed ({error})"
+            f"tensorflow_datasets is not installed ({error}; pip install "
+            "'keras-sam[tfds]', from a clone pip install -e '.[tfds]')"
         ) from error
     try:
         train, test = tfds.load(

@@ -10,17 +10,21 @@ keras-sam landscape MODEL.keras [MODEL.keras ...] --data PROBE.npz ...
 
 Each subcommand is one module of this package (`demo`, `sweep`, `reproduce`,
 `landscape`) with `add_command(subparsers, common)`, which declares its
-arguments and sets `handler`, and `run(args)`, the handler: a function of
-the parsed arguments returning the exit status. `sweep` and `reproduce` turn
-their arguments into one `keras_sam.experiments.config.RunConfig`
-(`_arguments.run_config`) and hand it to the experiment. Handlers import
-Keras (and anything that imports it) only inside their body, after
-`--backend` has been applied, because Keras fixes its backend when first
-imported.
+arguments and sets `check` and `handler`; `check(args)`, the usage errors
+that argparse cannot see (a folder that cannot be written, an unknown
+model, a missing file, a missing package), returning the one-line message
+or `None`; and `run(args)`, the handler: a function of the parsed
+arguments returning the exit status. `sweep` and `reproduce` turn their
+arguments into one `keras_sam.experiments.config.RunConfig`
+(`_arguments.run_config`) and hand it to the experiment.
+
+Parsing and checking (`parse_arguments`) import no Keras, so that the
+`keras-sam` command answers a usage error as fast as `--help`, before
+anything is written; handlers import Keras (and anything that imports it)
+only inside their body, after `--backend` has been applied, because Keras
+fixes its backend when first imported.
 """
 
-import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -40,9 +44,9 @@ _COMMANDS = (demo, sweep, reproduce, landscape)
 
 def build_parser():
     """The `keras-sam` argument parser, with one subparser per command."""
-    from keras_sam import __version__
+    from keras_sam._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _arguments.Parser(
         prog="keras-sam",
         description=(
             "Sharpness-Aware Minimization and stability measurement for "
@@ -61,27 +65,27 @@ def build_parser():
     return parser
 
 
-# What to install for each backend (setup.cfg's extras).
-_BACKEND_PACKAGES = {
-    "tensorflow": ("tensorflow", "cpu"),
-    "jax": ("jax", "jax"),
-    "torch": ("torch", "torch"),
-}
+def parse_arguments(argv):
+    """Parses and checks a `keras-sam` command line without importing
+    Keras or writing anything.
 
+    Args:
+        argv: the arguments, without the program name.
 
-def _missing_backend(backend):
-    """`None` if `backend`'s package is installed, else the error."""
-    if backend is None:
-        return None
-    package, extra = _BACKEND_PACKAGES[backend]
-    if importlib.util.find_spec(package) is not None:
-        return None
-    return (
-        f"argument --backend: {backend!r} needs the {package} package, "
-        f"which is not installed; install it with `pip install "
-        f"'keras-sam[{extra}]'` (from a clone: `pip install -e "
-        f"'.[{extra}]'`) or `pip install {package}`"
-    )
+    Returns:
+        `(args, problem)`: the parsed arguments (with `args.argv`) and
+        `None`, or the one-line message of a usage error argparse cannot
+        see (`_arguments.missing_backend`, the command's `check`, its
+        missing packages).
+
+    Raises:
+        SystemExit: for `--help` and `--version` (status 0) and for the
+            errors argparse sees (status 2, one line on stderr).
+    """
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    problem = _arguments.missing_backend(args.backend) or args.check(args)
+    return args, problem
 
 
 def _use_backend(backend, argv):
@@ -119,12 +123,9 @@ def main(argv=None):
         The exit status.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = argv
-    missing = _missing_backend(args.backend)
-    if missing is not None:
-        return _arguments.error(args.command, missing)
+    args, problem = parse_arguments(argv)
+    if problem is not None:
+        return _arguments.error(args.command, problem)
     status = _use_backend(args.backend, argv)
     if status is not None:
         return status

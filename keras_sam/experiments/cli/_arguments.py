@@ -1,17 +1,25 @@
 """Arguments and helpers shared by the `keras-sam` subcommands (private).
 
-The argument types (`positive_int`, `float_list`, ...), the option groups
-that several subcommands declare (`--backend`; the data; the recipe), and
-`run_config`, which turns the options of `sweep` and `reproduce` into the
-`RunConfig` handed down to the experiment.
+The parser class (`Parser`: a usage error is one line), the argument
+types (`positive_int`, `float_list`, ...), the option groups that several
+subcommands declare (`--backend`; the data; the recipe), `run_config`,
+which turns the options of `sweep` and `reproduce` into the `RunConfig`
+handed down to the experiment, and the checks made before anything is
+imported or written (`check_run`, `check_writable`, `missing_backend`,
+`missing_packages`). Nothing here imports Keras: the `keras-sam` command
+answers usage errors before importing it.
 """
 
 import argparse
+import importlib.util
+import json
 import os
 import pathlib
 import shlex
 import sys
 import tempfile
+
+from keras_sam._model_names import MODEL_NAMES, check_model_name
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DATASETS = ("cifar10", "cifar100", "imagenet2012")
@@ -20,23 +28,6 @@ SOURCES = ("auto", "npz", "folder", "tfds", "sample")
 # Only what runs: Keras 3 has no AutoAugment layer, so the paper's "AA"
 # rows cannot be reproduced and `autoaugment` is not offered.
 AUGMENTS = ("basic", "cutout", "randaugment", "none")
-# `keras_sam.models.MODEL_NAMES` and the patterns `get_model` accepts
-# (repeated, like the grid below, so that `--help` imports no Keras).
-MODEL_NAMES = (
-    "small-cnn",
-    "resnet-20",
-    "resnet-56",
-    "wrn-16-4",
-    "wrn-16-8",
-    "wrn-28-10",
-    "preact-resnet-18",
-    "shake-shake-26-2x96d",
-    "pyramidnet-272-200",
-    "pyramidnet-272-200-shakedrop",
-    "resnet-50",
-    "resnet-101",
-    "resnet-152",
-)
 MODEL_HELP = (
     f"one of {', '.join(MODEL_NAMES)} (the ImageNet bottleneck ResNets), "
     "or resnet-<6n+2>, wrn-<6n+4>-<k>, "
@@ -47,10 +38,111 @@ MODEL_HELP = (
 # repeated so that parsing the arguments imports no Keras).
 PAPER_RHO_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
+# The package of each Keras backend, and the setup.cfg extra that has it.
+BACKEND_PACKAGES = {
+    "tensorflow": ("tensorflow", "tensorflow", "cpu"),
+    "jax": ("jax", "jax", "jax"),
+    "torch": ("torch", "torch", "torch"),
+}
+# The application's packages (setup.cfg's `experiments` extra): the
+# module each is imported as, and its distribution's name.
+EXPERIMENTS_PACKAGES = {
+    "PIL": "Pillow",
+    "matplotlib": "matplotlib",
+    "keras_tuner": "keras-tuner",
+    "sklearn": "scikit-learn",
+    "tensorboard": "tensorboard",
+}
+EXPERIMENTS_INSTALL = (
+    "`pip install 'keras-sam[experiments]'` (from a clone: "
+    "`pip install -e '.[experiments]'`)"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors are one line,
+    `keras-sam COMMAND: error: MESSAGE` (exit status 2), without the
+    usage text that `--help` shows."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def backend_in_effect(backend):
+    """The Keras backend a command runs on: `--backend`, else
+    `KERAS_BACKEND`, else the `backend` of Keras' `keras.json`, else
+    `"tensorflow"`, Keras' default (read without importing Keras)."""
+    if backend is not None:
+        return backend
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    keras_dir = os.environ.get("KERAS_HOME") or os.path.join(
+        os.path.expanduser("~"), ".keras"
+    )
+    try:
+        with open(os.path.join(keras_dir, "keras.json")) as f:
+            return json.load(f).get("backend") or "tensorflow"
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def _installed(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_backend(backend):
+    """`None` if the backend's package is installed (or the backend is
+    not one of Keras's: Keras reports that), else the error message.
+
+    Args:
+        backend: the `--backend` option, or `None` when not given.
+    """
+    name = backend_in_effect(backend)
+    if name not in BACKEND_PACKAGES:
+        return None
+    module, distribution, extra = BACKEND_PACKAGES[name]
+    if _installed(module):
+        return None
+    if backend is not None:
+        where = f"argument --backend: {name!r} needs"
+    else:
+        where = (
+            f"the Keras backend is {name!r} (KERAS_BACKEND, keras.json or "
+            "Keras' default) and needs"
+        )
+    return (
+        f"{where} the {module} package, not installed here; install "
+        f"it with `pip install {distribution}` (or `pip install "
+        f"'keras-sam[{extra}]'`; from a clone: `pip install -e "
+        f"'.[{extra}]'`)"
+        + ("" if backend is not None else " or choose another --backend")
+    )
+
+
+def missing_packages(modules):
+    """`None` if `modules` (keys of `EXPERIMENTS_PACKAGES`) can all be
+    imported, else the error naming the missing ones and the install
+    command of the `experiments` extra."""
+    missing = [
+        EXPERIMENTS_PACKAGES[module]
+        for module in modules
+        if not _installed(module)
+    ]
+    if not missing:
+        return None
+    return (
+        f"needs {', '.join(missing)}, not installed here: the command "
+        "line's packages come with the experiments extra, "
+        f"{EXPERIMENTS_INSTALL}"
+    )
+
 
 def common_arguments():
     """Options shared by every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -250,11 +342,10 @@ def check_run(args, config, output_dir, needs_validation):
         `None`, or the error message: one line naming the option and the
         value.
     """
-    from keras_sam import models
     from keras_sam.experiments import datasets
 
     try:
-        models.check_model_name(config.model)
+        check_model_name(config.model)
     except ValueError as error:
         return f"argument --model: {error}"
     problem = _check_imagenet(args, config)

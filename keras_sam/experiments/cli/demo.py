@@ -67,7 +67,20 @@ def add_command(subparsers, common):
         help="512 training and 256 test images, 1 epoch (for tests)",
     )
     _arguments.add_verbose_argument(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, check=check)
+
+
+def _output_dir(args):
+    return args.output_dir or (
+        QUICK_OUTPUT_DIR if args.quick else FULL_OUTPUT_DIR
+    )
+
+
+def check(args):
+    """The usage error `argparse` cannot see, else `None` (no Keras)."""
+    return _arguments.check_writable(
+        _output_dir(args)
+    ) or _arguments.missing_packages(("PIL", "matplotlib"))
 
 
 def run(args):
@@ -90,8 +103,7 @@ def run(args):
         probe_batches = 1
     result = demo.run_demo(
         config,
-        output_dir=args.output_dir
-        or (QUICK_OUTPUT_DIR if args.quick else FULL_OUTPUT_DIR),
+        output_dir=_output_dir(args),
         seed=args.seed,
         probe_batches=probe_batches,
     )

@@ -64,25 +64,45 @@ def add_command(subparsers, common):
         help="seed of the directions and start vectors (default: 0)",
     )
     _arguments.add_verbose_argument(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, check=check)
+
+
+def _missing_file(argument, path):
+    """The error if `path` is not a file, else `None`."""
+    if os.path.isfile(path):
+        return None
+    problem = "not a file" if os.path.exists(path) else "no such file"
+    return f"argument {argument}: {problem}: {path!r}"
+
+
+def check(args):
+    """The usage error `argparse` cannot see, else `None` (no Keras)."""
+    if args.points < 2:
+        return f"argument --points: must be at least 2, got {args.points}"
+    names = [pathlib.Path(path).stem for path in args.models]
+    if len(set(names)) != len(names):
+        return (
+            "argument MODEL: the file names must differ (they name the "
+            f"CSV rows): {names}"
+        )
+    files = [("MODEL", path) for path in args.models]
+    files.append(("--data", args.data))
+    if args.test_data:
+        files.append(("--test-data", args.test_data))
+    for argument, path in files:
+        problem = _missing_file(argument, path)
+        if problem is not None:
+            return problem
+    return _arguments.check_writable(
+        args.output_dir
+    ) or _arguments.missing_packages(("matplotlib",))
 
 
 def run(args):
     """Runs `keras-sam landscape`; returns the exit status."""
     from keras_sam.experiments import landscape
 
-    if args.points < 2:
-        return _arguments.error(
-            "landscape", f"argument --points: must be at least 2, got "
-            f"{args.points}")
-    message = _arguments.check_writable(args.output_dir)
-    if message is not None:
-        return _arguments.error("landscape", message)
     names = [pathlib.Path(path).stem for path in args.models]
-    if len(set(names)) != len(names):
-        return _arguments.error(
-            "landscape", f"argument MODEL: the file names must differ "
-            f"(they name the CSV rows): {names}")
     try:
         probe = landscape.load_probe(args.data)
         test = (landscape.load_probe(args.test_data, "--test-data")

@@ -108,19 +108,15 @@ def add_command(subparsers, common):
         quick_help="small CNN on 512 of the shipped sample's images, 1 epoch, "
         "rho grid 0.05,0.1, 2 seeds (the whole path in about a minute)",
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, check=check)
 
 
-def run(args):
-    """Runs `keras-sam reproduce`; returns the exit status."""
-    from keras_sam.experiments import data_pipeline
+def _plan(args):
+    """The run's `RunConfig` (the paper's recipe where an option is not
+    given) and output folder."""
     from keras_sam.experiments.config import IMAGENET_RECIPE
 
     quick = args.quick
-    try:
-        data_pipeline.check_augment(args.augment)
-    except ValueError as error:
-        return _arguments.error("reproduce", error)
     recipe = {
         "model": "wrn-28-10",
         "batch_size": 128 if quick else 256,
@@ -163,11 +159,26 @@ def run(args):
         "reproduce",
         f"{config.dataset}_{config.model}_{config.augment}",
     )
-    problem = _arguments.check_run(
+    return config, output_dir
+
+
+def check(args):
+    """The usage error `argparse` cannot see, else `None` (no Keras)."""
+    from keras_sam.experiments import data_pipeline
+
+    try:
+        data_pipeline.check_augment(args.augment)
+    except ValueError as error:
+        return str(error)
+    config, output_dir = _plan(args)
+    return _arguments.check_run(
         args, config, output_dir, needs_validation=config.rho is None
-    )
-    if problem is not None:
-        return _arguments.error("reproduce", problem)
+    ) or _arguments.missing_packages(("PIL",))
+
+
+def run(args):
+    """Runs `keras-sam reproduce`; returns the exit status."""
+    config, output_dir = _plan(args)
     from keras_sam.experiments import reproduce
 
     try:

@@ -79,29 +79,49 @@ def add_command(subparsers, common):
         quick_help="small CNN on 512 images of the shipped sample, 1 epoch, "
         "rho 0,0.05, batch 64,128 (runs the whole path in about a minute)",
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, check=check)
 
 
-def run(args):
-    """Runs `keras-sam sweep`; returns the exit status."""
-    from keras_sam.experiments import data_pipeline
-
-    quick = args.quick
-    try:
-        data_pipeline.check_augment(args.augment)
-        if args.tuner != "grid" and args.max_trials is None:
-            raise ValueError(f"--tuner {args.tuner} needs --max-trials.")
-    except ValueError as error:
-        return _arguments.error("sweep", error)
+def _plan(args):
+    """The run's `RunConfig` and output folder."""
     config = _arguments.run_config(args, "resnet-20")
     output_dir = _arguments.output_dir(
         args, "sweep", f"{config.dataset}_{config.model}"
     )
-    problem = _arguments.check_run(
+    return config, output_dir
+
+
+def _packages(args):
+    """The modules a sweep imports beyond the library."""
+    packages = ["PIL", "matplotlib", "keras_tuner"]
+    if args.tuner == "bayesian":
+        packages.append("sklearn")
+    if _arguments.backend_in_effect(args.backend) == "tensorflow":
+        # KerasTuner imports tensorboard in every trial on TensorFlow.
+        packages.append("tensorboard")
+    return packages
+
+
+def check(args):
+    """The usage error `argparse` cannot see, else `None` (no Keras)."""
+    from keras_sam.experiments import data_pipeline
+
+    try:
+        data_pipeline.check_augment(args.augment)
+    except ValueError as error:
+        return str(error)
+    if args.tuner != "grid" and args.max_trials is None:
+        return f"argument --max-trials: --tuner {args.tuner} needs it"
+    config, output_dir = _plan(args)
+    return _arguments.check_run(
         args, config, output_dir, needs_validation=True
-    )
-    if problem is not None:
-        return _arguments.error("sweep", problem)
+    ) or _arguments.missing_packages(_packages(args))
+
+
+def run(args):
+    """Runs `keras-sam sweep`; returns the exit status."""
+    quick = args.quick
+    config, output_dir = _plan(args)
 
     from keras_sam.experiments import sweep, tuning
 
