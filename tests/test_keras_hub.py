@@ -310,7 +310,13 @@ def test_perturbing_normalization_layers_only():
                      perturb=keras_sam.NORMALIZATION_LAYERS)
 
 
-def test_gemma_rms_norm_is_its_own_class_and_survives_saving(tmp_path):
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+def normalization_layers(layer):
+    """`perturb=`: any layer whose class name ends in "Normalization"."""
+    return type(layer).__name__.endswith("Normalization")
+
+
+def test_gemma_rms_norm_is_its_own_class_and_survives_saving():
     task = gemma()
     norm_class = next(
         type(layer) for layer in task._flatten_layers()
@@ -320,20 +326,23 @@ def test_gemma_rms_norm_is_its_own_class_and_survives_saving(tmp_path):
     # tuple finds nothing and says so.
     assert not issubclass(norm_class, keras_sam.NORMALIZATION_LAYERS)
     with pytest.raises(ValueError, match="selects no trainable variable"):
-        sam_for(task, perturb=keras_sam.NORMALIZATION_LAYERS).fit(
-            *token_batch(segments=False, lm_targets=True)[:2], verbose=0)
-    # Named explicitly it works, and the class (unregistered) is saved by
-    # its import path, not confused with `keras.layers.RMSNormalization`.
+        keras_sam.SAMModel(task, perturb=keras_sam.NORMALIZATION_LAYERS)
+    # Named explicitly, the class (unregistered) is saved by its import
+    # path, not confused with `keras.layers.RMSNormalization`.
+    sam = keras_sam.SAMModel(task, perturb=(norm_class,))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(sam)
+    )
+    assert restored.perturb == (norm_class,)
+    # The guide's recipe, a callable matching by class name.
     task = gemma()
     perturbed = [v.path.endswith(("norm/scale", "normalization/scale"))
                  for v in task.trainable_variables]
     assert sum(perturbed) == 3  # two per decoder block, one final
-    batch = token_batch(seed=5, segments=False, lm_targets=True)
-    sam = check_first_step(task, batch, perturbed=perturbed,
-                           perturb=(norm_class,))
-    path = str(tmp_path / "gemma.keras")
-    sam.save(path)
-    assert keras.models.load_model(path).perturb == (norm_class,)
+    check_first_step(
+        task, token_batch(seed=5, segments=False, lm_targets=True),
+        perturbed=perturbed, perturb=normalization_layers,
+    )
 
 
 def skip_float16_on_jax_cpu():
