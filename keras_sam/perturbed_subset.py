@@ -12,6 +12,8 @@ Reference:
     Sharpness-Aware Minimization Needs. https://arxiv.org/abs/2306.04226
 """
 
+import importlib
+
 import keras
 
 from keras_sam import _keras_compat, _validation
@@ -89,17 +91,35 @@ def serialize_perturb(perturb):
         perturb: A value `check_perturb` accepts.
 
     Returns:
-        `None` for `None`, `{"layer_classes": [registered names]}` for a
-        tuple of layer classes, else `{"function": serialized callable}`;
-        `check_perturb` turns each back into the value.
+        `None` for `None`, `{"layer_classes": [names]}` for a tuple of
+        layer classes, else `{"function": serialized callable}`;
+        `check_perturb` turns each back into the value. A class's name is
+        its registered name, or, for a class that is neither registered
+        nor the `keras.layers` class of its name (Gemma's own
+        `RMSNormalization` in KerasHub), `"module:QualifiedName"`.
     """
     if perturb is None:
         return None
     if isinstance(perturb, tuple):
-        return {"layer_classes": [
-            keras.saving.get_registered_name(c) for c in perturb
-        ]}
+        return {"layer_classes": [_class_name(c) for c in perturb]}
     return {"function": keras.saving.serialize_keras_object(perturb)}
+
+
+def _class_name(cls):
+    name = keras.saving.get_registered_name(cls)
+    if keras.saving.get_registered_object(name) is cls:
+        return name
+    if getattr(keras.layers, name, None) is cls:
+        return name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(name):
+    module, _, qualified_name = name.partition(":")
+    value = importlib.import_module(module)
+    for part in qualified_name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _deserialize(config):
@@ -107,6 +127,9 @@ def _deserialize(config):
         return keras.saving.deserialize_keras_object(config["function"])
     classes = []
     for name in config["layer_classes"]:
+        if ":" in name:
+            classes.append(_import_class(name))
+            continue
         cls = keras.saving.get_registered_object(name)
         if cls is None:
             cls = getattr(keras.layers, name, None)
