@@ -169,6 +169,13 @@ class SAMModel(SAMTrainer, keras.Model):
                 "would make the ascent twice per step. Wrap the inner model "
                 f"(`model.model`). Received: model={model.name!r}."
             )
+        if getattr(model, "preprocessor", None) is not None:
+            raise ValueError(
+                "SAMModel does not apply the preprocessor of the KerasHub "
+                f"task {model.name!r}: detach it (`preprocessor = "
+                "task.preprocessor; task.preprocessor = None`) and map it "
+                "over the data."
+            )
         _validation.check_bool("adaptive", adaptive)
         rule = rules.get(rule, adaptive=adaptive, eta=eta)
         perturb = perturbed_subset.check_perturb(perturb)

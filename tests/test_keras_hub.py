@@ -241,17 +241,8 @@ def assert_round_trip(sam, batch, tmp_path, train=True):
 # On TensorFlow the gradient of an embedding lookup is a `tf.IndexedSlices`
 # with one row per occurrence of an id; SAM's norm is wrong where ids
 # repeat in a batch (BERT's segment ids always do).
-INDEXED_SLICES_BUG = pytest.mark.xfail(
-    keras.backend.backend() == "tensorflow", strict=True, reason=(
-        "library: on TensorFlow an embedding's gradient is a "
-        "tf.IndexedSlices with a row per occurrence; ascent.global_norm "
-        "squares the rows before duplicates are summed (reported to lead)"
-    ),
-)
-
-
 @pytest.mark.parametrize("name", [
-    pytest.param("bert", marks=INDEXED_SLICES_BUG), "gpt2", "vit",
+    "bert", "gpt2", "vit",
 ])
 def test_task_sam_step_matches_autodiff_and_round_trips(name, tmp_path):
     make_task, make_batch = TASKS[name]
@@ -268,6 +259,7 @@ def lora_layers(layer):
     return getattr(layer, "lora_enabled", False)
 
 
+@pytest.mark.slow
 def test_lora_backbone_perturbing_lora_layers_only(tmp_path):
     task = bert(lora_rank=2)
     paths = [v.path for v in task.trainable_variables]
@@ -355,6 +347,7 @@ def skip_float16_on_jax_cpu():
                         "accumulation (plain Keras fails the same way)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_vit_trains_with_float32_weights(policy):
     if policy == "mixed_float16":
@@ -378,10 +371,6 @@ def test_mixed_precision_vit_trains_with_float32_weights(policy):
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library: a LossScaleOptimizer step skipped for a non-finite "
-    "gradient logs grad_norm=nan into the epoch mean (reported to lead)"
-))
 def test_mixed_float16_skipped_steps_keep_grad_norm_log_finite():
     skip_float16_on_jax_cpu()
     keras.config.set_dtype_policy("mixed_float16")
@@ -418,16 +407,11 @@ def test_task_preprocessor_applied_by_the_user_matches_the_task():
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library: SAMModel silently skips a KerasHub task's preprocessor in "
-    "fit/evaluate/predict; it should refuse it (reported to lead)"
-))
 def test_task_with_a_preprocessor_is_refused():
     with pytest.raises(ValueError, match="preprocessor"):
         keras_sam.SAMModel(vit(preprocessor=vit_preprocessor()))
 
 
-@INDEXED_SLICES_BUG
 def test_repeated_tokens_give_the_dense_gradient_norm():
     task = bert()
     x, y, _ = token_batch(seed=8, repeated=True)

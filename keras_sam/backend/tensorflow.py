@@ -29,7 +29,7 @@ def value_and_grad(fn):
         gradients = tape.gradient(
             value, trainable_values, unconnected_gradients=_ZERO
         )
-        return (value, aux), gradients
+        return (value, aux), _dense(gradients)
 
     return wrapped
 
@@ -41,9 +41,21 @@ def grad(fn):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(trainable)
             value = fn(trainable, *args)
-        return tape.gradient(value, trainable, unconnected_gradients=_ZERO)
+        return _dense(
+            tape.gradient(value, trainable, unconnected_gradients=_ZERO)
+        )
 
     return wrapped
+
+
+def _dense(gradients):
+    """Gradients with every `tf.IndexedSlices` (an embedding lookup's:
+    one row per occurrence of an id) made dense, repeated rows summed, so
+    that norms and inner products over them are those of the gradient."""
+    return [
+        tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+        for g in gradients
+    ]
 
 
 def hessian_vector_product(fn):
@@ -62,7 +74,9 @@ def hessian_vector_product(fn):
             dot = tf.add_n(
                 [tf.reduce_sum(g * v) for g, v in zip(grads, vector)]
             )
-        return outer.gradient(dot, trainable, unconnected_gradients=_ZERO)
+        return _dense(
+            outer.gradient(dot, trainable, unconnected_gradients=_ZERO)
+        )
 
     return hvp
 

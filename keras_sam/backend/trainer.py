@@ -362,8 +362,13 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
             result.sam_sharpness,
             sample_weight=ops.cast(batch_size, "float32") * result.ascended,
         )
+        # A step a LossScaleOptimizer skips (non-finite gradient) is left
+        # out of the average, as its sharpness is.
+        finite = ops.isfinite(result.grad_norm)
         self.grad_norm_tracker.update_state(
-            result.grad_norm, sample_weight=batch_size
+            ops.where(finite, result.grad_norm, 0.0),
+            sample_weight=ops.cast(batch_size, "float32")
+            * ops.cast(finite, "float32"),
         )
         logs = self.compute_metrics(
             x, y, result.y_pred, sample_weight=sample_weight
