@@ -4,12 +4,13 @@ Runs the pre-registered protocol `saved_results/demo_calibration/
 PROTOCOL.md`: candidate settings of the demo's label-noise mode in a fixed
 order, seeds 0, 1, 2 each, every run one `keras-sam demo` command (this
 checkout's code, TensorFlow, `--verbose 0`) started as a subprocess and
-timed from start to exit. One row per run goes to `runs.csv`, its
-per-epoch history to `histories/`; finished runs are never repeated. The
+timed from start to exit, wall and CPU seconds. One row per run goes to
+`runs.csv`, its per-epoch history to `histories/`; finished runs are
+never repeated. The
 protocol's early stops apply (a seed where SAM is not ahead, a first run
-over 450 s), and it stops at the first candidate that meets the decision
-rule. `--report` only rewrites `table.md` and `calibration.png` from the
-CSV.
+over 450 s on two free cores: CPU seconds / 2, amendment 1), and it stops
+at the first candidate that meets the decision rule. `--report` only
+rewrites `table.md` and `calibration.png` from the CSV.
 
     nohup python benchmarks/demo_calibration.py > calibration.log 2>&1 &
     python benchmarks/demo_calibration.py --report
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import pathlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,6 +65,8 @@ FIELDS = (
     "sam_train_seconds",
     "demo_seconds",
     "wall_seconds",
+    "cpu_seconds",
+    "two_core_seconds",
     "load_before",
     "load_after",
     "cpu",
@@ -106,12 +110,14 @@ def run_one(candidate, settings, seed, output_dir):
         env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND=(
             os.environ.get("KERAS_BACKEND", "tensorflow")))
         load_before = benchmark_env.load_average()
+        cpu_before = _children_cpu_seconds()
         start = time.perf_counter()
         result = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True,
             check=False,
         )
         wall = time.perf_counter() - start
+        cpu = _children_cpu_seconds() - cpu_before
         load_after = benchmark_env.load_average()
         print(result.stdout[-3000:], flush=True)
         if result.returncode != 0:
@@ -143,6 +149,8 @@ def run_one(candidate, settings, seed, output_dir):
         "sam_train_seconds": sam["train_seconds"],
         "demo_seconds": record["demo_seconds"],
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "two_core_seconds": cpu / 2,
         "load_before": load_before,
         "load_after": load_after,
         "cpu": (f"{benchmark_env.cpu_name()}, "
@@ -161,6 +169,12 @@ def run_one(candidate, settings, seed, output_dir):
             writer.writeheader()
         writer.writerow(row)
     return row
+
+
+def _children_cpu_seconds():
+    """User + system seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_rows(output_dir):
@@ -192,11 +206,12 @@ def judge(rows):
         to run), and why.
     """
     gains = [float(r["gain_points"]) for r in rows]
-    walls = [float(r["wall_seconds"]) for r in rows]
+    # Amendment 1: the time on two free cores, CPU seconds / 2.
+    walls = [float(r["two_core_seconds"]) for r in rows]
     if any(g <= 0 for g in gains):
         return "fail", "rule 1: SAM not ahead on a seed"
     if walls and walls[0] > FIRST_RUN_LIMIT_SECONDS:
-        return "fail", (f"first run {walls[0]:.0f} s > "
+        return "fail", (f"first run {walls[0]:.0f} s (CPU s / 2) > "
                         f"{FIRST_RUN_LIMIT_SECONDS} s")
     if len(rows) < len(SEEDS):
         return "open", f"{len(rows)} of {len(SEEDS)} seeds run"
@@ -206,10 +221,10 @@ def judge(rows):
                         "reaches 0")
     median = sorted(walls)[len(walls) // 2]
     if median > WALL_LIMIT_SECONDS:
-        return "fail", (f"rule 3: median wall time {median:.0f} s > "
-                        f"{WALL_LIMIT_SECONDS} s")
-    return "pass", (f"gain {mean:+.1f} +- {half:.1f} points, median wall "
-                    f"time {median:.0f} s")
+        return "fail", (f"rule 3: median time {median:.0f} s (CPU s / 2) "
+                        f"> {WALL_LIMIT_SECONDS} s")
+    return "pass", (f"gain {mean:+.1f} +- {half:.1f} points, median time "
+                    f"{median:.0f} s (CPU s / 2)")
 
 
 def run_protocol(output_dir):
@@ -239,8 +254,9 @@ def write_report(output_dir):
     lines = [
         "| candidate | images | epochs | seed | SGD test acc | SAM test acc "
         "| gain (points) | wrong labels fitted SGD / SAM | sharpness SGD / "
-        "SAM | seconds SGD / SAM | demo wall s | load before / after |",
-        "|---" * 12 + "|",
+        "SAM | training s SGD / SAM | wall s | CPU s / 2 | load before / "
+        "after |",
+        "|---" * 13 + "|",
     ]
     for r in rows:
         lines.append(
@@ -255,6 +271,7 @@ def write_report(output_dir):
             f"{float(r['sgd_train_seconds']):.0f} / "
             f"{float(r['sam_train_seconds']):.0f} | "
             f"{float(r['wall_seconds']):.0f} | "
+            f"{float(r['two_core_seconds']):.0f} | "
             f"{float(r['load_before']):.2f} / "
             f"{float(r['load_after']):.2f} |"
         )
