@@ -302,17 +302,18 @@ def plot(rows, png_path):
     names = [f"{r['candidate']} seed {r['seed']}" for r in rows]
     positions = range(len(rows))
     panels = (
-        ("test_accuracy", "test accuracy (clean test set)"),
-        ("wrong_labels_fitted", "share of the wrong training labels fitted"),
+        ("test_accuracy", "test accuracy (clean test set)", "accuracy"),
+        ("wrong_labels_fitted", "wrong training labels fitted (memorized)",
+         "share of the wrong labels"),
     )
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for axis, (key, title) in zip(axes, panels):
+    for axis, (key, title, ylabel) in zip(axes, panels):
         for arm, label, marker in (("sgd", "SGD", "o"),
                                    ("sam", "SAM (rho=0.1)", "s")):
             axis.plot(positions, [float(r[f"{arm}_{key}"]) for r in rows],
                       marker=marker, linestyle="none", label=label)
         axis.set_xticks(list(positions), names, rotation=30)
-        axis.set(title=title, ylabel="share", xlabel="candidate, seed")
+        axis.set(title=title, ylabel=ylabel, xlabel="candidate, seed")
         axis.legend()
     figure.suptitle("keras-sam demo calibration: 40% of the training labels "
                     "wrong, SGD vs SAM from the same start (runs.csv)")
