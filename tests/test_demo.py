@@ -181,3 +181,17 @@ def test_noisy_plot_is_titled_with_a_legend_in_every_panel(tmp_path):
     assert figure.axes[0].get_title() == (
         "training accuracy on the given labels"
     )
+
+
+def test_figure_title_says_labels_size_and_epochs():
+    settings = {"width": 32, "train_images": 2000, "epochs": 20, "seed": 1,
+                "label_noise": 0.4}
+    assert demo._figure_title(settings) == (
+        "SGD vs SAM with 40% of the training labels wrong\n"
+        "small CNN (width 32), 2,000 training images, 20 epochs, seed 1"
+    )
+    settings.update(label_noise=0.0, epochs=1)
+    assert demo._figure_title(settings).startswith(
+        "SGD vs SAM on clean labels\nsmall CNN (width 32), 2,000 training "
+        "images, 1 epoch,"
+    )

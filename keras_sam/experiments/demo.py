@@ -539,7 +539,8 @@ def _figure_title(settings):
     what = (
         f"small CNN (width {settings['width']}), "
         f"{settings['train_images']:,} training images, "
-        f"{settings['epochs']} epochs, seed {settings['seed']}"
+        f"{settings['epochs']} epoch{'s' * (settings['epochs'] != 1)}, "
+        f"seed {settings['seed']}"
     )
     if settings["label_noise"]:
         return (
