@@ -290,6 +290,34 @@ def write_report(output_dir):
                      f"{verdict}: {reason} |")
     (output_dir / "table.md").write_text("\n".join(lines) + "\n")
     plot(rows, output_dir / "calibration.png")
+    plot_demo_curves(rows, output_dir)
+
+
+def plot_demo_curves(rows, output_dir):
+    """The demo's own figure of each run, from `histories/`, as
+    `histories/<candidate>_seed<seed>.png`."""
+    sys.path.insert(0, str(ROOT))
+    from keras_sam.experiments import demo
+
+    for r in rows:
+        history = (output_dir / "histories"
+                   / f"{r['candidate']}_seed{r['seed']}.csv")
+        summary = {
+            "sgd": {"title": "SGD", "wrong_labels_fitted":
+                    float(r["sgd_wrong_labels_fitted"])},
+            "sam": {"title": "SAM (rho=0.1)", "wrong_labels_fitted":
+                    float(r["sam_wrong_labels_fitted"])},
+        }
+        settings = {"width": 32, "train_images": int(r["train_size"]),
+                    "epochs": int(r["epochs"]), "seed": int(r["seed"]),
+                    "label_noise": float(r["label_noise"])}
+        demo.plot_history(
+            history,
+            history.with_suffix(".png"),
+            labels=demo._legend_labels(summary),
+            title=demo._figure_title(settings),
+            label_noise=settings["label_noise"],
+        )
 
 
 def plot(rows, png_path):
