@@ -65,8 +65,8 @@ def add_command(subparsers, common):
         "--learning-rate",
         type=_arguments.non_negative_float,
         default=0.05,
-        help="peak of the cosine schedule, SGD momentum 0.9 (default: "
-        "%(default)s)",
+        help="peak of the cosine schedule, SGD with Nesterov momentum 0.9 "
+        "(--noise 0: plain momentum) (default: %(default)s)",
     )
     parser.add_argument(
         "--rho",
