@@ -29,9 +29,11 @@ def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     for label in (
         "SGD",
-        "SAM (rho=0.05)",
+        "SAM (rho=0.1)",
         "test accuracy",
         "final train loss",
+        "wrong training labels fitted",
+        "correct training labels fitted",
         "mean sam_sharpness (training logs)",
         "sharpness at final weights (probe)",
     ):
@@ -54,15 +56,53 @@ def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
         assert 0.0 <= float(row["test_accuracy"]) <= 1.0
         assert float(row["probe_sharpness"]) > 0
     record = json.loads((output / "summary.json").read_text())
-    assert record["config"]["train_images"] == 512
-    assert record["config"]["epochs"] == 1
+    settings = record["config"]
+    assert settings["train_images"] == 512
+    assert settings["epochs"] == 1
+    # The default: 40% of the 512 training labels wrong, width 32, no
+    # flips, Nesterov, rho 0.1.
+    assert settings["label_noise"] == 0.4
+    assert settings["wrong_labels"] == round(0.4 * 512)
+    assert settings["width"] == 32 and settings["augmentation"] == "none"
+    assert settings["nesterov"] is True and settings["rho"] == 0.1
     assert record["summary"]["sam"]["test_accuracy"] == pytest.approx(
         float(sam["test_accuracy"])
     )
     assert record["summary"]["sgd"]["mean_sam_sharpness"] is None
+    for run in ("sgd", "sam"):
+        assert 0 <= record["summary"][run]["wrong_labels_fitted"] <= 1
     assert f"{float(sam['test_accuracy']):.4f}" in printed
+    # The reading: three lines after the table, then the paths.
+    reading = printed.split("\n\n")[-2].splitlines()
+    assert len(reading) == 3
+    assert reading[0].startswith("40% of the 512 training labels are wrong")
+    sgd_accuracy = record["summary"]["sgd"]["test_accuracy"]
+    assert f"test accuracy SGD {sgd_accuracy:.1%}" in reading[0]
+    assert reading[1].startswith("Wrong labels fitted (memorized): SGD ")
+    assert reading[2].startswith("Time: SGD ")
+    assert record["demo_seconds"] > 0
     png = (output / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_demo_quick_clean_labels_keeps_the_old_comparison(tmp_path, capsys):
+    output = tmp_path / "clean"
+    status = cli.main(
+        ["demo", "--quick", "--noise", "0", "--verbose", "0",
+         "--output-dir", str(output)]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "SAM (rho=0.05)" in printed
+    assert "wrong training labels fitted" not in printed
+    settings = json.loads((output / "summary.json").read_text())["config"]
+    assert (settings["label_noise"], settings["wrong_labels"]) == (0.0, 0)
+    assert settings["width"] == 16 and settings["nesterov"] is False
+    assert settings["augmentation"] == "random horizontal flip"
+    reading = printed.split("\n\n")[-2].splitlines()
+    assert len(reading) == 3
+    assert reading[0].startswith("Clean labels, 512 training images;")
+    assert "flatter, not more accurate" in reading[1]
 
 
 def test_demo_runs_start_identically_so_rho_zero_gives_sgd(tmp_path):
@@ -217,6 +257,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         (["reproduce", "--validation-fraction", "x"], "got 'x'"),
         (["reproduce", "--rho", "a"], "expected a number, got 'a'"),
         (["demo", "--epochs", "1.5"], "expected an integer, got '1.5'"),
+        (["demo", "--noise", "1"], "argument --noise: must be in [0, 1), "
+         "got 1"),
+        (["demo", "--noise", "-0.1"], "argument --noise: must be in"),
+        (["demo", "--train-size", "6000"], "argument --train-size: the "
+         "shipped sample has 5000 training images, got 6000"),
+        (["demo", "--train-size", "0"], "argument --train-size: must be "
+         ">= 1, got 0"),
         (["sweep", "--split-seed", "s"], "expected an integer, got 's'"),
         (["reproduce", "--augment", "autoaugment"], "invalid choice"),
     ],
@@ -240,6 +287,11 @@ def test_help_shows_percent_signs_and_model_names(capsys):
     assert "10% of the training set" in text and "95% intervals" in text
     assert "%%" not in text
     assert "autoaugment" not in text.split("--augment")[1].split("}")[0]
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with 40% of the training labels wrong" in text
+    assert "%%" not in text
     with pytest.raises(SystemExit):
         cli.main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
