@@ -32,6 +32,7 @@ import numpy as np
 from keras_sam import models
 from keras_sam.experiments import _run_records, datasets
 from keras_sam.experiments.config import RunConfig
+from keras_sam.experiments.label_noise import symmetric_label_noise
 from keras_sam.sam_model import SAMModel
 
 HISTORY_FIELDS = (
@@ -51,50 +52,6 @@ SAMPLE_TRAIN_IMAGES = 5000
 # The label-noise draw is the same for every training seed: seeds change
 # the initial weights and the batch order, not which labels are wrong.
 NOISE_SEED = 0
-
-
-def symmetric_label_noise(labels, fraction, num_classes=10, seed=NOISE_SEED):
-    """Moves exactly `round(fraction * N)` labels to a wrong class.
-
-    The rows are a seeded random choice; each new label is uniform over
-    the `num_classes - 1` other classes, so exactly that share of the
-    returned labels is wrong. The same `seed` gives the same labels.
-
-    Args:
-        labels: integer class labels of shape `(N,)`.
-        fraction: share of labels to make wrong, in `[0, 1)`.
-        num_classes: number of classes (`>= 2`). Defaults to `10`.
-        seed: seed of the draw. Defaults to `NOISE_SEED` (0).
-
-    Returns:
-        `(noisy_labels, is_wrong)`: int64 and bool arrays of shape `(N,)`.
-
-    Example:
-
-    >>> noisy, is_wrong = symmetric_label_noise(np.arange(10) % 10, 0.4)
-    >>> int(is_wrong.sum()), bool((noisy != np.arange(10))[is_wrong].all())
-    (4, True)
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(
-            "Argument `fraction` must be in [0, 1). "
-            f"Received: fraction={fraction!r}."
-        )
-    if num_classes < 2:
-        raise ValueError(
-            "Argument `num_classes` must be at least 2. "
-            f"Received: num_classes={num_classes!r}."
-        )
-    rng = np.random.default_rng(seed)
-    count = int(round(fraction * len(labels)))
-    rows = rng.permutation(len(labels))[:count]
-    noisy = labels.copy()
-    shift = rng.integers(1, num_classes, count)
-    noisy[rows] = (labels[rows] + shift) % num_classes
-    is_wrong = np.zeros(len(labels), dtype=bool)
-    is_wrong[rows] = True
-    return noisy, is_wrong
 
 
 class _ShuffledBatches(keras.utils.PyDataset):
@@ -343,7 +300,9 @@ def run_demo(
     train, test = _standardized_sample(config.train_size, config.test_size)
     is_wrong = np.zeros(len(train[1]), dtype=bool)
     if label_noise:
-        noisy, is_wrong = symmetric_label_noise(train[1], label_noise)
+        noisy, is_wrong = symmetric_label_noise(
+            train[1], label_noise, seed=NOISE_SEED
+        )
         train = (train[0], noisy)
     probe_size = min(len(train[0]), probe_batches * config.batch_size)
     probe_data = (train[0][:probe_size], train[1][:probe_size])

@@ -7,7 +7,7 @@ The noise of Foret et al.'s label-noise experiment (Table 4), used by
 import numpy as np
 
 
-def symmetric_label_noise(labels, fraction, num_classes, seed):
+def symmetric_label_noise(labels, fraction, num_classes=10, seed=0):
     """Replaces exactly `round(fraction * N)` labels by a different class.
 
     The rows are a seeded random choice; each new label is uniform over
@@ -17,8 +17,10 @@ def symmetric_label_noise(labels, fraction, num_classes, seed):
     Args:
         labels: Integer array `(N,)` of classes in `[0, num_classes)`.
         fraction: Float in [0, 1), the fraction of labels made wrong.
-        num_classes: Integer, the number of classes.
-        seed: Integer seed of the rows and the new labels.
+        num_classes: Integer, the number of classes (at least 2).
+            Defaults to `10`.
+        seed: Integer seed of the rows and the new labels. Defaults to
+            `0`.
 
     Returns:
         `(noisy_labels, is_noisy)`, int64 and bool arrays of shape `(N,)`.
@@ -39,6 +41,11 @@ def symmetric_label_noise(labels, fraction, num_classes, seed):
         raise ValueError(
             "Argument `fraction` must be in [0, 1). "
             f"Received: fraction={fraction!r}."
+        )
+    if num_classes < 2:
+        raise ValueError(
+            "Argument `num_classes` must be at least 2. "
+            f"Received: num_classes={num_classes!r}."
         )
     rng = np.random.default_rng(seed)
     count = int(round(fraction * len(labels)))
