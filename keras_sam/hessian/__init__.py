@@ -1,5 +1,7 @@
-"""Curvature of the training loss: Hessian-vector products, top eigenvalues
-and eigenvectors, the trace, the eigenvalue density, per-layer curvature,
+"""Curvature of the training loss: Hessian-vector products (and those of
+the generalized Gauss-Newton and Fisher matrices, on any block of
+layers), top eigenvalues and eigenvectors, the trace (Hutchinson,
+Hutch++), the eigenvalue density, per-layer curvature,
 perturbation sharpness, and the linear stability of GD, SGD (with or
 without momentum) and SAM at the current weights.
 
@@ -90,6 +92,7 @@ from keras_sam.hessian.sharpness import (
     keskar_sharpness,
 )
 from keras_sam.hessian.spectrum import (
+    curvature_vector_product,
     hessian_trace,
     hessian_vector_product,
     layer_top_eigenvalues,
@@ -117,6 +120,7 @@ __all__ = [
     "SHARPNESS_NORMS",
     "adaptive_sharpness",
     "as_probe_set",
+    "curvature_vector_product",
     "eigenvalue_density",
     "gd_stability_threshold",
     "hessian_trace",
