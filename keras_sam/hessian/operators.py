@@ -254,6 +254,7 @@ class Operator:
         return total
 
     def hvp(self, flat_vector):
+        """The operator's block times a vector of `dim` entries."""
         if self.indices is None:
             return self.full_product(flat_vector)
         padded = np.zeros(self.curvature.dim)
@@ -261,6 +262,7 @@ class Operator:
         return self.full_product(padded)[self.indices]
 
     def pad(self, flat_vector):
+        """A block vector padded with zeros to all trainable parameters."""
         if self.indices is None:
             return np.asarray(flat_vector, np.float64)
         padded = np.zeros(self.curvature.dim)
@@ -268,9 +270,13 @@ class Operator:
         return padded
 
     def split(self, flat_vector):
+        """A block vector as arrays shaped like the trainable variables
+        (zeros outside the block)."""
         return self.curvature.split(self.pad(flat_vector))
 
     def layer_blocks(self):
+        """`Curvature.layer_blocks` restricted to the block, as indices
+        into the block's vectors."""
         blocks = self.curvature.layer_blocks()
         if self.indices is None:
             return blocks
