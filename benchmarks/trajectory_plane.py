@@ -157,7 +157,7 @@ def plot(output):
         loss[i, j] = float(r["loss"])
     figure, axes = plt.subplots(figsize=(5.5, 4.5))
     contours = axes.contour(alphas, betas, loss.T, levels=20, cmap="viridis")
-    axes.clabel(contours, fontsize=7)
+    axes.clabel(contours, contours.levels[::4], fontsize=7)
     coordinates = np.array([[float(r["alpha"]), float(r["beta"])]
                             for r in path])
     axes.plot(*coordinates.T, "o-", color="tab:red", markersize=3,
