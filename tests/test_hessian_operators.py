@@ -211,6 +211,10 @@ def test_blocks_and_hutch_plus_plus_against_the_dense_sub_block():
     )
     np.testing.assert_allclose(top, np.linalg.eigvalsh(block)[-1:],
                                rtol=1e-4)
+    per_layer = hessian.layer_top_eigenvalues(
+        model, data, num_iterations=15, seed=0, operator="ggn"
+    )
+    np.testing.assert_allclose(per_layer["out"], top, rtol=1e-4)
     # A sketch as large as the block (15 parameters): Hutch++ is exact.
     trace = hessian.hessian_trace(
         model, data, num_samples=45, seed=0, method="hutch++",
