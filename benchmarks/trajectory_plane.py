@@ -1,7 +1,12 @@
 """A training trajectory over the loss contours of its principal plane.
 
-Trains `small-cnn` (width 3, 2,806 parameters) on the shipped CIFAR-10
-sample with SGD (momentum 0.9), records the weights every
+Trains a small CNN on the shipped CIFAR-10 sample with SGD (momentum
+0.9): `--model plain-cnn` (default; two 3x3 convolutions of 8 and 16
+channels with ReLU and max pooling, global average pooling, a Dense
+softmax; 1,562 parameters, no BatchNorm, so the plane's loss is the
+training loss at every point) or `small-cnn` (width 3, with BatchNorm:
+the plane is evaluated with the final moving statistics, see
+`keras_sam.hessian` on BatchNorm), records the weights every
 `--every-n-steps` steps with `keras_sam.callbacks.WeightTrajectory`, and
 projects the path on its first two principal directions over the loss
 contours in that plane with `keras_sam.landscape.trajectory_plane` (Li et
@@ -49,6 +54,8 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=("plain-cnn", "small-cnn"),
+                        default="plain-cnn")
     parser.add_argument("--train-samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=6)
@@ -74,7 +81,10 @@ def run(args):
     y_train = y_train[order]
     x, y = x_train[: args.train_samples], y_train[: args.train_samples]
     keras.utils.set_random_seed(args.seed)
-    model = models.get_model("small-cnn", width=3)
+    if args.model == "small-cnn":
+        model = models.get_model("small-cnn", width=3)
+    else:
+        model = plain_cnn(keras, x.shape[1:])
     model.compile(
         optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
         loss="sparse_categorical_crossentropy",
@@ -123,6 +133,19 @@ def run(args):
     (args.output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def plain_cnn(keras, input_shape):
+    """Two convolutions, pooling and a softmax layer; no BatchNorm."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(8, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(16, 3, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(10, activation="softmax"),
+    ])
+
+
 def write_csv(path, rows):
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -166,7 +189,10 @@ def plot(output):
     axes.plot(0, 0, "*", color="black", markersize=10, label="end")
     axes.set_xlabel(f"1st PCA direction ({100 * explained[0]:.1f}%)")
     axes.set_ylabel(f"2nd PCA direction ({100 * explained[1]:.1f}%)")
-    axes.set_title("small-cnn on the CIFAR-10 sample: SGD's path")
+    model = json.loads((output / "run.json").read_text())["settings"].get(
+        "model", "small-cnn"
+    )
+    axes.set_title(f"{model} on the CIFAR-10 sample: SGD's path")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(output / "trajectory.png", dpi=120)
