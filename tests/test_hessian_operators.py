@@ -189,6 +189,37 @@ def test_ggn_is_the_hessian_of_a_linear_model_with_mse():
 
 
 @multi_backend
+@pytest.mark.parametrize(
+    "loss", ["mse", "sparse_categorical_crossentropy_from_logits"]
+)
+@pytest.mark.parametrize("weight_shape", [None, (5, 3)])
+def test_ggn_is_the_hessian_of_a_linear_sequence_model(loss, weight_shape):
+    # Outputs linear in the weights: the Hessian has no second-derivative
+    # term of the network, so G = H for any loss, here with outputs of
+    # shape (N, T, C) whose T positions are loss elements, and sample
+    # weights as Keras applies them.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3, 4)).astype("float32")
+    if loss == "mse":
+        y = rng.normal(size=(5, 3, 2)).astype("float32")
+        compiled_loss = "mse"
+    else:
+        y = rng.integers(0, 2, size=(5, 3))
+        compiled_loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        )
+    inputs = keras.Input((3, 4))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss=compiled_loss)
+    data = (x, y)
+    if weight_shape:
+        weights = rng.uniform(0.5, 2.0, size=weight_shape)
+        data = (x, y, weights.astype("float32"))
+    hessian_matrix = dense_operator(model, data, "hessian")
+    assert_matrix_close(dense_operator(model, data, "ggn"), hessian_matrix)
+
+
+@multi_backend
 def test_blocks_and_hutch_plus_plus_against_the_dense_sub_block():
     x, labels, _ = mlp_data()
     model = mlp("sparse_categorical_crossentropy", probabilities=True)
