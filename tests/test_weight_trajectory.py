@@ -9,10 +9,12 @@ closed-form path in NumPy, the loss on the plane against `L` itself.
 """
 
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
+from scripts import REPO_ROOT, load_script
 
 import keras_sam
 from keras_sam import landscape
@@ -134,3 +136,19 @@ def test_trajectory_plane_reads_a_folder_and_checks_its_arguments(tmp_path):
         WeightTrajectory.load(empty)
     assert keras_sam.callbacks.WeightTrajectory is WeightTrajectory
 
+
+
+def test_committed_trajectory_plot_is_drawn_from_its_csvs(tmp_path):
+    script = load_script("benchmarks/trajectory_plane.py")
+    committed = REPO_ROOT / "saved_results" / "measurement" / "trajectory"
+    for name in ("path.csv", "surface.csv", "directions.csv", "run.json"):
+        shutil.copy(committed / name, tmp_path / name)
+    script.main(["--plot-only", "--output", str(tmp_path)])
+    assert (tmp_path / "trajectory.png").stat().st_size > 10_000
+    path = script.read_csv(tmp_path / "path.csv")
+    assert [float(path[-1]["alpha"]), float(path[-1]["beta"])] == [0.0, 0.0]
+    explained = [
+        float(r["explained_variance"])
+        for r in script.read_csv(tmp_path / "directions.csv")
+    ]
+    assert explained[0] >= explained[1] and sum(explained) <= 1.0
