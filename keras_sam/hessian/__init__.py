@@ -20,6 +20,12 @@ microbatch results are weighted by their size, so every product is the
 one of the whole probe set's loss (exact for losses reduced with Keras's
 default `"sum_over_batch_size"`).
 
+Operators. `operator="ggn"`, `"fisher"` and `"empirical_fisher"` replace
+the Hessian by the generalized Gauss-Newton matrix or the Fisher (true or
+empirical) in `top_eigenvalues`, `hessian_trace`, `eigenvalue_density`,
+`layer_top_eigenvalues` and `curvature_vector_product` (definitions and
+normalization there); `layers=` restricts them to a diagonal block.
+
 Hessian-vector products are exact (double backpropagation on TensorFlow
 and PyTorch, forward-over-reverse on JAX), computed in the model's variable
 dtype, and accumulated in float64; the Lanczos recurrence runs in float64.
@@ -75,6 +81,10 @@ References:
     - Andriushchenko et al., 2023. A Modern Look at the Relationship
       between Sharpness and Generalization.
       https://arxiv.org/abs/2302.07011
+    - Martens, 2020. New Insights and Perspectives on the Natural
+      Gradient Method. https://arxiv.org/abs/1412.1193
+    - Meyer, Musco, Musco & Woodruff, 2021. Hutch++: Optimal Stochastic
+      Trace Estimation. https://arxiv.org/abs/2010.09649
 """
 
 from keras_sam.hessian.alignment import noise_alignment
