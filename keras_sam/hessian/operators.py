@@ -82,8 +82,11 @@ def _output_product(spec, operator, outputs, tangent, y, sample_weight):
     """`M J v` for every loss element: `tangent = J v`, shaped like
     `outputs`; `M` per element weighted as the compiled loss weights it
     (`sample_weight / number of elements`)."""
-    outputs = ops.cast(outputs, "float32")
-    tangent = ops.cast(tangent, "float32")
+    # At least float32 (a float16 output's curvature is computed in
+    # float32), float64 kept.
+    dtype = "float64" if _is_float64(outputs) else "float32"
+    outputs = ops.cast(outputs, dtype)
+    tangent = ops.cast(tangent, dtype)
     classes = outputs.shape[-1]
     if len(outputs.shape) < 2:
         raise ValueError(
@@ -94,16 +97,16 @@ def _output_product(spec, operator, outputs, tangent, y, sample_weight):
     flat_outputs = ops.reshape(outputs, (-1, classes))
     flat_tangent = ops.reshape(tangent, (-1, classes))
     count = ops.shape(flat_outputs)[0]
-    weights = ops.ones_like(flat_outputs[:, 0]) / ops.cast(count, "float32")
+    weights = ops.ones_like(flat_outputs[:, 0]) / ops.cast(count, dtype)
     if sample_weight is not None:
         batch_size = ops.shape(outputs)[0]
         element_weight = ops.reshape(
-            ops.cast(sample_weight, "float32"), (batch_size, -1)
+            ops.cast(sample_weight, dtype), (batch_size, -1)
         ) * ops.ones_like(ops.reshape(flat_outputs[:, 0], (batch_size, -1)))
         weights = weights * ops.reshape(element_weight, (-1,))
     targets = None
     if operator == "empirical_fisher":
-        targets = _targets(spec, y, flat_outputs, classes)
+        targets = _targets(spec, y, classes, dtype)
     if spec.kind == _MSE:
         if operator == "empirical_fisher":
             residual = 2.0 / classes * (flat_outputs - targets)
@@ -143,7 +146,11 @@ def _rank_one(residual, tangent):
     return residual * ops.sum(residual * tangent, axis=-1, keepdims=True)
 
 
-def _targets(spec, y, flat_outputs, classes):
+def _is_float64(tensor):
+    return keras.backend.standardize_dtype(tensor.dtype) == "float64"
+
+
+def _targets(spec, y, classes, dtype):
     if y is None:
         raise ValueError(
             "Argument `operator='empirical_fisher'` needs targets: pass "
@@ -151,8 +158,8 @@ def _targets(spec, y, flat_outputs, classes):
         )
     if spec.kind == _SPARSE_CE:
         labels = ops.reshape(ops.cast(y, "int32"), (-1,))
-        return ops.one_hot(labels, classes, dtype="float32")
-    return ops.reshape(ops.cast(y, "float32"), (-1, classes))
+        return ops.one_hot(labels, classes, dtype=dtype)
+    return ops.reshape(ops.cast(y, dtype), (-1, classes))
 
 
 def _build_product(model_ref, operator, spec):
