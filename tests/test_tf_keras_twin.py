@@ -71,3 +71,21 @@ def test_twin_refuses_custom_layers(library):
     model = keras_sam.models.get_model("shake-shake-8-2x4d")
     with pytest.raises(ValueError, match="ShakeShake"):
         tf_keras_twin(model, layers_library)
+
+
+def test_step_time_refuses_a_twin_that_computes_something_else():
+    from types import SimpleNamespace
+
+    from scripts import load_script
+
+    step_time = load_script("benchmarks/step_time.py")
+    args = SimpleNamespace(model="resnet-8", mixed_precision="none")
+    details = {}
+    step_time._check_twin(
+        args, {"outputs": 2e-6, "regularization": 0.0}, details
+    )
+    assert details["tf_keras_twin_difference"]["outputs"] == 2e-6
+    with pytest.raises(RuntimeError, match="resnet-8"):
+        step_time._check_twin(
+            args, {"outputs": 1e-3, "regularization": 0.0}, details
+        )
