@@ -390,12 +390,15 @@ def hessian_trace(
     Rademacher vectors projected off `Q`, for the trace of the rest
     `R = (I - Q Q^T) H (I - Q Q^T)`. The estimate is unbiased; its
     variance (given `Q`) is `2 (|R|_F^2 - sum_i R_ii^2) / (num_samples -
-    2k)`, and for a positive semi-definite `H`, `|R|_F <= |H - H_k|_F <=
-    Tr(H) / sqrt(k)` up to the sketch's constant, so the relative error
-    falls as `1 / num_samples` against Hutchinson's `1 / sqrt(num_samples)`
-    when the spectrum decays (Meyer et al., Theorem 1). It is exact when
-    `H` has rank at most `k`. `trace_stderr` is the standard error of the
-    residual part; `frobenius_norm` comes from the sketch's products.
+    2k)`. For a positive semi-definite `H`, with high probability the
+    sketch makes `|R|_F` at most a constant times `|H - H_j|_F <= Tr(H) /
+    sqrt(j)` (`H_j` the best rank-`j` approximation, `j` proportional to
+    `k`), so the standard deviation is `O(Tr(H) / num_samples)` against
+    Hutchinson's `O(|H|_F / sqrt(num_samples))` (Meyer et al., Theorem
+    1): fewer products for the same relative error when the spectrum
+    decays. It is exact when `H` has rank at most `k`. `trace_stderr`
+    is the standard error of the residual part; `frobenius_norm` comes
+    from the sketch's products.
 
     With `per_layer=True` (Hutchinson only) the trace of each layer's
     diagonal block `H_LL` is estimated from the same products, by
