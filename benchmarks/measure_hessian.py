@@ -28,6 +28,12 @@ that).
   density, per-layer curvature, Keskar and adaptive sharpness, lines and
   planes of `keras_sam.landscape`), the arguments of each call in the
   CSV: `cost_landscape.csv`. Not part of `all`.
+- `cost_operators`: the curvature operators (`operator="hessian"`,
+  `"ggn"`, `"fisher"`, `"empirical_fisher"`) on ResNet-20: one product,
+  `top_eigenvalues` and `hessian_trace` (Hutchinson, and Hutch++ for the
+  Hessian) with small settings (`--operator-iterations`,
+  `--operator-samples`), products and seconds per call and the load
+  average around it: `cost_operators.csv`. Not part of `all`.
 
 Example (what made `saved_results/measurement/`):
 
@@ -60,7 +66,10 @@ from keras_sam.experiments import _run_records, datasets  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 DEFAULT_OUTPUT = REPO_ROOT / "saved_results" / "measurement"
-PARTS = ("accuracy", "overhead", "cost", "cost_landscape", "report", "all")
+PARTS = (
+    "accuracy", "overhead", "cost", "cost_landscape", "cost_operators",
+    "report", "all",
+)
 
 
 def parse_args(argv=None):
@@ -80,6 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--overhead-repeats", type=int, default=3)
     parser.add_argument("--cost-model", default="resnet-20")
     parser.add_argument("--cost-probe-samples", type=int, default=128)
+    parser.add_argument("--operator-iterations", type=int, default=10)
+    parser.add_argument("--operator-samples", type=int, default=12)
     return parser.parse_args(argv)
 
 
@@ -488,6 +499,85 @@ def run_cost_landscape(args):
     write_csv(args.output / "cost_landscape.csv", rows)
 
 
+@contextlib.contextmanager
+def counting_operator_products():
+    """Counts products of any curvature operator over the whole probe
+    set (each `Operator.full_product` call is one pass)."""
+    operator_class = hessian.operators.Operator
+    original = operator_class.full_product
+    counter = {"passes": 0.0}
+
+    def full_product(self, vector):
+        counter["passes"] += 1
+        return original(self, vector)
+
+    operator_class.full_product = full_product
+    try:
+        yield counter
+    finally:
+        operator_class.full_product = original
+
+
+def operator_calls(model, probe, vector, operator, args):
+    """`{function: (arguments, call)}` for one operator."""
+    iterations, samples = args.operator_iterations, args.operator_samples
+    return {
+        "curvature_vector_product": ("", lambda: (
+            hessian.curvature_vector_product(
+                model, probe, vector, operator=operator))),
+        "top_eigenvalues": (f"num_iterations={iterations}", lambda: (
+            hessian.top_eigenvalues(
+                model, probe, num_iterations=iterations, seed=0,
+                operator=operator))),
+        "hessian_trace": (f"num_samples={samples}", lambda: (
+            hessian.hessian_trace(
+                model, probe, num_samples=samples, seed=0,
+                operator=operator))),
+    }
+
+
+def run_cost_operators(args):
+    x_train, y_train = cifar_sample()
+    n = args.cost_probe_samples
+    probe = hessian.as_probe_set((x_train[:n], y_train[:n]))
+    model = compiled(args.cost_model, args.seed)
+    model.fit(x_train[:256], y_train[:256], batch_size=128, verbose=0)
+    dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    vector = np.random.default_rng(0).standard_normal(dim)
+    samples = args.operator_samples
+    rows = []
+    for operator in ("hessian", "ggn", "fisher", "empirical_fisher"):
+        hessian.curvature_vector_product(  # compile
+            model, probe, vector, operator=operator
+        )
+        calls = operator_calls(model, probe, vector, operator, args)
+        if operator == "hessian":
+            calls["hessian_trace hutch++"] = (
+                f"num_samples={samples}, method='hutch++'", lambda: (
+                    hessian.hessian_trace(
+                        model, probe, num_samples=samples, seed=0,
+                        method="hutch++")))
+        for name, (arguments, call) in calls.items():
+            load_before = os.getloadavg()[0]
+            begin = time.perf_counter()
+            with counting_operator_products() as counter:
+                call()
+            seconds = time.perf_counter() - begin
+            rows.append({
+                "function": name, "operator": operator,
+                "arguments": arguments, "model": args.cost_model,
+                "num_parameters": dim, "probe_samples": n,
+                "probe_passes": round(counter["passes"], 1),
+                "seconds": round(seconds, 1),
+                "seconds_per_pass": round(seconds / counter["passes"], 2),
+                "load_average": round(
+                    (load_before + os.getloadavg()[0]) / 2, 1
+                ),
+            })
+            print(rows[-1], flush=True)
+    write_csv(args.output / "cost_operators.csv", rows)
+
+
 # Files, plots, README --------------------------------------------------------
 
 
@@ -825,6 +915,35 @@ def write_readme(output, seeds, overhead_model, overhead_epochs, probe_samples):
             for r in second
         ]
         lines.append("")
+    operators = _run_records.read_csv(
+        output / "cost_operators.csv", missing_ok=True
+    )
+    if operators:
+        lines += ["## Cost of the curvature operators "
+                  "(`cost_operators.csv`)", ""]
+        lines += provenance("cost_operators")
+        lines += [
+            f"Model {operators[0]['model']} "
+            f"({operators[0]['num_parameters']} parameters), "
+            f"{operators[0]['probe_samples']} probe images; a product is "
+            "one pass of the operator over the probe set (for the GGN and "
+            "Fisher: a Jacobian-vector and a vector-Jacobian product of "
+            "the network output per microbatch; for the Hessian: double "
+            "backpropagation). Small settings, run on a shared machine: "
+            "`load average` is the 1-minute load (mean of before and "
+            "after the call) on its 2 cores.",
+            "",
+            "| function | operator | arguments | products (probe passes) | "
+            "seconds | seconds per product | load average |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['function']} | {r['operator']} | {r['arguments']} | "
+            f"{r['probe_passes']} | {r['seconds']} | "
+            f"{r['seconds_per_pass']} | {r['load_average']} |"
+            for r in operators
+        ]
+        lines.append("")
     (output / "README.md").write_text("\n".join(lines))
 
 
@@ -839,7 +958,8 @@ def main(argv=None):
     commit = _run_records.git_commit()
     for part in parts:
         {"accuracy": run_accuracy, "overhead": run_overhead, "cost": run_cost,
-         "cost_landscape": run_cost_landscape}[part](args)
+         "cost_landscape": run_cost_landscape,
+         "cost_operators": run_cost_operators}[part](args)
         record_run(args, part, commit)
     plot(args.output)
     write_readme(

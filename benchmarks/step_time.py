@@ -291,10 +291,26 @@ def minimal_jax_sam(model, rho):
     return MinimalJaxSAM(model)
 
 
+def _check_twin(args, difference, details):
+    """The tf-keras twin must compute what the Keras 3 model does (the
+    check runs where tf-keras is installed: the test suite has only Keras
+    3 to rebuild with)."""
+    details["tf_keras_twin_difference"] = difference
+    tolerance = 1e-4 if args.mixed_precision == "none" else 5e-2
+    if max(difference.values()) > tolerance:
+        raise RuntimeError(
+            f"The tf-keras twin of {args.model!r} differs from the Keras 3 "
+            f"model by {difference} (relative), above {tolerance}."
+        )
+
+
 def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
     from keras_sam import models
     from keras_sam.experiments import _step_timing
-    from keras_sam.experiments._tf_keras_twin import tf_keras_twin
+    from keras_sam.experiments._tf_keras_twin import (
+        tf_keras_twin,
+        twin_difference,
+    )
 
     # The same architecture made of tf-keras layers.
     tf_keras.mixed_precision.set_global_policy(
@@ -303,8 +319,12 @@ def _tf_keras_variants(args, tf_keras, x, y, initial_weights, options, details):
     jit = {"auto": None, "true": True, "false": False}[args.jit_compile]
     built = []
     for wrap in (False, True):
-        inner = tf_keras_twin(models.get_model(args.model, **options), tf_keras)
+        original = models.get_model(args.model, **options)
+        original.set_weights(initial_weights)
+        inner = tf_keras_twin(original, tf_keras)
         inner.set_weights(initial_weights)
+        if not wrap:
+            _check_twin(args, twin_difference(original, inner, x[:4]), details)
         if wrap:
             sam_class = tf_keras.models.experimental.SharpnessAwareMinimization
             model = sam_class(inner, rho=args.rho)

@@ -4,10 +4,10 @@ As `keras/src/models/model.py` picks its backend `Trainer`: each of
 `tensorflow.py`, `jax.py` and `torch.py` holds a `SAMTrainer` whose
 `train_step` reads top to bottom as Foret et al.'s algorithm (clean pass,
 ascent, perturbed pass, descent), and the backend's autodiff
-(`value_and_grad`, `grad`, `hessian_vector_product`, `compile_function`),
-shared with `keras_sam.hessian`. Backend-neutral pieces live in
-`trainer.py` (`SAMTrainerBase`), the batch splits in `splits.py`; the
-ascent maths in `keras_sam.ascent`.
+(`value_and_grad`, `grad`, `hessian_vector_product`, `linearize`,
+`compile_function`), shared with `keras_sam.hessian`. Backend-neutral
+pieces live in `trainer.py` (`SAMTrainerBase`), the batch splits in
+`splits.py`; the ascent maths in `keras_sam.ascent`.
 """
 
 import keras
@@ -31,3 +31,4 @@ value_and_grad = current.value_and_grad
 grad = current.grad
 hessian_vector_product = current.hessian_vector_product
 compile_function = current.compile_function
+linearize = current.linearize

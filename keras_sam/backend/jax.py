@@ -35,6 +35,22 @@ def hessian_vector_product(fn):
     return hvp
 
 
+def linearize(fn):
+    """`(trainable, vector, *args) -> (outputs, J v, vjp)` of the tensor
+    `fn(trainable, *args)`: its value, its Jacobian times `vector`
+    (forward mode) and `vjp(cotangent) -> J^T cotangent`."""
+
+    def run(trainable, vector, *args):
+        def of_trainable(t):
+            return fn(t, *args)
+
+        outputs, tangent = jax.jvp(of_trainable, (trainable,), (vector,))
+        _, pullback = jax.vjp(of_trainable, trainable)
+        return outputs, tangent, lambda cotangent: pullback(cotangent)[0]
+
+    return run
+
+
 def compile_function(fn):
     return jax.jit(fn)
 

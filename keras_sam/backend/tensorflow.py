@@ -81,6 +81,41 @@ def hessian_vector_product(fn):
     return hvp
 
 
+def linearize(fn):
+    """`(trainable, vector, *args) -> (outputs, J v, vjp)` of the tensor
+    `fn(trainable, *args)`: its value, its Jacobian times `vector` (the
+    derivative of `J^T r` along `vector`, by double backpropagation) and
+    `vjp(cotangent) -> J^T cotangent`, all from one forward pass."""
+
+    def run(trainable, vector, *args):
+        with tf.GradientTape(
+            persistent=True, watch_accessed_variables=False
+        ) as tape:
+            tape.watch(trainable)
+            outputs = fn(trainable, *args)
+        dummy = tf.zeros_like(outputs)
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(dummy)
+            pulled = tape.gradient(
+                outputs, trainable, output_gradients=dummy,
+                unconnected_gradients=_ZERO,
+            )
+            dot = tf.add_n(
+                [tf.reduce_sum(g * v) for g, v in zip(pulled, vector)]
+            )
+        tangent = outer.gradient(dot, dummy, unconnected_gradients=_ZERO)
+
+        def vjp(cotangent):
+            return tape.gradient(
+                outputs, trainable, output_gradients=cotangent,
+                unconnected_gradients=_ZERO,
+            )
+
+        return outputs, tangent, vjp
+
+    return run
+
+
 def compile_function(fn):
     return tf.function(fn, reduce_retracing=True)
 

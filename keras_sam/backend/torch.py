@@ -63,6 +63,45 @@ def hessian_vector_product(fn):
     return hvp
 
 
+def linearize(fn):
+    """`(trainable, vector, *args) -> (outputs, J v, vjp)` of the tensor
+    `fn(trainable, *args)`: its value, its Jacobian times `vector` (the
+    derivative of `J^T r` along `vector`, by double backpropagation) and
+    `vjp(cotangent) -> J^T cotangent`, all from one forward pass."""
+
+    def run(trainable, vector, *args):
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in trainable]
+            outputs = fn(leaves, *args)
+            dummy = torch.zeros_like(outputs, requires_grad=True)
+            pulled = torch.autograd.grad(
+                outputs, leaves, grad_outputs=dummy, create_graph=True,
+                allow_unused=True,
+            )
+            terms = [
+                (g * v).sum() for g, v in zip(pulled, vector) if g is not None
+            ]
+            tangent = None
+            if terms and any(t.requires_grad for t in terms):
+                (tangent,) = torch.autograd.grad(
+                    sum(terms), dummy, retain_graph=True, allow_unused=True
+                )
+            if tangent is None:
+                tangent = torch.zeros_like(outputs)
+
+        def vjp(cotangent):
+            with torch.enable_grad():
+                pulled = torch.autograd.grad(
+                    outputs, leaves, grad_outputs=cotangent,
+                    retain_graph=True, allow_unused=True,
+                )
+            return _filled(pulled, leaves)
+
+        return outputs.detach(), tangent.detach(), vjp
+
+    return run
+
+
 def compile_function(fn):
     """Eager: returns `fn` run without building a graph for autograd where
     it is not differentiated."""

@@ -5,8 +5,11 @@ Each writes its values into `logs` (so `History`, `CSVLogger`,
 and momentum from the optimizer, and keeps within a wall-time budget.
 The numbers come from `keras_sam.hessian`.
 
-Common arguments. Every callback here takes these four after its own
-(each class's docstring lists them too):
+`WeightTrajectory` records the weights to disk for
+`keras_sam.landscape.trajectory_plane`; it measures nothing.
+
+Common arguments. Every measuring callback here takes these four after
+its own (each class's docstring lists them too):
 
 - `freq`: Integer, measure every `freq` epochs (or steps). Defaults to
   `1`.
@@ -27,6 +30,7 @@ from keras_sam.callbacks.linear_stability import LinearStability
 from keras_sam.callbacks.noise_alignment import NoiseAlignment
 from keras_sam.callbacks.sharpness import Sharpness
 from keras_sam.callbacks.sharpness_measures import SharpnessMeasures
+from keras_sam.callbacks.weight_trajectory import WeightTrajectory
 
 __all__ = [
     "HessianTrace",
@@ -34,4 +38,5 @@ __all__ = [
     "NoiseAlignment",
     "Sharpness",
     "SharpnessMeasures",
+    "WeightTrajectory",
 ]

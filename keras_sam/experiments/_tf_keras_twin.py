@@ -55,6 +55,35 @@ def tf_keras_twin(model, tf_keras):
     )
 
 
+def twin_difference(model, twin, x):
+    """How far `twin` computes from `model` on the batch `x`.
+
+    Args:
+        model: the Keras 3 model.
+        twin: its twin (`tf_keras_twin(model, library)`) holding the same
+            weights.
+        x: a NumPy batch of inputs.
+
+    Returns:
+        A dict of floats: `outputs`, the largest absolute difference of
+        the inference-mode outputs over the largest absolute output, and
+        `regularization`, the relative difference of the regularization
+        losses (0 when both have none).
+    """
+    import numpy as np
+
+    expected = np.asarray(model(x, training=False), np.float64)
+    actual = np.asarray(twin(x, training=False), np.float64)
+    scale = max(np.abs(expected).max(), 1e-30)
+    expected_loss = float(sum(np.asarray(v) for v in model.losses))
+    actual_loss = float(sum(np.asarray(v) for v in twin.losses))
+    return {
+        "outputs": float(np.abs(actual - expected).max() / scale),
+        "regularization": abs(actual_loss - expected_loss)
+        / max(abs(expected_loss), 1e-30),
+    }
+
+
 def _endpoints(history, tensors):
     """The twin's inputs or outputs named by a functional config: one
     `[layer_name, node, index]`, or a list of them."""

@@ -1,5 +1,7 @@
-"""Curvature of the training loss: Hessian-vector products, top eigenvalues
-and eigenvectors, the trace, the eigenvalue density, per-layer curvature,
+"""Curvature of the training loss: Hessian-vector products (and those of
+the generalized Gauss-Newton and Fisher matrices, on any block of
+layers), top eigenvalues and eigenvectors, the trace (Hutchinson,
+Hutch++), the eigenvalue density, per-layer curvature,
 perturbation sharpness, and the linear stability of GD, SGD (with or
 without momentum) and SAM at the current weights.
 
@@ -17,6 +19,12 @@ were. Probe data is split into microbatches of `probe_batch_size` samples;
 microbatch results are weighted by their size, so every product is the
 one of the whole probe set's loss (exact for losses reduced with Keras's
 default `"sum_over_batch_size"`).
+
+Operators. `operator="ggn"`, `"fisher"` and `"empirical_fisher"` replace
+the Hessian by the generalized Gauss-Newton matrix or the Fisher (true or
+empirical) in `top_eigenvalues`, `hessian_trace`, `eigenvalue_density`,
+`layer_top_eigenvalues` and `curvature_vector_product` (definitions and
+normalization there); `layers=` restricts them to a diagonal block.
 
 Hessian-vector products are exact (double backpropagation on TensorFlow
 and PyTorch, forward-over-reverse on JAX), computed in the model's variable
@@ -73,6 +81,10 @@ References:
     - Andriushchenko et al., 2023. A Modern Look at the Relationship
       between Sharpness and Generalization.
       https://arxiv.org/abs/2302.07011
+    - Martens, 2020. New Insights and Perspectives on the Natural
+      Gradient Method. https://arxiv.org/abs/1412.1193
+    - Meyer, Musco, Musco & Woodruff, 2021. Hutch++: Optimal Stochastic
+      Trace Estimation. https://arxiv.org/abs/2010.09649
 """
 
 from keras_sam.hessian.alignment import noise_alignment
@@ -90,6 +102,7 @@ from keras_sam.hessian.sharpness import (
     keskar_sharpness,
 )
 from keras_sam.hessian.spectrum import (
+    curvature_vector_product,
     hessian_trace,
     hessian_vector_product,
     layer_top_eigenvalues,
@@ -117,6 +130,7 @@ __all__ = [
     "SHARPNESS_NORMS",
     "adaptive_sharpness",
     "as_probe_set",
+    "curvature_vector_product",
     "eigenvalue_density",
     "gd_stability_threshold",
     "hessian_trace",

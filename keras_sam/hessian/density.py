@@ -10,8 +10,8 @@ from keras_sam._validation import (
     check_positive_float,
     short_repr,
 )
-from keras_sam.hessian.curvature import prepare_curvature
 from keras_sam.hessian.linalg import lanczos_ritz_pairs, make_rng
+from keras_sam.hessian.operators import prepare_operator
 from keras_sam.hessian.probe import DEFAULT_PROBE_BATCH_SIZE
 
 
@@ -22,8 +22,15 @@ def eigenvalue_density(
     num_runs=4,
     seed=None,
     probe_batch_size=DEFAULT_PROBE_BATCH_SIZE,
+    operator="hessian",
+    layers=None,
 ):
     """Estimates the eigenvalue density of the loss Hessian (SLQ).
+
+    With `operator` set, that of the Gauss-Newton or Fisher matrix
+    instead (see `curvature_vector_product`); with `layers`, that of the
+    diagonal block of the chosen layers' variables (`n` is then the
+    block's size).
 
     Stochastic Lanczos quadrature: for each of `num_runs` Rademacher
     vectors `v` (entries +-1, scaled to unit length), `num_steps` Lanczos
@@ -58,6 +65,13 @@ def eigenvalue_density(
             `None`.
         probe_batch_size: Integer, samples per microbatch. Defaults to
             `128`.
+        operator: The curvature matrix: `"hessian"`, `"ggn"`, `"fisher"`
+            or `"empirical_fisher"` (see `curvature_vector_product`).
+            Defaults to `"hessian"`.
+        layers: `None` for all trainable variables, or the block of the
+            variables of the layers chosen as `SAMModel(perturb=...)`
+            chooses them (a layer class, a tuple of layer classes or a
+            callable `layer -> bool`). Defaults to `None`.
 
     Returns:
         A dict of float64 NumPy arrays of shape `(num_runs, m)`, `m =
@@ -86,7 +100,9 @@ def eigenvalue_density(
     num_steps = check_int("num_steps", num_steps)
     num_runs = check_int("num_runs", num_runs)
     rng = make_rng(seed)
-    curvature = prepare_curvature(model, data, probe_batch_size)
+    curvature = prepare_operator(
+        model, data, probe_batch_size, operator, layers
+    )
     nodes, weights = [], []
     for _ in range(num_runs):
         start = rng.choice([-1.0, 1.0], size=curvature.dim)

@@ -1,5 +1,6 @@
 """Linear algebra on a Hessian given as a product `v -> H v`: Lanczos
-with full reorthogonalization (float64) and Hutchinson's trace.
+with full reorthogonalization (float64), Hutchinson's and Hutch++'s
+traces.
 
 Internal to `keras_sam.hessian`, `keras_sam.landscape` and the callbacks:
 its public names are what those modules share; none is part of the
@@ -157,6 +158,41 @@ def hutchinson(curvature, num_samples, rng, blocks=None):
             for name, values in block_quadratic.items()
         }
     return result
+
+
+def hutch_plus_plus(curvature, num_samples, rng):
+    """Hutch++ (Meyer et al., 2021) with `num_samples` products.
+
+    `k = num_samples // 3` products `H S` with a Rademacher sketch `S`,
+    `k` products `H Q` with the orthonormal basis `Q` of `H S`, and the
+    remaining `num_samples - 2k` Rademacher vectors projected off `Q` for
+    Hutchinson on `(I - Q Q^T) H (I - Q Q^T)`. Returns the dict of
+    `hutchinson` (no blocks): `trace_stderr` is the residual part's
+    standard error, `frobenius_norm` the estimate `mean |H s|^2` over the
+    sketch's columns.
+    """
+    dim = curvature.dim
+    sketch_size = min(num_samples // 3, dim)
+    residual_size = num_samples - 2 * sketch_size
+    sketch = rng.choice([-1.0, 1.0], size=(dim, sketch_size))
+    sketched = np.stack(
+        [curvature.hvp(sketch[:, j]) for j in range(sketch_size)], axis=1
+    )
+    basis, _ = np.linalg.qr(sketched)
+    low_rank = sum(
+        basis[:, j] @ curvature.hvp(basis[:, j]) for j in range(sketch_size)
+    )
+    quadratic = np.zeros(residual_size)
+    for i in range(residual_size):
+        z = rng.choice([-1.0, 1.0], size=dim)
+        z -= basis @ (basis.T @ z)
+        quadratic[i] = z @ curvature.hvp(z)
+    squared_norms = np.sum(sketched**2, axis=0)
+    return {
+        "trace": float(low_rank + np.mean(quadratic)),
+        "trace_stderr": standard_error(quadratic),
+        "frobenius_norm": float(math.sqrt(np.mean(squared_norms))),
+    }
 
 
 def standard_error(samples):
