@@ -29,8 +29,8 @@ the dropout masks are drawn per shard from the same seed, as on a
 """
 
 import jax
-from jax.sharding import PartitionSpec
 import keras
+from jax.sharding import PartitionSpec
 from keras import ops
 
 from keras_sam.backend.splits import first_leaf
