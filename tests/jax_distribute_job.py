@@ -19,12 +19,15 @@ set by the caller (JAX reads them at import):
   global batch. Saves the final weights (`<mode>_w<i>`), the first epoch
   trained (`<mode>_initial_epoch`) and the step count. With
   `--backup-dir`, `keras.callbacks.BackupAndRestore`; with
-  `--kill-at-epoch E` the process sends itself SIGKILL after the second
-  step of epoch `E`. A `fit` that raises prints the error and exits 1.
-  SIGALRM ends the process after `--time-limit` seconds.
+  `--kill-at-epoch E` the process sends itself SIGKILL (or, with
+  `--kill-signal STOP`, SIGSTOP) after the second step of epoch `E`. A
+  `fit` that raises prints the error and exits 1. SIGALRM ends the
+  process after `--time-limit` seconds; `faulthandler` prints the Python
+  stack of a process that a collective aborts.
 """
 
 import argparse
+import faulthandler
 import json
 import os
 import pathlib
@@ -95,7 +98,10 @@ def local_weights(model):
 
 
 def data_parallel():
-    return keras.distribution.DataParallel(devices=jax.devices())
+    # Every process feeds its own rows (see `worker`): no auto-sharding.
+    return keras.distribution.DataParallel(
+        devices=jax.devices(), auto_shard_dataset=False
+    )
 
 
 def shards(out):
@@ -142,11 +148,14 @@ def state(out):
 
 
 class KillAtEpoch(keras.callbacks.Callback):
-    """Sends this process SIGKILL after the second step of `epoch`."""
+    """Sends this process `signal_number` (SIGKILL: dies without any
+    clean-up; SIGSTOP: hangs with its connections open) after the second
+    step of `epoch`."""
 
-    def __init__(self, epoch):
+    def __init__(self, epoch, signal_number=signal.SIGKILL):
         super().__init__()
         self.epoch = epoch
+        self.signal_number = signal_number
         self.current_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -155,7 +164,7 @@ class KillAtEpoch(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.current_epoch == self.epoch and batch == 1:
             print(json.dumps({"killed_at": time.time()}), flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signal_number)
 
 
 def worker(argv):
@@ -169,9 +178,14 @@ def worker(argv):
     parser.add_argument("--heartbeat", type=int, default=10)
     parser.add_argument("--backup-dir")
     parser.add_argument("--kill-at-epoch", type=int)
+    parser.add_argument("--kill-signal", default="KILL",
+                        choices=["KILL", "STOP"])
     parser.add_argument("--time-limit", type=int, default=300)
     args = parser.parse_args(argv)
     signal.alarm(args.time_limit)
+    # A collective that aborts the process (gloo) still prints where the
+    # Python code was.
+    faulthandler.enable()
     if args.num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
@@ -180,6 +194,9 @@ def worker(argv):
             process_id=args.process_id,
             heartbeat_timeout_seconds=args.heartbeat,
         )
+    # The same initial values on every process (`device_put` checks it);
+    # `keras.distribution.initialize` would agree on a seed instead.
+    keras.utils.set_random_seed(1)
     x, y, params = make_problem(32, seed=32)
     global_batch = 8
     local = global_batch // args.num_processes
@@ -196,7 +213,9 @@ def worker(argv):
             os.path.join(args.backup_dir, str(args.process_id))
         ))
     if args.kill_at_epoch is not None:
-        callbacks.append(KillAtEpoch(args.kill_at_epoch))
+        callbacks.append(KillAtEpoch(
+            args.kill_at_epoch, getattr(signal, f"SIG{args.kill_signal}")
+        ))
     keras.distribution.set_distribution(data_parallel())
     results = {"devices": np.array(len(jax.devices()))}
     for mode in args.modes.split(","):

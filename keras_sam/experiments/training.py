@@ -42,9 +42,9 @@ def distribution_scope(distribute):
       per-replica batch (batch size / replicas), as the SAM paper ran.
     - `"data-parallel"` (JAX): `keras.distribution.DataParallel` over
       every device (of every host, after `keras.distribution.initialize`
-      when `KERAS_DISTRIBUTION_JOB_ADDRESSES` is set); the gradient is
-      global there, so `build_model(num_batch_splits=...)` with the
-      number of devices gives the per-device `m`.
+      when `KERAS_DISTRIBUTION_JOB_ADDRESSES` is set); `SAMModel`'s
+      default `perturbation="replica"` gives each device its own `eps`,
+      so `m` is the per-device batch, as under the strategies.
 
     Args:
         distribute: one of `DISTRIBUTIONS`.
@@ -344,15 +344,12 @@ def train_and_evaluate(
     with distribution_scope(config.distribute) as replicas:
         check_last_batches(pipelines.train_images, pipelines.test_images,
                            pipelines.batch_size, replicas)
-        # JAX's DataParallel gradient is global: one chunk per device.
-        splits = replicas if config.distribute == "data-parallel" else None
         model = build_model(
             config.model,
             rho,
             num_classes=pipelines.num_classes,
             weight_decay=config.weight_decay,
             input_shape=pipelines.input_shape,
-            num_batch_splits=splits if splits and splits > 1 else None,
         )
         compile_model(
             model,
