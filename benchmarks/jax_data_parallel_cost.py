@@ -75,23 +75,30 @@ def parse_args(argv=None):
 
 
 def count_collectives(hlo_text):
-    """`{op: {"count": n, "floats": elements}}` of the collectives in an
-    HLO module's text (async pairs counted once, at their start)."""
-    counts = {op: {"count": 0, "floats": 0} for op in COLLECTIVES}
+    """`{op: {"count": n, "floats": elements, "sizes": [...]}}` of the
+    collectives in an HLO module's text: XLA combines several tensors into
+    one tuple-valued collective, which counts once, with the elements of
+    all its tensors (async pairs counted once, at their start)."""
+    counts = {op: {"count": 0, "floats": 0, "sizes": []}
+              for op in COLLECTIVES}
     pattern = re.compile(
-        r"=\s*(?P<type>\(?[^=]*?\)?)\s+(?P<op>"
+        r"^\s*(?:ROOT\s+)?%[\w.\-]+\s*=\s*(?P<type>.*?)\s(?P<op>"
         + "|".join(COLLECTIVES) + r")(?:-start)?\("
     )
     for line in hlo_text.splitlines():
         match = pattern.search(line)
         if match is None:
             continue
-        counts[match["op"]]["count"] += 1
-        for dims in re.findall(r"[a-z]+\d+\[([\d,]*)\]", match["type"]):
-            size = 1
+        size = 0
+        for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", match["type"]):
+            elements = 1
             for d in filter(None, dims.split(",")):
-                size *= int(d)
-            counts[match["op"]]["floats"] += size
+                elements *= int(d)
+            size += elements
+        record = counts[match["op"]]
+        record["count"] += 1
+        record["floats"] += size
+        record["sizes"].append(size)
     return counts
 
 
@@ -133,7 +140,7 @@ def main(argv=None):
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from keras_sam import models
+    from keras_sam import _keras_compat, models
 
     distribution = keras.distribution.DataParallel(
         devices=jax.devices()[:args.devices]
@@ -151,9 +158,8 @@ def main(argv=None):
     compiled, states, records = {}, {}, {}
     for variant in VARIANTS:
         model = build(variant, weights, args)
-        # One `fit` step builds the optimizer and metrics as Keras does.
-        model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0,
-                  shuffle=False)
+        # Builds the optimizer, loss and metrics as `fit`'s first step.
+        _keras_compat.symbolic_build(model, data_batch=(x, y))
         state = (
             [v.value for v in model.trainable_variables],
             [v.value for v in model.non_trainable_variables],
