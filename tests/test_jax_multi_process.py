@@ -126,3 +126,52 @@ def test_killed_process_fails_the_other_and_both_resume(tmp_path):
                                 "replica")
     for got in resumed:
         assert_same_weights(got, uninterrupted, ("replica",), atol=2e-6)
+
+
+def reproduce(output_dir, devices, process_id=None, coordinator=None):
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(TESTS.parent))
+    if process_id is not None:
+        env.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=coordinator,
+                   KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(process_id))
+    return subprocess.Popen(
+        [sys.executable, "-m", "keras_sam.experiments.cli", "reproduce",
+         "--quick", "--backend", "jax", "--rho", "0.05", "--seeds", "1",
+         "--verbose", "0", "--distribute", "data-parallel",
+         "--output-dir", str(output_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=TESTS.parent,
+    )
+
+
+def read_results(path):
+    import csv
+
+    with open(path) as f:
+        return {row["run"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_reproduce_on_two_processes_equals_one_process(tmp_path):
+    """`keras-sam reproduce --quick --distribute data-parallel` (batch
+    128) on 2 processes x 2 CPU devices: the results of 1 process x 4
+    devices, `m` = 32 recorded; process 1 writes into `process_1/`."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = [reproduce(tmp_path / "pair", 2, pid, coordinator)
+             for pid in (0, 1)]
+    procs.append(reproduce(tmp_path / "single", 4))
+    for proc in procs:
+        log = proc.communicate(timeout=900)[0]
+        assert proc.returncode == 0, log[-4000:]
+    single = read_results(tmp_path / "single" / "results.csv")
+    for path in ("pair", "pair/process_1"):
+        pair = read_results(tmp_path / path / "results.csv")
+        assert sorted(pair) == sorted(single) == ["sam_seed0", "sgd_seed0"]
+        for run, want in single.items():
+            assert pair[run]["m"] == want["m"] == "32"
+            assert pair[run]["test_error"] == want["test_error"]
+            for key in ("test_loss", "loss"):
+                np.testing.assert_allclose(float(pair[run][key]),
+                                           float(want[key]), rtol=1e-3)
