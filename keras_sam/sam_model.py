@@ -100,10 +100,12 @@ class SAMModel(SAMTrainer, keras.Model):
             `"global"` all-reduces the first gradients before the norm (one
             extra all-reduce per step), which equals single-device SAM on
             the whole batch. Identical on one device. On JAX under
-            `keras.distribution.DataParallel` the gradients are global
-            (one SPMD program), so `"global"` applies whatever is set;
-            `num_batch_splits=` the number of devices gives one
-            perturbation per device's share. Defaults to `"replica"`.
+            `keras.distribution.DataParallel`, `"replica"` runs both
+            passes on each device's shard of the batch (`jax.shard_map`),
+            each device's `eps` from its own gradient, with one gradient
+            all-reduce for the descent; `"global"` takes `eps` from the
+            whole batch's gradient (keras-sam 0.1.0 applied `"global"` on
+            JAX whatever was set). Defaults to `"replica"`.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:

@@ -6,8 +6,9 @@ caller (and XLA_FLAGS for `data_parallel`):
 - `parity OUT.npz`: 3 SAM steps on fixed data and weights; saves weights.
 - `resume IN.keras OUT.npz`: loads a saved SAMModel, trains one more
   epoch, saves the weights.
-- `data_parallel OUT.npz`: JAX only; SAM on one device and under
-  `keras.distribution.DataParallel` on all devices; saves both.
+- `data_parallel OUT.npz`: JAX only; SAM on one device and global-mode
+  SAM under `keras.distribution.DataParallel` on all devices; saves
+  both.
 """
 
 import sys
@@ -78,7 +79,9 @@ def data_parallel(out):
             )
         inner = bn_model(np.random.default_rng(1))
         inner.set_weights(start)
-        sam = compiled_sam(inner, rho=0.1)
+        # Global mode: single-device SAM on the whole batch. (Replica mode,
+        # one eps per device, is tested in test_jax_distribute.py.)
+        sam = compiled_sam(inner, rho=0.1, perturbation="global")
         sam.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
         results.update(
             {f"{mode}_{i}": w for i, w in enumerate(sam.get_weights())}

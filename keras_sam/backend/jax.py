@@ -1,8 +1,10 @@
 """SAM step for the JAX backend: stateless, `train_step(state, data)`.
 
-Under `keras.distribution.DataParallel` the step is one SPMD program and
-the gradients are already global, so `eps` is computed from the whole
-batch's gradient whatever `perturbation` says (`"global"` semantics).
+Under `keras.distribution.DataParallel` the step is one SPMD program
+whose gradients are global: `perturbation="global"` takes `eps` from the
+whole batch's gradient. With `perturbation="replica"` (the default) steps
+1-3 run on each device's shard of the batch, each device's `eps` from its
+own gradient (`keras_sam.backend.jax_sharding`).
 """
 
 import jax
@@ -10,6 +12,7 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
+from keras_sam.backend import jax_sharding
 from keras_sam.backend.trainer import SAMTrainerBase, without_sam_logs
 
 
@@ -96,21 +99,32 @@ class SAMTrainer(SAMTrainerBase):
             self._iterations(optimizer_values), trainable,
             optimizer_values=optimizer_values,
         )
-        splits = self._splits(
-            self._perturbation_splits(), step, non_trainable, metrics,
-            (x, y, sample_weight),
-        )
-        for chunk in splits:  # the whole batch, or each m-sharpness chunk
-            # 1. Clean pass at w: L(w) and g; its state updates are kept.
-            # (MomentumSAM's only pass: at w moved along the momentum.)
-            clean = self._pass(self._first_point(step), chunk, step)
-            # 2-3. Where the rule ascends (every step for SAM): the ascent
-            # to w + eps and the perturbed pass there (`_ascend`); else the
-            # rule's one-pass step.
-            splits.add(
-                self._sam_or_plain_step(clean, clean.gradients, chunk, step)
+
+        def steps_1_to_3(step, non_trainable, metrics, batch):
+            splits = self._splits(
+                self._perturbation_splits(), step, non_trainable, metrics,
+                batch,
             )
-        result = self._per_batch_scalars(splits.result())
+            for chunk in splits:  # the whole batch, or each m-sharpness chunk
+                # 1. Clean pass at w: L(w) and g; its state updates are kept.
+                # (MomentumSAM's only pass: at w moved along the momentum.)
+                clean = self._pass(self._first_point(step), chunk, step)
+                # 2-3. Where the rule ascends (every step for SAM): the
+                # ascent to w + eps and the perturbed pass there
+                # (`_ascend`); else the rule's one-pass step.
+                splits.add(
+                    self._sam_or_plain_step(clean, clean.gradients, chunk,
+                                            step)
+                )
+            return splits.result()
+
+        # On the whole batch; with perturbation="replica" under
+        # DataParallel, on each device's shard (its own eps), merged by one
+        # gradient all-reduce (`_per_device`).
+        result = self._per_device(steps_1_to_3)(
+            step, non_trainable, metrics, (x, y, sample_weight)
+        )
+        result = self._per_batch_scalars(result)
         # 4. Descent: the optimizer applies the chosen gradient at w.
         trainable, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, result.gradients, trainable
@@ -120,6 +134,19 @@ class SAMTrainer(SAMTrainerBase):
         )
         state = (trainable, result.non_trainable, optimizer_values, metrics)
         return logs, state
+
+    def _per_device(self, fn):
+        """`fn` (steps 1-3 on a batch), or, with `perturbation="replica"`
+        under a `DataParallel` over several devices, `fn` on each device's
+        shard with the results merged (`jax_sharding.PerDevice`)."""
+        placement = jax_sharding.per_device_mesh(self)
+        if placement is None:
+            return fn
+        mesh, axis = placement
+        is_float = [
+            "float" in str(v.dtype) for v in self.non_trainable_variables
+        ]
+        return jax_sharding.PerDevice(fn, mesh, axis, is_float)
 
     def _iterations(self, optimizer_values):
         """The optimizer's step counter, read from its values."""

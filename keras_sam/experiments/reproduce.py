@@ -151,6 +151,9 @@ def run_reproduction(output_dir, config=None):
             _count(final_splits, "train"), _count(final_splits, "test"),
             config.batch_size, replicas,
         )
+    # Process i > 0 of a multi-process job writes into process_<i>/.
+    output_dir = training.process_path(output_dir, config.distribute)
+    settings_path = output_dir / "settings.json"
     output_dir.mkdir(parents=True, exist_ok=True)
     check_same_settings(settings_path, config)
     _run_records.set_precision(config.mixed_precision)

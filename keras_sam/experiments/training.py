@@ -14,6 +14,7 @@ The ImageNet recipe (`config.IMAGENET_RECIPE`) adds label smoothing
 
 import contextlib
 import math
+import pathlib
 import time
 
 import keras
@@ -42,9 +43,9 @@ def distribution_scope(distribute):
       per-replica batch (batch size / replicas), as the SAM paper ran.
     - `"data-parallel"` (JAX): `keras.distribution.DataParallel` over
       every device (of every host, after `keras.distribution.initialize`
-      when `KERAS_DISTRIBUTION_JOB_ADDRESSES` is set); the gradient is
-      global there, so `build_model(num_batch_splits=...)` with the
-      number of devices gives the per-device `m`.
+      when `KERAS_DISTRIBUTION_JOB_ADDRESSES` is set); `SAMModel`'s
+      default `perturbation="replica"` gives each device its own `eps`,
+      so `m` is the per-device batch, as under the strategies.
 
     Args:
         distribute: one of `DISTRIBUTIONS`.
@@ -68,14 +69,14 @@ def distribution_scope(distribute):
     if distribute == "none":
         yield 1
     elif distribute == "data-parallel":
-        import os
-
-        if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
-            keras.distribution.initialize()
+        processes = initialize_processes(distribute)
         devices = keras.distribution.list_devices()
         previous = keras.distribution.distribution()
+        # Several processes: each feeds its own rows (`ProcessShare`).
         keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=devices)
+            keras.distribution.DataParallel(
+                devices=devices, auto_shard_dataset=processes == 1
+            )
         )
         try:
             yield len(devices)
@@ -85,6 +86,108 @@ def distribution_scope(distribute):
         strategy = _strategy(distribute)
         with strategy.scope():
             yield strategy.num_replicas_in_sync
+
+
+def initialize_processes(distribute):
+    """Joins the processes of a multi-process JAX job, once per process.
+
+    With `distribute="data-parallel"` and
+    `KERAS_DISTRIBUTION_JOB_ADDRESSES` set (with
+    `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`),
+    calls `keras.distribution.initialize()` the first time.
+
+    Args:
+        distribute: one of `DISTRIBUTIONS`.
+
+    Returns:
+        The number of processes (1 without a multi-process job).
+    """
+    import os
+
+    if distribute != "data-parallel":
+        return 1
+    import jax
+
+    if (os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
+            and not jax.distributed.is_initialized()):
+        keras.distribution.initialize()
+    return jax.process_count()
+
+
+def process_path(path, distribute):
+    """`path`, or `path/process_<i>` for process `i > 0` of a
+    multi-process job (whose processes would otherwise write the same
+    files)."""
+    if initialize_processes(distribute) == 1:
+        return path
+    import jax
+
+    index = jax.process_index()
+    return path if index == 0 else path / f"process_{index}"
+
+
+class ProcessShare(keras.utils.PyDataset):
+    """This process's rows of every global batch of `dataset`.
+
+    In a multi-process JAX job each process feeds its part of the global
+    batch: process `i` of `n` the rows `[i b / n, (i + 1) b / n)` of a
+    batch of `b`, which `DataParallel` places on its devices.
+
+    Args:
+        dataset: a `keras.utils.PyDataset` of global batches.
+        index: this process's index.
+        count: the number of processes.
+    """
+
+    def __init__(self, dataset, index, count):
+        super().__init__()
+        self.dataset = dataset
+        self.index = index
+        self.count = count
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        batch = self.dataset[index]
+        size = len(keras.tree.flatten(batch)[0])
+        if size % self.count:
+            raise ValueError(
+                f"Batch {index} has {size} rows for {self.count} "
+                "processes: choose a batch size and subset whose batches "
+                "split evenly."
+            )
+        start = self.index * size // self.count
+        stop = (self.index + 1) * size // self.count
+        return keras.tree.map_structure(lambda a: a[start:stop], batch)
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
+
+
+def _process_shares(pipelines, distribute):
+    """The train, validation and test data this process feeds."""
+    splits = (pipelines.train, pipelines.validation, pipelines.test)
+    if initialize_processes(distribute) == 1:
+        return splits
+    import jax
+
+    for split in splits:
+        if split is not None and not isinstance(split, keras.utils.PyDataset):
+            raise ValueError(
+                "A multi-process data-parallel run feeds each process its "
+                "rows of the NumPy pipeline's batches; received "
+                f"pipeline={getattr(pipelines, 'pipeline', 'tf.data')!r} "
+                "(the NumPy pipeline is the default on JAX)."
+            )
+    return tuple(
+        None if split is None
+        else ProcessShare(split, jax.process_index(), jax.process_count())
+        for split in splits
+    )
 
 
 _STRATEGIES = {}
@@ -344,15 +447,12 @@ def train_and_evaluate(
     with distribution_scope(config.distribute) as replicas:
         check_last_batches(pipelines.train_images, pipelines.test_images,
                            pipelines.batch_size, replicas)
-        # JAX's DataParallel gradient is global: one chunk per device.
-        splits = replicas if config.distribute == "data-parallel" else None
         model = build_model(
             config.model,
             rho,
             num_classes=pipelines.num_classes,
             weight_decay=config.weight_decay,
             input_shape=pipelines.input_shape,
-            num_batch_splits=splits if splits and splits > 1 else None,
         )
         compile_model(
             model,
@@ -365,20 +465,25 @@ def train_and_evaluate(
         )
         all_callbacks = [DataEpoch(pipelines), *(callbacks or [])]
         if backup_dir is not None:
+            # One backup per process: they would write the same file.
+            backup_dir = process_path(pathlib.Path(backup_dir),
+                                      config.distribute)
             all_callbacks.append(
                 keras.callbacks.BackupAndRestore(str(backup_dir))
             )
+        train, validation, test = _process_shares(pipelines,
+                                                  config.distribute)
         start = time.perf_counter()
         history = model.fit(
-            pipelines.train,
-            validation_data=pipelines.validation,
+            train,
+            validation_data=validation,
             epochs=epochs,
             callbacks=all_callbacks,
             shuffle=False,  # the pipeline shuffles
             verbose=config.verbose,
         )
         seconds = time.perf_counter() - start
-        test = model.evaluate(pipelines.test, verbose=0, return_dict=True)
+        test = model.evaluate(test, verbose=0, return_dict=True)
     result = {
         "test_accuracy": float(test["accuracy"]),
         "test_error": 100.0 * (1.0 - float(test["accuracy"])),
