@@ -197,7 +197,9 @@ class SAMModel(SAMTrainer, keras.Model):
             self.built = True
 
     def call(self, inputs, training=None):
-        outputs = self.model(inputs, training=training)
+        # SAF's batches carry each sample's index beside the inputs.
+        outputs = self.model(self.rule.model_inputs(inputs),
+                             training=training)
         # An unbuilt model is built by this call (fit's symbolic build):
         # the rule's state needs its variables.
         self.rule_state.build_for(self)
