@@ -862,7 +862,11 @@ class _TrajectoryLoss(Rule):
         per_sample = ops.sum(target * (log_target - log_current), axis=-1)
         per_sample = ops.where(valid, per_sample, 0.0)
         batch = ops.cast(ops.shape(logits)[0], "float32")
-        return self.weight * tau**2 * ops.sum(per_sample) / batch
+        # Divided by the replicas like Keras's compiled loss (whose
+        # gradients `optimizer.apply` sums over replicas).
+        return self.weight * tau**2 * ops.sum(per_sample) / (
+            batch * _num_replicas()
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -898,9 +902,10 @@ class SAF(_TrajectoryLoss):
     element: `(({"inputs": x, "sample_index": i}, y, sample_weight)`.
     A sample whose stored output is missing (not seen `E` epochs ago)
     contributes 0. The outputs are stored in float32 in the rule's Keras
-    variables (saved in `.keras` files and by `BackupAndRestore`). Under
-    `tf.distribute` with several replicas SAF is refused (each replica
-    would hold only its own samples' outputs).
+    variables (saved in `.keras` files and by `BackupAndRestore`); under
+    `tf.distribute` the replicas' rows and outputs are gathered (one
+    all-gather of the batch's outputs per step), so every replica holds
+    every sample's outputs.
 
     Args:
         num_samples: Positive integer, the number of training samples
@@ -986,15 +991,12 @@ class SAF(_TrajectoryLoss):
         return self._divergence(reference, logits, valid)
 
     def record(self, model, predictions, chunk, state, step):
-        replicas = _num_replicas()
-        if replicas > 1:
-            raise ValueError(
-                "SAF keeps each sample's outputs on the replica that saw "
-                "it; it runs on one replica only. Received: "
-                f"num_replicas_in_sync={replicas}."
-            )
         logits = ops.stop_gradient(self._logits(predictions))
         epoch, rows = self._rows(chunk.batch[0], step)
+        if _num_replicas() > 1:  # every replica writes every replica's rows
+            from keras_sam.backend import tensorflow as tf_backend
+
+            rows, logits = tf_backend.all_gather([rows, logits])
         stamps, table = state
         indices = ops.expand_dims(rows, -1)
         stamp = ops.cast(epoch + 1, "float32") * ops.ones_like(
