@@ -1,7 +1,7 @@
 """Cost of every SAM rule against a plain Keras step, measured side by side.
 
 One process, one backend: the same model is trained with plain Keras and
-with `SAMModel(variant=...)` for each rule, in rounds; each round times a
+with `SAMModel(rule=...)` for each rule, in rounds; each round times a
 block of `--block` steps of every arm in turn, so every ratio is taken
 between neighbouring measurements. The reported ratio is the median over
 rounds of `arm block time / plain block time` (blocks are whole periods
@@ -9,6 +9,9 @@ of LookSAM, so its 1 + 1/every cost is measured, not assumed).
 
     KERAS_BACKEND=jax python benchmarks/variant_cost.py
     KERAS_BACKEND=tensorflow python benchmarks/variant_cost.py
+    # a few arms, small settings, their own CSV and README section:
+    KERAS_BACKEND=jax python benchmarks/variant_cost.py \
+        --arms SAM,SAF,MESA --rounds 5 --batch-size 64 --tag small
 
 Writes `saved_results/benchmarks/variant_cost_<backend>.csv` (one row per
 arm and round) and a section of that folder's README.
@@ -36,30 +39,40 @@ import numpy as np  # noqa: E402
 def arms(rho):
     """name -> (SAMModel keyword arguments, or None for plain Keras; the
     ratio the cheaper-SAM issue targets, or None)."""
-    from keras_sam import variants
+    from keras_sam import rules
 
     return {
         "plain": (None, None),
         "SAM": ({"rho": rho}, None),
-        "ASAM": ({"rho": 10 * rho, "variant": variants.ASAM()}, None),
-        "GSAM(0.2)": ({"rho": rho, "variant": variants.GSAM(0.2)}, None),
-        "FriendlySAM": ({"rho": rho, "variant": variants.FriendlySAM()},
-                        None),
+        "ASAM": ({"rho": 10 * rho, "rule": rules.ASAM()}, None),
+        "GSAM(0.2)": ({"rho": rho, "rule": rules.GSAM(0.2)}, None),
+        "FriendlySAM": ({"rho": rho, "rule": rules.FriendlySAM()}, None),
         "LookSAM(every=5)": (
-            {"rho": rho, "variant": variants.LookSAM(every=5)}, 1.25),
+            {"rho": rho, "rule": rules.LookSAM(every=5)}, 1.25),
         "RandomizedSAM(p=0.5)": (
-            {"rho": rho, "variant": variants.RandomizedSAM(0.5)}, 1.55),
+            {"rho": rho, "rule": rules.RandomizedSAM(0.5)}, 1.55),
         # Its fraction of SAM steps depends on the gradient norms; the
         # `sam_step_fraction` column gives it.
         "AESAM": (
-            {"rho": rho, "variant": variants.AESAM(total_steps=1000)}, None),
+            {"rho": rho, "rule": rules.AESAM(total_steps=1000)}, None),
         "ESAM(0.5, 0.5)": (
-            {"rho": rho, "variant": variants.ESAM(0.5, 0.5)}, None),
+            {"rho": rho, "rule": rules.ESAM(0.5, 0.5)}, None),
         "LateSAM, before start": (
-            {"rho": rho, "variant": variants.LateSAM(10**9)}, None),
+            {"rho": rho, "rule": rules.LateSAM(10**9)}, None),
         "MomentumSAM": (
-            {"rho": 6 * rho, "variant": variants.MomentumSAM()}, 1.10),
+            {"rho": 6 * rho, "rule": rules.MomentumSAM()}, 1.10),
+        # The trajectory loss on from the first step; SAF's table sized
+        # for CIFAR's 50,000 images (3 epochs back, batch 128).
+        "SAF": ({"rule": rules.SAF(
+            num_samples=SAF_SAMPLES, num_classes=10, steps_per_epoch=391,
+            start_epoch=0)}, 1.25),
+        "MESA": ({"rule": rules.MESA(start_step=0)}, 1.25),
     }
+
+
+SAF_SAMPLES = 50_000
+# The arms whose batches carry each sample's index.
+INDEXED = ("SAF", "MESA")
 
 
 def build(kwargs, seed, width, optimizer_momentum=0.9):
@@ -96,13 +109,22 @@ def measure(args):
     x = rng.normal(size=(args.batch_size, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=(args.batch_size,)).astype("int32")
     specs = arms(args.rho)
+    if args.arms:
+        chosen = ["plain", *args.arms.split(",")]
+        unknown = [name for name in chosen if name not in specs]
+        if unknown:
+            raise ValueError(f"Unknown arms {unknown}; arms: {list(specs)}.")
+        specs = {name: specs[name] for name in chosen}
     models = {name: build(kwargs, 0, args.width)
               for name, (kwargs, _) in specs.items()}
-    for model in models.values():  # compile and warm up
-        time_block(model, x, y, args.block)
+    indexed = {"inputs": x, "sample_index": np.arange(len(x)) * (
+        SAF_SAMPLES // len(x))}
+    inputs = {name: indexed if name in INDEXED else x for name in models}
+    for name, model in models.items():  # compile and warm up
+        time_block(model, inputs[name], y, args.block)
     rows = []
     for round_index in range(args.rounds):
-        blocks = {name: time_block(model, x, y, args.block)
+        blocks = {name: time_block(model, inputs[name], y, args.block)
                   for name, model in models.items()}
         times = {name: block[0] for name, block in blocks.items()}
         for name, (seconds, fraction) in blocks.items():
@@ -135,22 +157,24 @@ def summarize(rows, specs):
     return summary
 
 
-def write(rows, summary, args, backend):
+def write(rows, summary, args, backend, argv=None):
     output = pathlib.Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    path = output / f"variant_cost_{backend}.csv"
+    name = f"{backend}_{args.tag}" if args.tag else backend
+    path = output / f"variant_cost_{name}.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     device, _, versions = benchmark_env.describe_device(backend)
-    begin = f"<!-- variant_cost {backend} begin -->"
-    end = f"<!-- variant_cost {backend} end -->"
+    begin = f"<!-- variant_cost {name} begin -->"
+    end = f"<!-- variant_cost {name} end -->"
+    command = " ".join(["python benchmarks/variant_cost.py", *(argv or [])])
     lines = [
         begin,
-        f"## Cost of the SAM rules ({backend})",
+        f"## Cost of the SAM rules ({name})",
         "",
-        f"`python benchmarks/variant_cost.py` with KERAS_BACKEND={backend}: "
+        f"`{command}` with KERAS_BACKEND={backend}: "
         f"small CNN width {args.width}, batch {args.batch_size}, rho "
         f"{args.rho}; {args.rounds} rounds of {args.block}-step blocks per "
         "arm, each ratio between neighbouring blocks of one process. "
@@ -158,7 +182,7 @@ def write(rows, summary, args, backend):
         f"Keras {keras.__version__}; commit "
         f"{benchmark_env.git_commit() or 'unknown'}; load average at the "
         f"end {_load_text()}. Rows: "
-        f"[variant_cost_{backend}.csv](variant_cost_{backend}.csv).",
+        f"[variant_cost_{name}.csv](variant_cost_{name}.csv).",
         "",
         "| arm | median step ms | ratio to plain (median, IQR) | SAM steps "
         "| target |",
@@ -197,13 +221,18 @@ def main(argv=None):
     parser.add_argument("--width", type=benchmark_env.positive_int,
                         default=32)
     parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--arms", default="", help="comma-separated arm "
+                        "names to time beside plain (default: all)")
+    parser.add_argument("--tag", default="", help="suffix of the CSV and "
+                        "README section (default: none, the full run's)")
     parser.add_argument("--output-dir", default=str(
         ROOT / "saved_results" / "benchmarks"))
     args = parser.parse_args(argv)
     backend = keras.backend.backend()
     rows, specs = measure(args)
     summary = summarize(rows, specs)
-    path = write(rows, summary, args, backend)
+    path = write(rows, summary, args, backend,
+                 sys.argv[1:] if argv is None else argv)
     for s in summary:
         print(f"{s['arm']}: {s['median_ratio']:.2f}x plain "
               f"({s['median_step_ms']:.1f} ms)")
