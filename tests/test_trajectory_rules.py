@@ -261,3 +261,20 @@ def test_bad_arguments_name_the_argument(make, message):
 def test_config_round_trip(rule):
     config = keras.saving.serialize_keras_object(rule)
     assert keras.saving.deserialize_keras_object(config) == rule
+
+
+@pytest.mark.parametrize("rule", sorted(MAKERS))
+def test_mixed_precision_follows_the_float32_run(rule):
+    x, labels, index, kernel, bias = make_problem(seed=8)
+    full = make_model(kernel, bias, MAKERS[rule]())
+    fit(full, x, labels, index, epochs=4)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = make_model(kernel, bias, MAKERS[rule]())
+        record = fit(mixed, x, labels, index, epochs=4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert type(mixed.optimizer).__name__ == "LossScaleOptimizer"
+    assert np.all(np.isfinite(record.losses))
+    for got, want in zip(mixed.get_weights(), full.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
