@@ -110,11 +110,8 @@ def measure(args):
     y = rng.integers(0, 10, size=(args.batch_size,)).astype("int32")
     specs = arms(args.rho)
     if args.arms:
-        chosen = ["plain", *args.arms.split(",")]
-        unknown = [name for name in chosen if name not in specs]
-        if unknown:
-            raise ValueError(f"Unknown arms {unknown}; arms: {list(specs)}.")
-        specs = {name: specs[name] for name in chosen}
+        specs = {name: specs[name]
+                 for name in ["plain", *_arm_names(args.arms, specs)]}
     models = {name: build(kwargs, 0, args.width)
               for name, (kwargs, _) in specs.items()}
     indexed = {"inputs": x, "sample_index": np.arange(len(x)) * (
@@ -138,6 +135,22 @@ def measure(args):
             f"{n} {times[n] / times['plain']:.2f}x" for n in times),
             flush=True)
     return rows, specs
+
+
+def _arm_names(text, specs):
+    """The arm names in the comma-separated `text` (names may contain
+    commas: "LateSAM, before start")."""
+    names, pending = [], ""
+    for part in text.split(","):
+        pending = f"{pending},{part}" if pending else part
+        if pending in specs:
+            names.append(pending)
+            pending = ""
+    if pending:
+        raise ValueError(
+            f"Unknown arm {pending!r} in --arms; arms: {list(specs)}."
+        )
+    return names
 
 
 def summarize(rows, specs):
