@@ -108,8 +108,12 @@ def mesa_reference(x, labels, kernel, bias, epochs):
                         tau=2.0, start_step=2, learning_rate=LEARNING_RATE)
 
 
+SPLITS = [{}, {"num_batch_splits": 2},
+          {"num_batch_splits": 2, "split_perturbation": "shared"}]
+
+
 @multi_backend
-@pytest.mark.parametrize("splits", [None, 2])
+@pytest.mark.parametrize("splits", SPLITS)
 def test_saf_matches_numpy_loss_and_gradient(splits):
     x, labels, index, kernel, bias = make_problem(seed=1)
     steps, _ = saf_reference(x, labels, index, kernel, bias, epochs=5)
@@ -117,20 +121,20 @@ def test_saf_matches_numpy_loss_and_gradient(splits):
     plain, _ = ref.saf_run(kernel, bias, x, labels, index, BATCH, 5, 2,
                            0.0, 2.0, 2, LEARNING_RATE)
     assert abs(steps[-1][0] - plain[-1][0]) > 1e-3
-    sam = make_model(kernel, bias, saf_rule(), num_batch_splits=splits)
+    sam = make_model(kernel, bias, saf_rule(), **splits)
     assert_matches(fit(sam, x, labels, index, epochs=5), steps)
 
 
 @multi_backend
-@pytest.mark.parametrize("splits", [None, 2])
+@pytest.mark.parametrize("splits", SPLITS)
 def test_mesa_matches_numpy_loss_and_gradient(splits):
     x, labels, index, kernel, bias = make_problem(seed=2)
     steps, _ = mesa_reference(x, labels, kernel, bias, epochs=3)
-    sam = make_model(kernel, bias, mesa_rule(), num_batch_splits=splits)
+    sam = make_model(kernel, bias, mesa_rule(), **splits)
     record = fit(sam, x, labels, index, epochs=3)
     assert_matches(record, steps)
     # MESA reads no index: plain inputs train identically.
-    plain = make_model(kernel, bias, mesa_rule(), num_batch_splits=splits)
+    plain = make_model(kernel, bias, mesa_rule(), **splits)
     plain.fit(x, labels, batch_size=BATCH, epochs=3, shuffle=False,
               verbose=0)
     for got, want in zip(plain.get_weights(), record.weights[-1]):
