@@ -60,7 +60,9 @@ class SAMModel(SAMTrainer, keras.Model):
         rule: `None` (SAM) or a rule from `keras_sam.rules` (`SAM()`,
             `ASAM(eta)`, `GSAM(alpha)`, `FriendlySAM()`, the cheaper
             `LookSAM()`, `ESAM()`, ...), which chooses the ascent point and
-            the applied gradient. Defaults to `None`. (`variant=`, its name
+            the applied gradient, or `SAF(...)`, `MESA(...)`, which add a
+            trajectory loss instead of the ascent (SAF's `x` carries each
+            sample's index). Defaults to `None`. (`variant=`, its name
             before 0.2, is still accepted, with a `DeprecationWarning`.)
         perturb: Which variables the ascent moves: `None` (every
             trainable variable), a tuple of layer classes (with
