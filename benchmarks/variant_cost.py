@@ -67,7 +67,31 @@ def arms(rho):
             num_samples=SAF_SAMPLES, num_classes=10, steps_per_epoch=391,
             start_epoch=0)}, 1.25),
         "MESA": ({"rule": rules.MESA(start_step=0)}, 1.25),
+        **_in_graph_arms(rho),
     }
+
+
+def _in_graph_arms(rho):
+    """On JAX with a CPU, the skipping rules decide on the host; these
+    arms force the in-graph decision (both branches computed and
+    selected) to time the two side by side."""
+    import jax
+
+    from keras_sam import rules
+
+    if keras.backend.backend() != "jax" or jax.default_backend() != "cpu":
+        return {}
+    return {
+        "LookSAM(every=5), in-graph": (
+            {"rho": rho, "rule": rules.LookSAM(every=5), IN_GRAPH: True},
+            None),
+        "LateSAM, before start, in-graph": (
+            {"rho": rho, "rule": rules.LateSAM(10**9), IN_GRAPH: True},
+            None),
+    }
+
+
+IN_GRAPH = "_in_graph"
 
 
 SAF_SAMPLES = 50_000
@@ -80,7 +104,11 @@ def build(kwargs, seed, width, optimizer_momentum=0.9):
 
     keras.utils.set_random_seed(seed)
     inner = models.small_cnn(width=width, classifier_activation=None)
+    kwargs = None if kwargs is None else dict(kwargs)
+    in_graph = kwargs is not None and kwargs.pop(IN_GRAPH, False)
     model = inner if kwargs is None else SAMModel(inner, **kwargs)
+    if in_graph:
+        model._decides_on_host = lambda: False
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=optimizer_momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
