@@ -167,17 +167,20 @@ def measure(args):
 
 def _arm_names(text, specs):
     """The arm names in the comma-separated `text` (names may contain
-    commas: "LateSAM, before start")."""
-    names, pending = [], ""
-    for part in text.split(","):
-        pending = f"{pending},{part}" if pending else part
-        if pending in specs:
-            names.append(pending)
-            pending = ""
-    if pending:
-        raise ValueError(
-            f"Unknown arm {pending!r} in --arms; arms: {list(specs)}."
-        )
+    commas, "LateSAM, before start": the longest known name wins)."""
+    parts, names, start = text.split(","), [], 0
+    while start < len(parts):
+        for stop in range(len(parts), start, -1):
+            name = ",".join(parts[start:stop])
+            if name in specs:
+                names.append(name)
+                start = stop
+                break
+        else:
+            raise ValueError(
+                f"Unknown arm {parts[start]!r} in --arms; arms: "
+                f"{list(specs)}."
+            )
     return names
 
 
