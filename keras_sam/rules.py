@@ -899,7 +899,7 @@ class SAF(_TrajectoryLoss):
     steps_per_epoch`). Give `x` as a dict `{"inputs": x, "sample_index":
     index}`; the wrapped model receives `x["inputs"]` (`evaluate` and
     `predict` take plain inputs too), and sample weights stay the third
-    element: `(({"inputs": x, "sample_index": i}, y, sample_weight)`.
+    element: `({"inputs": x, "sample_index": i}, y, sample_weight)`.
     A sample whose stored output is missing (not seen `E` epochs ago)
     contributes 0. The outputs are stored in float32 in the rule's Keras
     variables (saved in `.keras` files and by `BackupAndRestore`); under
