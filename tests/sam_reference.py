@@ -305,7 +305,7 @@ def _log_softmax(z):
 
 
 def trajectory_loss_gradient(kernel, bias, x, labels, reference, valid,
-                             weight, tau):
+                             weight, tau, sample_weight=None):
     """Cross-entropy of `logits = x kernel + bias` plus `weight tau^2 / B
     sum_i valid_i KL(softmax(r_i / tau) || softmax(logits_i / tau))`, its
     gradient (closed form: `dz = (p - onehot) / B + weight tau / B
@@ -314,8 +314,11 @@ def trajectory_loss_gradient(kernel, bias, x, labels, reference, valid,
     batch = x.shape[0]
     log_p = _log_softmax(logits)
     onehot = np.eye(logits.shape[1])[labels]
-    loss = -np.sum(onehot * log_p) / batch
-    d_logits = (np.exp(log_p) - onehot) / batch
+    # Sample weights weight the cross-entropy only (Keras: weighted sum
+    # over the batch size).
+    sw = np.ones(batch) if sample_weight is None else sample_weight
+    loss = -np.sum(sw[:, None] * onehot * log_p) / batch
+    d_logits = sw[:, None] * (np.exp(log_p) - onehot) / batch
     if reference is not None:
         valid = np.asarray(valid, dtype="float64")
         log_target = _log_softmax(reference / tau)
@@ -329,7 +332,7 @@ def trajectory_loss_gradient(kernel, bias, x, labels, reference, valid,
 
 
 def saf_run(kernel, bias, x, labels, index, batch_size, epochs, epochs_back,
-            weight, tau, start_epoch, learning_rate):
+            weight, tau, start_epoch, learning_rate, sample_weight=None):
     """Plain SGD with SAF's loss; returns per step `(loss, gradients,
     kernel, bias)` and the stored logits `{(epoch, sample): logits}`."""
     kernel, bias = kernel.astype("float64"), bias.astype("float64")
@@ -348,6 +351,7 @@ def saf_run(kernel, bias, x, labels, index, batch_size, epochs, epochs_back,
             loss, grads, logits = trajectory_loss_gradient(
                 kernel, bias, x[rows], labels[rows], reference, valid,
                 weight, tau,
+                None if sample_weight is None else sample_weight[rows],
             )
             for sample, row in zip(samples, logits):
                 stored[(epoch, sample)] = row

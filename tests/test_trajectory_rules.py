@@ -141,6 +141,17 @@ def test_mesa_matches_numpy_loss_and_gradient(splits):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+def test_saf_with_sample_weights_weights_the_compiled_loss_only():
+    x, labels, index, kernel, bias = make_problem(seed=9)
+    sample_weight = np.random.default_rng(9).uniform(0.2, 2.0, NUM)
+    steps, _ = ref.saf_run(kernel, bias, x, labels, index, BATCH, 4, 2, 0.7,
+                           2.0, 2, LEARNING_RATE, sample_weight=sample_weight)
+    sam = make_model(kernel, bias, saf_rule())
+    record = fit(sam, x, labels, index, epochs=4,
+                 sample_weight=sample_weight.astype("float32"))
+    assert_matches(record, steps)
+
+
 def rule_state(sam):
     return [keras.ops.convert_to_numpy(v) for v in sam.rule_state.variables]
 
