@@ -1,7 +1,7 @@
 """Weights after 3 SAM steps, saved bit for bit, to compare two versions.
 
 Trains a small model with BatchNorm, dropout and an L2 regularizer for 3
-steps in each case (SAM, ASAM, every rule of `keras_sam.variants`,
+steps in each case (SAM, ASAM, every rule of `keras_sam.rules`,
 m-sharpness and shared splits, rho 0, a rho schedule, a perturbed subset,
 mixed precision) and
 saves every weight to an `.npz`; `--compare a.npz b.npz` reports any
@@ -45,12 +45,26 @@ CASES = {
     "momentum_sam": {"rho": 0.3, "rule": ("MomentumSAM", {})},
     "look_sam_splits": {"rho": 0.05, "num_batch_splits": 2,
                         "rule": ("LookSAM", {"every": 2})},
+    # The trajectory-loss rules (issue 28). SAF's batches carry indices
+    # 0-7 in every step, so with one step per epoch each step reads the
+    # outputs of the step before.
+    "saf": {"rho": 0.05, "indexed": True,
+            "rule": ("SAF", {"num_samples": 8, "num_classes": 5,
+                             "steps_per_epoch": 1, "epochs_back": 1,
+                             "start_epoch": 1})},
+    "mesa": {"rho": 0.05, "rule": ("MESA", {"start_step": 1,
+                                            "decay": 0.5})},
 }
 
 
 def _rule(keras_sam, name, arguments):
     module = getattr(keras_sam, "rules", None) or keras_sam.variants
     return getattr(module, name)(**arguments)
+
+
+def _has_rule(keras_sam, name):
+    module = getattr(keras_sam, "rules", None) or keras_sam.variants
+    return hasattr(module, name)
 
 
 def _arguments(keras, keras_sam, case):
@@ -92,6 +106,11 @@ def fingerprint():
     arrays = {}
     for name, case in CASES.items():
         case = dict(case)
+        if "rule" in case and not _has_rule(keras_sam, case["rule"][0]):
+            continue  # a version before the rule
+        inputs = x
+        if case.pop("indexed", False):
+            inputs = {"inputs": x, "sample_index": np.arange(len(x)) % 8}
         policy = case.pop("policy", None)
         if policy == "mixed":
             policy = (
@@ -109,7 +128,7 @@ def fingerprint():
             metrics=["accuracy"],
         )
         history = model.fit(
-            x, y, batch_size=8, epochs=1, shuffle=False, verbose=0
+            inputs, y, batch_size=8, epochs=1, shuffle=False, verbose=0
         )
         keras.config.set_dtype_policy("float32")
         for index, weight in enumerate(model.weights):

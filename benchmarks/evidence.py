@@ -119,10 +119,27 @@ PROTOCOL_5 = {
     # every other arm keeps `rho`.
     "arm_rho": {"momentum_sam": 0.3},
 }
+# Round 6 (PROTOCOL_6.md, issue 28): SAF and MESA, a trajectory loss
+# instead of the ascent (40 steps per epoch of the 5,000 images).
+PROTOCOL_6 = {
+    **PROTOCOL_3,
+    "protocol": "PROTOCOL_6.md",
+    "variant_arms": {
+        "saf": {"SAF": {"num_samples": 5000, "num_classes": 10,
+                        "steps_per_epoch": 40, "epochs_back": 3,
+                        "weight": 0.3, "temperature": 5.0,
+                        "start_epoch": 5}},
+        "mesa": {"MESA": {"start_step": 200, "decay": 0.95, "weight": 0.8,
+                          "temperature": 5.0}},
+    },
+    # The arms whose batches carry each sample's index.
+    "indexed_arms": ["saf"],
+}
 PROTOCOLS = {1: PROTOCOL, 2: PROTOCOL_2, 3: PROTOCOL_3, 4: PROTOCOL_4,
-             5: PROTOCOL_5}
+             5: PROTOCOL_5, 6: PROTOCOL_6}
 OUTPUT_DIRS = {1: "evidence", 2: "evidence_round2", 3: "evidence_variants",
-               4: "evidence_cheaper", 5: "evidence_cheaper_round5"}
+               4: "evidence_cheaper", 5: "evidence_cheaper_round5",
+               6: "evidence_trajectory_round6"}
 
 # Foret et al. (2020), Table 4: clean CIFAR-10 test accuracy (%) of
 # ResNet-32 trained with symmetric label noise.
@@ -158,9 +175,12 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     padding = 4
 
-    def __init__(self, x, y, batch_size, seed, augment=True):
+    def __init__(self, x, y, batch_size, seed, augment=True,
+                 with_index=False):
         super().__init__()
         self.augment = augment
+        # SAF's batches: x as {"inputs": images, "sample_index": rows}.
+        self.with_index = with_index
         self.x, self.y = x, y
         self.size = len(x)
         self.batch_size = batch_size
@@ -177,6 +197,12 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        images, labels = self._batch(index, rows)
+        if self.with_index:
+            return {"inputs": images, "sample_index": rows}, labels
+        return images, labels
+
+    def _batch(self, index, rows):
         if not self.augment:
             return self.x[rows], self.y[rows]
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
@@ -270,14 +296,14 @@ def run_plan(settings):
 
 
 def variant_of(settings, arm):
-    """The `keras_sam.variants` rule of a variant arm (`None`: SAM)."""
-    from keras_sam import variants
+    """The `keras_sam.rules` rule of a variant arm (`None`: SAM)."""
+    from keras_sam import rules
 
     spec = settings.get("variant_arms", {}).get(arm)
     if spec is None:
         return None
     (name, arguments), = spec.items()
-    return getattr(variants, name)(**arguments)
+    return getattr(rules, name)(**arguments)
 
 
 def arm_rho(settings, arm):
@@ -341,12 +367,13 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
     )
     init_digest = weights_digest(inner)
     model = (
-        SAMModel(inner, rho=rho, variant=variant_of(settings, arm))
+        SAMModel(inner, rho=rho, rule=variant_of(settings, arm))
         if rho > 0 else inner
     )
     batches = AugmentedBatches(
         data["x_train"], noisy_labels, settings["batch_size"], seed,
         augment=settings.get("augment", True),
+        with_index=arm in settings.get("indexed_arms", ()),
     )
     schedule = keras.optimizers.schedules.CosineDecay(
         settings["learning_rate"], decay_steps=epochs * len(batches)

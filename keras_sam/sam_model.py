@@ -60,7 +60,9 @@ class SAMModel(SAMTrainer, keras.Model):
         rule: `None` (SAM) or a rule from `keras_sam.rules` (`SAM()`,
             `ASAM(eta)`, `GSAM(alpha)`, `FriendlySAM()`, the cheaper
             `LookSAM()`, `ESAM()`, ...), which chooses the ascent point and
-            the applied gradient. Defaults to `None`. (`variant=`, its name
+            the applied gradient, or `SAF(...)`, `MESA(...)`, which add a
+            trajectory loss instead of the ascent (SAF's `x` carries each
+            sample's index). Defaults to `None`. (`variant=`, its name
             before 0.2, is still accepted, with a `DeprecationWarning`.)
         perturb: Which variables the ascent moves: `None` (every
             trainable variable), a tuple of layer classes (with
@@ -206,7 +208,9 @@ class SAMModel(SAMTrainer, keras.Model):
             self.built = True
 
     def call(self, inputs, training=None):
-        outputs = self.model(inputs, training=training)
+        # SAF's batches carry each sample's index beside the inputs.
+        outputs = self.model(self.rule.model_inputs(inputs),
+                             training=training)
         # An unbuilt model is built by this call (fit's symbolic build):
         # the rule's state needs its variables.
         self.rule_state.build_for(self)

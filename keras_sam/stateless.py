@@ -75,6 +75,32 @@ def stateless_loss(
     return loss, (y_pred, non_trainable, metrics)
 
 
+def stateless_predictions(model, trainable_values, non_trainable_values, x,
+                          training=False, variables=None):
+    """The predictions `model(x, training=training)` at the given values,
+    with no side effects (the state the call would write is discarded).
+
+    Args:
+        model: A built `keras.Model`.
+        trainable_values: Values of `model.trainable_variables`, in order.
+        non_trainable_values: Values of `model.non_trainable_variables`.
+        x: The batch's inputs.
+        training: Boolean, the mode of the forward pass. Defaults to
+            `False` (inference: BatchNorm's moving statistics, no dropout).
+        variables: The `ModelVariables` of `model`, if already listed.
+
+    Returns:
+        The predictions.
+    """
+    trainable_variables, non_trainable_variables, _ = (
+        variables or variable_lists(model)
+    )
+    mapping = list(zip(trainable_variables, trainable_values))
+    mapping += zip(non_trainable_variables, non_trainable_values)
+    with _stateless_scope(mapping):
+        return model(x, training=training)
+
+
 def variable_lists(model):
     """The `ModelVariables` (trainable, non-trainable, metrics) of
     `model`."""

@@ -294,3 +294,94 @@ def esam_gradient(params, x, y, rho, step, seed, beta, gamma):
     margin = (order[count - 1] - order[count]) if count < len(x) else 1.0
     loss_p, grads_p = forward_backward(shifted, x[chosen], y[chosen])
     return grads_p, loss_p - loss, masks, margin
+
+
+# SAF and MESA (Du et al., 2022) on a linear softmax model -----------------
+
+
+def _log_softmax(z):
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def trajectory_loss_gradient(kernel, bias, x, labels, reference, valid,
+                             weight, tau, sample_weight=None):
+    """Cross-entropy of `logits = x kernel + bias` plus `weight tau^2 / B
+    sum_i valid_i KL(softmax(r_i / tau) || softmax(logits_i / tau))`, its
+    gradient (closed form: `dz = (p - onehot) / B + weight tau / B
+    valid (softmax(z / tau) - softmax(r / tau))`) and the logits."""
+    logits = x @ kernel + bias
+    batch = x.shape[0]
+    log_p = _log_softmax(logits)
+    onehot = np.eye(logits.shape[1])[labels]
+    # Sample weights weight the cross-entropy only (Keras: weighted sum
+    # over the batch size).
+    sw = np.ones(batch) if sample_weight is None else sample_weight
+    loss = -np.sum(sw[:, None] * onehot * log_p) / batch
+    d_logits = sw[:, None] * (np.exp(log_p) - onehot) / batch
+    if reference is not None:
+        valid = np.asarray(valid, dtype="float64")
+        log_target = _log_softmax(reference / tau)
+        log_current = _log_softmax(logits / tau)
+        kl = np.sum(np.exp(log_target) * (log_target - log_current), axis=1)
+        loss += weight * tau**2 * np.sum(valid * kl) / batch
+        d_logits += (weight * tau / batch) * valid[:, None] * (
+            np.exp(log_current) - np.exp(log_target)
+        )
+    return loss, [x.T @ d_logits, d_logits.sum(axis=0)], logits
+
+
+def saf_run(kernel, bias, x, labels, index, batch_size, epochs, epochs_back,
+            weight, tau, start_epoch, learning_rate, sample_weight=None):
+    """Plain SGD with SAF's loss; returns per step `(loss, gradients,
+    kernel, bias)` and the stored logits `{(epoch, sample): logits}`."""
+    kernel, bias = kernel.astype("float64"), bias.astype("float64")
+    x = x.astype("float64")
+    stored, steps = {}, []
+    for epoch in range(epochs):
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            samples = index[rows]
+            past = [stored.get((epoch - epochs_back, i)) for i in samples]
+            valid = [p is not None and epoch >= start_epoch for p in past]
+            reference = np.stack([
+                p if p is not None else np.zeros(kernel.shape[1])
+                for p in past
+            ])
+            loss, grads, logits = trajectory_loss_gradient(
+                kernel, bias, x[rows], labels[rows], reference, valid,
+                weight, tau,
+                None if sample_weight is None else sample_weight[rows],
+            )
+            for sample, row in zip(samples, logits):
+                stored[(epoch, sample)] = row
+            kernel = kernel - learning_rate * grads[0]
+            bias = bias - learning_rate * grads[1]
+            steps.append((loss, grads, kernel, bias))
+    return steps, stored
+
+
+def mesa_run(kernel, bias, x, labels, batch_size, steps, decay, weight, tau,
+             start_step, learning_rate):
+    """Plain SGD with MESA's loss; returns per step `(loss, gradients,
+    kernel, bias)` and the final moving averages `(kernel, bias)`."""
+    kernel, bias = kernel.astype("float64"), bias.astype("float64")
+    x = x.astype("float64")
+    average, history = None, []
+    for step in range(steps):
+        start = (step * batch_size) % len(x)
+        rows = slice(start, start + batch_size)
+        if average is None:
+            average = [kernel, bias]
+        else:
+            average = [decay * v + (1.0 - decay) * w
+                       for v, w in zip(average, (kernel, bias))]
+        teacher = x[rows] @ average[0] + average[1]
+        valid = np.full(len(teacher), step >= start_step)
+        loss, grads, _ = trajectory_loss_gradient(
+            kernel, bias, x[rows], labels[rows], teacher, valid, weight, tau,
+        )
+        kernel = kernel - learning_rate * grads[0]
+        bias = bias - learning_rate * grads[1]
+        history.append((loss, grads, kernel, bias))
+    return history, average

@@ -178,3 +178,33 @@ def test_global_mode_with_rho_zero_is_the_plain_step():
                       perturbation="global")
     for got, want in zip(both.get_weights(), single.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["saf", "mesa"])
+def test_trajectory_rules_on_two_replicas_equal_numpy(rule):
+    """SAF gathers the replicas' outputs: both replicas hold every
+    sample's; the steps are the single-device NumPy reference's."""
+    import test_trajectory_rules as trajectory
+
+    x, labels, index, kernel, bias = trajectory.make_problem(seed=6)
+    if rule == "saf":
+        steps, stored = trajectory.saf_reference(x, labels, index, kernel,
+                                                 bias, epochs=4)
+    else:
+        steps, _ = trajectory.mesa_reference(x, labels, kernel, bias,
+                                             epochs=4)
+    with mirrored().scope():
+        sam = trajectory.make_model(kernel, bias,
+                                    trajectory.MAKERS[rule]())
+    record = trajectory.fit(sam, x, labels, index, epochs=4)
+    trajectory.assert_matches(record, steps)
+    for variable in sam.rule_state.variables:
+        copies = [c.numpy() for c in tf.nest.flatten(variable._value.values)]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+    if rule == "saf":
+        table = tf.nest.flatten(sam.rule_state.variables[1]._value.values)
+        want = np.stack([stored[(3, i)] for i in range(len(x))])
+        rows = slice(len(x), 2 * len(x))  # epoch 3 in slot 3 % 2
+        np.testing.assert_allclose(table[0].numpy()[rows], want, rtol=2e-5,
+                                   atol=2e-6)

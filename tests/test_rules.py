@@ -410,6 +410,61 @@ def test_jax_cond_selects_on_cpu_and_returns_the_taken_branch():
     assert ("conditional(" in hlo) == (jax.default_backend() != "cpu")
 
 
+def conv_bn_sam(rule):
+    keras.utils.set_random_seed(1)
+    inner = keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3),
+        keras.layers.BatchNormalization(), keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ])
+    sam = keras_sam.SAMModel(inner, rho=0.1, rule=rule)
+    sam.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return sam
+
+
+@multi_backend
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's CPU path")
+@pytest.mark.parametrize("rule", sorted(CHEAP))
+def test_jax_host_decision_equals_the_in_graph_select_bitwise(rule,
+                                                             monkeypatch):
+    import jax
+
+    from keras_sam.backend import jax as jax_backend
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(16, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    make_rule, decide = CHEAP[rule]
+    host = conv_bn_sam(make_rule())
+    host_logs = host.fit(x, y, batch_size=4, epochs=2, shuffle=False,
+                         verbose=0).history
+    assert host._decides_on_host() == (jax.default_backend() == "cpu")
+    monkeypatch.setattr(jax_backend.SAMTrainer, "_decides_on_host",
+                        lambda self: False)
+    in_graph = conv_bn_sam(make_rule())
+    in_graph_logs = in_graph.fit(x, y, batch_size=4, epochs=2,
+                                 shuffle=False, verbose=0).history
+    assert host_logs == in_graph_logs
+    for got, want in zip(host.variables, in_graph.variables, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(got),
+            keras.ops.convert_to_numpy(want), err_msg=got.path,
+        )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's CPU path")
+def test_jax_decides_in_the_graph_where_the_decision_reads_the_gradient():
+    # AE-SAM decides from this step's gradient norm; SAM always ascends.
+    for rule in (rules.AESAM(total_steps=10), rules.SAM()):
+        sam = conv_bn_sam(rule)
+        sam.build((None, 6, 6, 2))
+        sam.optimizer.build(sam.trainable_variables)
+        assert not sam._decides_on_host()
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: rules.LookSAM(every=0), "Received: every=0"),
     (lambda: rules.LookSAM(alpha=-1.0), "Received: alpha=-1.0"),

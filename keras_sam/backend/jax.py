@@ -7,11 +7,14 @@ whole batch's gradient. With `perturbation="replica"` (the default) steps
 own gradient (`keras_sam.backend.jax_sharding`).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import keras
 from keras import ops
 
+from keras_sam import rules
 from keras_sam.backend import jax_sharding
 from keras_sam.backend.trainer import SAMTrainerBase, without_sam_logs
 
@@ -92,6 +95,75 @@ class SAMTrainer(SAMTrainerBase):
     def _cond(self, pred, true_fn, false_fn):
         return cond(pred, true_fn, false_fn)
 
+    # The decision on the host (XLA:CPU) ---------------------------------
+
+    def make_train_function(self, force=False):
+        """Keras's train function, except where the rule skips the ascent
+        on some steps and decides from the step counter and its state
+        (LookSAM, RandomizedSAM, LateSAM) on XLA:CPU: there two steps are
+        compiled, with and without the ascent, and the host picks one
+        before each step (`_decides_on_host`), so a skipped ascent costs
+        one pass where `cond` computes both branches. The same values:
+        the in-graph decision selects the branch the host picks."""
+        if not self._decides_on_host():
+            return super().make_train_function(force=force)
+        if self.train_function is not None and not force:
+            return
+        steps = {decision: self._step_with_decision(decision)
+                 for decision in (True, False)}
+
+        def train_step(state, data):
+            return steps[self._host_decision_for(state)](state, data)
+
+        self.train_function = self._make_function(train_step)
+
+    def _decides_on_host(self):
+        """Whether the ascent is chosen on the host: on XLA:CPU, compiled,
+        without a `keras.distribution`, for a rule whose decision is a
+        tensor that does not read the step's gradient (`observe`)."""
+        if (jax.default_backend() != "cpu" or self.run_eagerly
+                or not self.jit_compile
+                or keras.distribution.distribution() is not None
+                or type(self.rule).observe is not rules.Rule.observe):
+            return False
+        decision = self._decision(
+            _HostStep(self.optimizer.iterations.value),
+            [v.value for v in self.rule_state.variables],
+        )
+        return not isinstance(decision, bool)
+
+    def _host_decision_for(self, state):
+        """The rule's decision for the step that `state` starts, on the
+        host."""
+        _, non_trainable, optimizer_values, _ = state
+        iterations = optimizer_values[
+            _index_of(self.optimizer.variables, self.optimizer.iterations)
+        ]
+        rule_state = [
+            non_trainable[_index_of(self.non_trainable_variables, v)]
+            for v in self.rule_state.variables
+        ]
+        return bool(self._decision(_HostStep(iterations), rule_state))
+
+    def _step_with_decision(self, decision):
+        """`train_step` compiled with the ascent made (`True`) or not."""
+
+        def train_step(state, data):
+            self._host_decision = decision
+            try:
+                return self.train_step(state, data)
+            finally:
+                self._host_decision = None
+
+        return jax.jit(train_step, donate_argnums=0)
+
+    def _decision(self, step, state):
+        decision = super()._decision(step, state)
+        host_decision = getattr(self, "_host_decision", None)
+        if host_decision is None or isinstance(decision, bool):
+            return decision
+        return host_decision
+
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics = state
         x, y, sample_weight = self._unpack(data)
@@ -168,3 +240,13 @@ class SAMTrainer(SAMTrainerBase):
     def test_step(self, state, data):
         logs, state = keras.Model.test_step(self, state, data)
         return without_sam_logs(logs), state
+
+
+class _HostStep(NamedTuple):
+    """The part of a `Step` a rule's decision reads."""
+
+    iterations: object
+
+
+def _index_of(variables, variable):
+    return next(i for i, v in enumerate(variables) if v is variable)

@@ -34,10 +34,10 @@ class BatchSplits:
     that pass's result unchanged. With `k > 1`: every chunk starts from the
     pre-step float state (BatchNorm statistics), whose new value is the
     size-weighted mean of the chunks' updates; integer state (seed
-    counters) runs on from chunk to chunk, so that chunks draw different
-    dropout masks; metrics run on too. Gradients and the scalar fields
-    (losses, logged values) are size-weighted means; predictions are
-    concatenated.
+    counters) and the `carried` entries run on from chunk to chunk, so
+    that chunks draw different dropout masks; metrics run on too.
+    Gradients and the scalar fields (losses, logged values) are
+    size-weighted means; predictions are concatenated.
 
     A result is a `NamedTuple` with the fields `gradients`,
     `non_trainable`, `metrics`, `y_pred` and any scalar fields.
@@ -54,9 +54,15 @@ class BatchSplits:
     """
 
     def __init__(self, num_splits, non_trainable_variables, non_trainable,
-                 metrics, batch):
+                 metrics, batch, carried=()):
         self.num_splits = num_splits
-        self.is_float = [_is_float(v) for v in non_trainable_variables]
+        # Averaged over chunks: float state, except the `carried` indices,
+        # which run on from chunk to chunk like integer state.
+        carried = set(carried)
+        self.is_float = [
+            _is_float(v) and index not in carried
+            for index, v in enumerate(non_trainable_variables)
+        ]
         self.non_trainable = non_trainable
         self.metrics = metrics
         self.batch = batch

@@ -138,6 +138,18 @@ def _all_reduce(reduce_op, values):
     return list(context.merge_call(merge_fn, args=tuple(values)))
 
 
+def all_gather(values):
+    """Concatenates each tensor of a list along its first axis over the
+    replicas (in replica order), through `merge_call` like `_all_reduce`;
+    every replica receives the whole."""
+
+    def merge_fn(strategy, *per_replica):
+        return [strategy.gather(value, axis=0) for value in per_replica]
+
+    context = tf.distribute.get_replica_context()
+    return list(context.merge_call(merge_fn, args=tuple(values)))
+
+
 def _all_reduce_sum(gradients):
     return _all_reduce(tf.distribute.ReduceOp.SUM, gradients)
 

@@ -158,10 +158,17 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
         )
 
     def _splits(self, num_splits, step, non_trainable, metrics, batch):
-        """`BatchSplits` of `batch` from the given state values."""
+        """`BatchSplits` of `batch` from the given state values (the
+        rule's state runs on from chunk to chunk where it
+        `carries_state`)."""
+        carried = ()
+        if self.rule.carries_state:
+            carried = rule_state.state_indices(
+                self, step.variables.non_trainable
+            )
         return BatchSplits(
             num_splits, step.variables.non_trainable, non_trainable,
-            metrics, batch,
+            metrics, batch, carried=carried,
         )
 
     def _perturbation_splits(self):
@@ -221,6 +228,11 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
             self, point, chunk.non_trainable, chunk.metrics, x, y,
             sample_weight, training=True, variables=step.variables,
         )
+        if self.rule.adds_loss:  # SAF, MESA: the trajectory loss
+            loss = loss + ops.cast(self.rule.loss_term(
+                self, y_pred, chunk,
+                self._rule_state(chunk.non_trainable, step), step,
+            ), loss.dtype)
         scaled = self._scale_loss(loss, step.optimizer_values)
         return scaled, (loss, y_pred, non_trainable, metrics)
 
@@ -248,6 +260,8 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
         state = self.rule.observe(
             grad_norm, self._rule_state(chunk.non_trainable, step)
         )
+        if self.rule.adds_loss:  # SAF stores the clean outputs
+            state = self.rule.record(self, clean.y_pred, chunk, state, step)
 
         def sam():
             return self._ascend(clean, ascent_gradients, norm, chunk, step,
