@@ -211,29 +211,37 @@ def _stability(flag):
     return "stable" if flag == "True" else "unstable"
 
 
+def _paired(rows, column, baseline, other, measures):
+    """Per `(key, label, scale)` of `measures`: the label, the number of
+    seeds, the (mean, std) of the scaled `key` over the rows whose `column`
+    is `baseline`, the same for `other`, and `other - baseline` per
+    seed."""
+    seeds = len({r["seed"] for r in rows})
+    for key, label, scale in measures:
+        parts = {
+            value: scale * np.array(
+                [r[key] for r in rows if r[column] == value])
+            for value in (baseline, other)
+        }
+        yield (label, seeds, _mean_std(parts[baseline]),
+               _mean_std(parts[other]), parts[other] - parts[baseline])
+
+
 def headline_sam_flatness(folder):
     rows = read_csv(folder / "sam_flatness.csv")
-    seeds = sorted({r["seed"] for r in rows})
     lines = []
-    for key, label, scale in (
-        ("test_accuracy", "test accuracy %", 100.0),
-        ("sharpness", "sharpness", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("weight_norm", "weight norm", 1.0),
+    for label, seeds, (sgd_mean, sgd_std), (sam_mean, sam_std), difference in (
+        _paired(rows, "optimizer", "sgd", "sam", (
+            ("test_accuracy", "test accuracy %", 100.0),
+            ("sharpness", "sharpness", 1.0),
+            ("hessian_trace", "Hessian trace", 1.0),
+            ("weight_norm", "weight norm", 1.0),
+        ))
     ):
-        parts = {}
-        for name in ("sgd", "sam"):
-            parts[name] = scale * np.array(
-                [r[key] for r in rows if r["optimizer"] == name]
-            )
-        difference = parts["sam"] - parts["sgd"]
-        (sgd_mean, sgd_std), (sam_mean, sam_std) = (
-            _mean_std(parts["sgd"]), _mean_std(parts["sam"])
-        )
         lines.append(
             f"{label}: SGD {sgd_mean:.2f} +- {sgd_std:.2f}, SAM "
             f"{sam_mean:.2f} +- {sam_std:.2f} (mean +- std over "
-            f"{len(seeds)} seeds); SAM - SGD per seed "
+            f"{seeds} seeds); SAM - SGD per seed "
             f"{', '.join(f'{d:+.2f}' for d in difference)}."
         )
     return lines
@@ -262,31 +270,24 @@ def headline_full_batch(folder):
 
 def headline_flat_vs_sharp(folder):
     rows = read_csv(folder / "minima.csv")
-    seeds = sorted({r["seed"] for r in rows})
     lines = []
-    for key, label, scale in (
-        ("train_error", "train error %", 100.0),
-        ("test_error", "test error %", 100.0),
-        ("gap_loss", "generalization gap (test - train loss)", 1.0),
-        ("top_eigenvalue", "top eigenvalue", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("keskar_sharpness", "Keskar sharpness", 1.0),
-        ("adaptive_worst_sharpness", "adaptive worst-case sharpness", 1.0),
-        ("adaptive_average_sharpness", "adaptive average-case sharpness",
-         1.0),
+    for label, seeds, (sb_mean, sb_std), (lb_mean, lb_std), difference in (
+        _paired(rows, "regime", "small", "large", (
+            ("train_error", "train error %", 100.0),
+            ("test_error", "test error %", 100.0),
+            ("gap_loss", "generalization gap (test - train loss)", 1.0),
+            ("top_eigenvalue", "top eigenvalue", 1.0),
+            ("hessian_trace", "Hessian trace", 1.0),
+            ("keskar_sharpness", "Keskar sharpness", 1.0),
+            ("adaptive_worst_sharpness", "adaptive worst-case sharpness",
+             1.0),
+            ("adaptive_average_sharpness", "adaptive average-case sharpness",
+             1.0),
+        ))
     ):
-        parts = {
-            regime: scale * np.array(
-                [r[key] for r in rows if r["regime"] == regime])
-            for regime in ("small", "large")
-        }
-        difference = parts["large"] - parts["small"]
-        (sb_mean, sb_std), (lb_mean, lb_std) = (
-            _mean_std(parts["small"]), _mean_std(parts["large"])
-        )
         lines.append(
             f"{label}: SB {sb_mean:.4g} +- {sb_std:.2g}, LB {lb_mean:.4g} "
-            f"+- {lb_std:.2g} (mean +- std over {len(seeds)} seeds); "
+            f"+- {lb_std:.2g} (mean +- std over {seeds} seeds); "
             f"LB - SB per seed {', '.join(f'{d:+.3g}' for d in difference)}."
         )
     return lines
