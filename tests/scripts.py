@@ -25,14 +25,9 @@ def run_ok(command, env=None, cwd=None, timeout=600):
     exit status 0 (the output's tail shown if not); returns the completed
     process."""
     result = subprocess.run(
-        command,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+        command, env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
