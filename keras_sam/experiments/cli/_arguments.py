@@ -1,13 +1,14 @@
 """Arguments and helpers shared by the `keras-sam` subcommands (private).
 
 The parser class (`Parser`: a usage error is one line), the argument
-types (`positive_int`, `float_list`, ...), the option groups that several
+types (`positive_int`, `float_list`, ...), `add_options` (a subcommand's
+typed options from a table), the option groups that several
 subcommands declare (`--backend`; the data; the recipe), `run_config`,
 which turns the options of `sweep` and `reproduce` into the `RunConfig`
 handed down to the experiment, and the checks made before anything is
-imported or written (`check_run`, `check_writable`, `missing_backend`,
-`missing_packages`). Nothing here imports Keras: the `keras-sam` command
-answers usage errors before importing it.
+imported or written (`augment_error`, `check_run`, `check_writable`,
+`missing_backend`, `missing_packages`). Nothing here imports Keras: the
+`keras-sam` command answers usage errors before importing it.
 """
 
 import argparse
@@ -335,6 +336,18 @@ def run_config(args, model, **settings):
         command=command_line(args.argv),
         **settings,
     )
+
+
+def augment_error(augment):
+    """The error of `--augment` that `data_pipeline.check_augment` finds,
+    else `None`."""
+    from keras_sam.experiments import data_pipeline
+
+    try:
+        data_pipeline.check_augment(augment)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def check_run(args, config, output_dir, needs_validation):

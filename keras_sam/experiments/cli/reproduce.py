@@ -133,12 +133,9 @@ def _plan(args):
 
 def check(args):
     """The usage error `argparse` cannot see, else `None` (no Keras)."""
-    from keras_sam.experiments import data_pipeline
-
-    try:
-        data_pipeline.check_augment(args.augment)
-    except ValueError as error:
-        return str(error)
+    problem = _arguments.augment_error(args.augment)
+    if problem is not None:
+        return problem
     config, output_dir = _plan(args)
     return _arguments.check_run(
         args, config, output_dir, needs_validation=config.rho is None

@@ -89,12 +89,9 @@ def _packages(args):
 
 def check(args):
     """The usage error `argparse` cannot see, else `None` (no Keras)."""
-    from keras_sam.experiments import data_pipeline
-
-    try:
-        data_pipeline.check_augment(args.augment)
-    except ValueError as error:
-        return str(error)
+    problem = _arguments.augment_error(args.augment)
+    if problem is not None:
+        return problem
     if args.tuner != "grid" and args.max_trials is None:
         return f"argument --max-trials: --tuner {args.tuner} needs it"
     config, output_dir = _plan(args)
