@@ -3,12 +3,12 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from scripts import plot_demo_history, run_ok
 
 from keras_sam.experiments import cli
 
@@ -163,7 +163,7 @@ def test_demo_quick_on_another_backend_through_the_console_command(
     tmp_path, backend
 ):
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    result = subprocess.run(
+    result = run_ok(
         [
             sys.executable,
             "-m",
@@ -178,12 +178,7 @@ def test_demo_quick_on_another_backend_through_the_console_command(
             str(tmp_path),
         ],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "summary.json").read_text())
     assert record["backend"] == backend
     assert "test accuracy" in result.stdout
@@ -338,30 +333,13 @@ def test_demo_progress_counts_the_runs_epochs(capsys):
 
 
 def test_demo_plot_labels_axes_and_names_rho(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from keras_sam.experiments import demo
-
-    path = tmp_path / "history.csv"
     rows = [{"optimizer": name, "epoch": 1, "loss": 1.0,
              "test_accuracy": 0.5, "probe_sharpness": 0.1}
             for name in ("sgd", "sam")]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    figures = []
-    original = plt.close
-    plt.close = lambda figure=None: figures.append(figure)
-    try:
-        demo.plot_history(path, tmp_path / "curves.png",
-                          labels={"sgd": "SGD", "sam": "SAM (rho=0.05)"})
-    finally:
-        plt.close = original
-    axes = figures[0].axes
+    figure = plot_demo_history(
+        tmp_path, rows, labels={"sgd": "SGD", "sam": "SAM (rho=0.05)"}
+    )
+    axes = figure.axes
     assert all(axis.get_ylabel() for axis in axes)
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert legend == ["SGD", "SAM (rho=0.05)"]

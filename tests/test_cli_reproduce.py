@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from scripts import run_ok
 
 from keras_sam.experiments import cli, paper_results, reproduce, sweep
 from keras_sam.experiments.config import RunConfig
@@ -211,7 +212,7 @@ def test_help_lists_sweep_and_reproduce(capsys):
 @pytest.mark.slow
 def test_reproduce_quick_on_jax_through_the_console_command(tmp_path):
     pytest.importorskip("jax")
-    result = subprocess.run(
+    run_ok(
         [
             sys.executable,
             "-m",
@@ -232,12 +233,7 @@ def test_reproduce_quick_on_jax_through_the_console_command(tmp_path):
         env=dict(
             os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3"
         ),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["environment"]["backend"] == "jax"
     assert len(_read_csv(tmp_path / "results.csv")) == 2
@@ -267,11 +263,7 @@ def test_reproduce_killed_mid_run_resumes_to_the_uninterrupted_result(
         ]
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    reference = subprocess.run(
-        command(tmp_path / "whole"), env=env, capture_output=True,
-        timeout=600, check=False,
-    )  # fmt: skip
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_ok(command(tmp_path / "whole"), env=env)
 
     output = tmp_path / "killed"
     backup = output / "runs" / "sam_seed0_backup"
@@ -294,11 +286,7 @@ def test_reproduce_killed_mid_run_resumes_to_the_uninterrupted_result(
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     assert not (output / "runs" / "sam_seed0.json").exists()
-    resumed = subprocess.run(
-        command(output), env=env, capture_output=True, timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_ok(command(output), env=env)
     # The SAM run went on from its backup instead of starting again.
     record = json.loads((output / "runs" / "sam_seed0.json").read_text())
     assert 1 <= record["epochs_run"] < 3

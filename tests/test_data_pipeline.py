@@ -124,18 +124,20 @@ def test_cutout_zeroes_one_clipped_16x16_square():
     assert len(set(found)) > 30
 
 
+def _splits(source, train, test):
+    """CIFAR-10 `CifarSplits` of `(images, labels)` pairs, nothing held
+    out."""
+    images, labels = train
+    return datasets.CifarSplits(
+        "cifar10", 10, source, train, (images[:0], labels[:0]), test
+    )
+
+
 def test_normalization_matches_numpy_statistics():
     x_train = _images(60, seed=2)
     y_train = np.arange(60) % 10
     x_test = _images(10, seed=3)
-    splits = datasets.CifarSplits(
-        "cifar10",
-        10,
-        "test arrays",
-        (x_train, y_train),
-        (x_train[:0], y_train[:0]),
-        (x_test, np.arange(10)),
-    )
+    splits = _splits("test arrays", (x_train, y_train), (x_test, np.arange(10)))
     mean, std = splits.channel_statistics()
     pixels = x_train.astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-12)
@@ -192,14 +194,7 @@ def test_set_epoch_replays_that_epoch():
         images, labels, 8, mean, std, seed=2
     )
     epochs = [_epoch(dataset) for _ in range(3)]
-    splits = datasets.CifarSplits(
-        "cifar10",
-        10,
-        "test",
-        (images, labels),
-        (images[:0], labels[:0]),
-        (images[:8], labels[:8]),
-    )
+    splits = _splits("test", (images, labels), (images[:8], labels[:8]))
     pipelines = data_pipeline.make_pipelines(
         splits, batch_size=8, augment="basic", seed=2
     )

@@ -2,10 +2,10 @@
 label noise, the share of labels fitted, the printed reading and the
 figure. The end-to-end runs are in `tests/test_cli.py`."""
 
-import csv
 
 import numpy as np
 import pytest
+from scripts import plot_demo_history
 
 from keras_sam.experiments import demo
 
@@ -86,29 +86,13 @@ def test_demo_setting_presets():
 
 
 def test_noisy_plot_is_titled_with_a_legend_in_every_panel(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    path = tmp_path / "history.csv"
     rows = [{"optimizer": name, "epoch": epoch, "loss": 1.0,
              "accuracy": 0.5, "test_accuracy": 0.4, "probe_sharpness": 0.1}
             for name in ("sgd", "sam") for epoch in (1, 2)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    figures = []
-    original = plt.close
-    plt.close = lambda figure=None: figures.append(figure)
-    try:
-        demo.plot_history(path, tmp_path / "curves.png",
-                          labels={"sgd": "SGD", "sam": "SAM (rho=0.1)"},
-                          title="SGD vs SAM", label_noise=0.4)
-    finally:
-        plt.close = original
-    figure = figures[0]
+    figure = plot_demo_history(
+        tmp_path, rows, labels={"sgd": "SGD", "sam": "SAM (rho=0.1)"},
+        title="SGD vs SAM", label_noise=0.4,
+    )  # fmt: skip
     assert figure.get_suptitle() == "SGD vs SAM"
     for axis in figure.axes:
         assert axis.get_title() and axis.get_ylabel() and axis.get_xlabel()

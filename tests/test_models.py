@@ -128,18 +128,19 @@ def test_registry_names_and_overrides():
     assert models.get_model("resnet-8", name="mine").name == "mine"
 
 
-def test_option_a_shortcut_subsamples_and_zero_pads_channels():
-    model = _get("resnet-20")
+def _layer_outputs(model, *layer_names, seed):
+    """The named layers' outputs (inference mode) on two N(0, 1) 32x32x3
+    images drawn with `seed`, as NumPy arrays."""
     probe = keras.Model(
-        model.input,
-        [
-            model.get_layer("stage1_block3_out").output,
-            model.get_layer("stage2_block1_to_hwc").output,
-        ],
+        model.input, [model.get_layer(name).output for name in layer_names]
     )
-    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3))
-    before, shortcut = (
-        keras.ops.convert_to_numpy(t) for t in probe(x, training=False)
+    x = np.random.default_rng(seed).normal(size=(2, 32, 32, 3))
+    return [keras.ops.convert_to_numpy(t) for t in probe(x, training=False)]
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads_channels():
+    before, shortcut = _layer_outputs(
+        _get("resnet-20"), "stage1_block3_out", "stage2_block1_to_hwc", seed=1
     )
     expected = np.pad(before[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (8, 8)))
     np.testing.assert_allclose(shortcut, expected, rtol=1e-6, atol=1e-6)
@@ -177,7 +178,12 @@ def test_weight_decay_is_coupled_l2_on_kernels_only():
 
 def test_models_save_and_load(tmp_path):
     model = models.get_model("resnet-20", weight_decay=1e-4)
-    path = tmp_path / "resnet.keras"
+    _check_reloads(model, tmp_path / "resnet.keras", atol=1e-6)
+
+
+def _check_reloads(model, path, atol):
+    """Saves `model` to `path` and checks that the loaded model gives the
+    same inference outputs on two N(0, 1) 32x32x3 images."""
     model.save(path)
     loaded = keras.models.load_model(path)
     x = np.random.default_rng(2).normal(size=(2, 32, 32, 3))
@@ -185,7 +191,7 @@ def test_models_save_and_load(tmp_path):
         keras.ops.convert_to_numpy(loaded(x, training=False)),
         keras.ops.convert_to_numpy(model(x, training=False)),
         rtol=1e-5,
-        atol=1e-6,
+        atol=atol,
     )
 
 
@@ -325,16 +331,8 @@ def test_pyramidnet_widths_grow_linearly_and_shortcut_pads_zeros():
     assert bottleneck_widths(272, 200)[:3] == [18, 20, 23]
     assert bottleneck_widths(272, 200)[-1] == 216
     model = models.get_model("pyramidnet-11-6", classifier_activation=None)
-    probe = keras.Model(
-        model.input,
-        [
-            model.get_layer("stem_bn").output,
-            model.get_layer("stage1_block1_to_hwc").output,
-        ],
-    )
-    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3))
-    before, shortcut = (
-        keras.ops.convert_to_numpy(t) for t in probe(x, training=False)
+    before, shortcut = _layer_outputs(
+        model, "stem_bn", "stage1_block1_to_hwc", seed=3
     )
     # Block 1 has round(16 + 6 / 3) = 18 filters, 72 outputs.
     expected = np.pad(before, ((0, 0), (0, 0), (0, 0), (0, 72 - 16)))
@@ -412,16 +410,7 @@ def test_shake_drop_coefficients():
 def test_stochastic_models_save_and_load(tmp_path):
     for name in ("shake-shake-8-2x4d", "pyramidnet-11-6-shakedrop"):
         model = models.get_model(name, seed=3, classifier_activation=None)
-        path = tmp_path / f"{name}.keras"
-        model.save(path)
-        loaded = keras.models.load_model(path)
-        x = np.random.default_rng(2).normal(size=(2, 32, 32, 3))
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(loaded(x, training=False)),
-            keras.ops.convert_to_numpy(model(x, training=False)),
-            rtol=1e-5,
-            atol=1e-5,
-        )
+        _check_reloads(model, tmp_path / f"{name}.keras", atol=1e-5)
 
 
 # ImageNet ResNet-50, -101, -152 --------------------------------------------

@@ -6,7 +6,6 @@ pipeline itself (the same statistics over a seeded epoch), and
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from no_tensorflow import write_blocker
+from scripts import run_ok
 
 from keras_sam.experiments import (
     data_pipeline,
@@ -43,15 +43,17 @@ def _position_images(count):
     return np.broadcast_to(image, (count, SIZE, SIZE, 3)).astype(np.uint8)
 
 
+def _pipeline_arguments(count):
+    """The positional arguments of both pipelines' training input: `count`
+    position images, their labels, the batch size, mean and std."""
+    return _position_images(count), np.arange(count), BATCH, RAW_MEAN, RAW_STD
+
+
 def _numpy_epoch(augment, seed=0, epoch=0, count=COUNT, shuffle=True):
     """One epoch of the NumPy pipeline on position images: `(x + 127.5,
     labels)`, so that pixels are their values (cutout's exactly 127.5)."""
     batches = numpy_pipeline.TrainBatches(
-        _position_images(count),
-        np.arange(count),
-        BATCH,
-        RAW_MEAN,
-        RAW_STD,
+        *_pipeline_arguments(count),
         augment=augment,
         seed=seed,
         shuffle=shuffle,
@@ -68,11 +70,7 @@ def _tf_epoch(augment, seed=0, count=COUNT):
     """The same from the `tf.data` pipeline (skipped without TensorFlow)."""
     pytest.importorskip("tensorflow")
     dataset, _ = data_pipeline.train_dataset(
-        _position_images(count),
-        np.arange(count),
-        BATCH,
-        RAW_MEAN,
-        RAW_STD,
+        *_pipeline_arguments(count),
         augment=augment,
         seed=seed,
     )
@@ -407,16 +405,12 @@ def _without_tensorflow(tmp_path, code, timeout):
         PYTHONPATH=os.pathsep.join([str(blocker), str(REPO_ROOT)]),
         JAX_PLATFORMS="cpu",
     )
-    result = subprocess.run(
+    result = run_ok(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 

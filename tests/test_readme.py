@@ -5,8 +5,9 @@ runs (`.ci/run`)."""
 import os
 import pathlib
 import re
-import subprocess
 import sys
+
+from scripts import run_ok
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -37,16 +38,9 @@ def test_readme_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(example)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_ok(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     sharpness = re.findall(r"^\[(.*)\]$", result.stdout, re.M)
     assert len(sharpness) == 1
     assert len(sharpness[0].split(",")) == 5  # one value per epoch

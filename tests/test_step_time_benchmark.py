@@ -4,13 +4,12 @@ import importlib.util
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
-from scripts import load_script
+from scripts import load_script, run_ok
 
 import keras_sam
 
@@ -141,15 +140,7 @@ def test_jax_backend_runs_without_tensorflow(tmp_path):
         f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax")
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok([sys.executable, "-c", code], env=env)
     (path,) = tmp_path.glob("step_time_jax_*bfloat16*.json")
     record = json.loads(path.read_text())
     assert set(record["results"]) == {

@@ -14,6 +14,7 @@ import time
 import keras_tuner
 import numpy as np
 import pytest
+from scripts import run_ok
 
 from keras_sam import SAMModel
 from keras_sam.experiments import datasets, tuning
@@ -281,15 +282,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
     assert killed_during == ["trial_0000_seed_0.json"]
     assert not (output / "trials.csv").exists()
 
-    result = subprocess.run(
-        command,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run_ok(command, env=_environment())
     rows = read_csv(output / "trials.csv")
     assert [r["trial_id"] for r in rows] == ["0000", "0001", "0002"]
     assert sorted(float(r["rho"]) for r in rows) == [0.0, 0.05, 0.1]
@@ -297,15 +290,7 @@ def test_sweep_killed_with_sigkill_resumes_with_every_trial_once(tmp_path):
     assert all(r["epochs"] == "2" for r in rows)
     assert (output / "sweep.png").read_bytes().startswith(b"\x89PNG")
     # Run again: nothing left to do, same rows.
-    again = subprocess.run(
-        command,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert again.returncode == 0
+    run_ok(command, env=_environment(), timeout=300)
     assert read_csv(output / "trials.csv") == rows
 
 

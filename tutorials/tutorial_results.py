@@ -211,32 +211,49 @@ def _stability(flag):
     return "stable" if flag == "True" else "unstable"
 
 
-def headline_sam_flatness(folder):
-    rows = read_csv(folder / "sam_flatness.csv")
-    seeds = sorted({r["seed"] for r in rows})
+def _paired_lines(rows, column, names, measures, formats):
+    """One line per `(key, label, scale)` of `measures`: the mean +- std
+    over the seeds of the scaled `key` for each of the two values of
+    `column` (`names`: value -> printed name, the baseline first), then the
+    second minus the first per seed; `formats`: of the means, the stds
+    and the differences."""
+    (baseline, first), (other, second) = names.items()
+    mean_format, std_format, difference_format = formats
+    seeds = len({r["seed"] for r in rows})
     lines = []
-    for key, label, scale in (
-        ("test_accuracy", "test accuracy %", 100.0),
-        ("sharpness", "sharpness", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("weight_norm", "weight norm", 1.0),
-    ):
-        parts = {}
-        for name in ("sgd", "sam"):
-            parts[name] = scale * np.array(
-                [r[key] for r in rows if r["optimizer"] == name]
-            )
-        difference = parts["sam"] - parts["sgd"]
-        (sgd_mean, sgd_std), (sam_mean, sam_std) = (
-            _mean_std(parts["sgd"]), _mean_std(parts["sam"])
+    for key, label, scale in measures:
+        parts = {
+            value: scale * np.array(
+                [r[key] for r in rows if r[column] == value])
+            for value in names
+        }
+        difference = parts[other] - parts[baseline]
+        (first_mean, first_std), (second_mean, second_std) = (
+            _mean_std(parts[baseline]), _mean_std(parts[other])
         )
         lines.append(
-            f"{label}: SGD {sgd_mean:.2f} +- {sgd_std:.2f}, SAM "
-            f"{sam_mean:.2f} +- {sam_std:.2f} (mean +- std over "
-            f"{len(seeds)} seeds); SAM - SGD per seed "
-            f"{', '.join(f'{d:+.2f}' for d in difference)}."
+            f"{label}: {first} {first_mean:{mean_format}} +- "
+            f"{first_std:{std_format}}, {second} "
+            f"{second_mean:{mean_format}} +- {second_std:{std_format}} "
+            f"(mean +- std over {seeds} seeds); {second} - {first} per seed "
+            f"{', '.join(f'{d:{difference_format}}' for d in difference)}."
         )
     return lines
+
+
+def headline_sam_flatness(folder):
+    return _paired_lines(
+        read_csv(folder / "sam_flatness.csv"),
+        "optimizer",
+        {"sgd": "SGD", "sam": "SAM"},
+        (
+            ("test_accuracy", "test accuracy %", 100.0),
+            ("sharpness", "sharpness", 1.0),
+            ("hessian_trace", "Hessian trace", 1.0),
+            ("weight_norm", "weight norm", 1.0),
+        ),
+        (".2f", ".2f", "+.2f"),
+    )
 
 
 def headline_full_batch(folder):
@@ -261,35 +278,24 @@ def headline_full_batch(folder):
 
 
 def headline_flat_vs_sharp(folder):
-    rows = read_csv(folder / "minima.csv")
-    seeds = sorted({r["seed"] for r in rows})
-    lines = []
-    for key, label, scale in (
-        ("train_error", "train error %", 100.0),
-        ("test_error", "test error %", 100.0),
-        ("gap_loss", "generalization gap (test - train loss)", 1.0),
-        ("top_eigenvalue", "top eigenvalue", 1.0),
-        ("hessian_trace", "Hessian trace", 1.0),
-        ("keskar_sharpness", "Keskar sharpness", 1.0),
-        ("adaptive_worst_sharpness", "adaptive worst-case sharpness", 1.0),
-        ("adaptive_average_sharpness", "adaptive average-case sharpness",
-         1.0),
-    ):
-        parts = {
-            regime: scale * np.array(
-                [r[key] for r in rows if r["regime"] == regime])
-            for regime in ("small", "large")
-        }
-        difference = parts["large"] - parts["small"]
-        (sb_mean, sb_std), (lb_mean, lb_std) = (
-            _mean_std(parts["small"]), _mean_std(parts["large"])
-        )
-        lines.append(
-            f"{label}: SB {sb_mean:.4g} +- {sb_std:.2g}, LB {lb_mean:.4g} "
-            f"+- {lb_std:.2g} (mean +- std over {len(seeds)} seeds); "
-            f"LB - SB per seed {', '.join(f'{d:+.3g}' for d in difference)}."
-        )
-    return lines
+    return _paired_lines(
+        read_csv(folder / "minima.csv"),
+        "regime",
+        {"small": "SB", "large": "LB"},
+        (
+            ("train_error", "train error %", 100.0),
+            ("test_error", "test error %", 100.0),
+            ("gap_loss", "generalization gap (test - train loss)", 1.0),
+            ("top_eigenvalue", "top eigenvalue", 1.0),
+            ("hessian_trace", "Hessian trace", 1.0),
+            ("keskar_sharpness", "Keskar sharpness", 1.0),
+            ("adaptive_worst_sharpness", "adaptive worst-case sharpness",
+             1.0),
+            ("adaptive_average_sharpness", "adaptive average-case sharpness",
+             1.0),
+        ),
+        (".4g", ".2g", "+.3g"),
+    )
 
 
 HEADLINES = {

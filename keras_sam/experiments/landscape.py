@@ -230,14 +230,8 @@ def plot_results(output_dir):
     paths["density_plot"] = _save(figure, output_dir / "density.png")
     line = _read(output_dir / "surface_1d.csv")
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for name in dict.fromkeys(r["model"] for r in line):
-        for split, style in (("probe", "-"), ("test", "--")):
-            rows = [r for r in line
-                    if r["model"] == name and r["split"] == split]
-            if rows:
-                axis.plot([r["alpha"] for r in rows],
-                          [r["loss"] for r in rows], style, linewidth=1,
-                          label=f"{name} ({split})")
+    _plot_loss_lines(axis, line, "model",
+                     lambda name, rows, split: f"{name} ({split})")
     axis.set_xlabel("alpha along a filter-normalized direction")
     axis.set_ylabel("loss")
     axis.legend(fontsize=8)
@@ -263,15 +257,10 @@ def plot_results(output_dir):
     if (output_dir / "interpolation.csv").is_file():
         rows = _read(output_dir / "interpolation.csv")
         figure, axis = plt.subplots(figsize=(5.5, 3.8))
-        for end in dict.fromkeys(r["end"] for r in rows):
-            for split, style in (("probe", "-"), ("test", "--")):
-                part = [r for r in rows
-                        if r["end"] == end and r["split"] == split]
-                if part:
-                    axis.plot([r["alpha"] for r in part],
-                              [r["loss"] for r in part], style,
-                              linewidth=1,
-                              label=f"{part[0]['start']} -> {end} ({split})")
+        _plot_loss_lines(
+            axis, rows, "end",
+            lambda end, part, split: f"{part[0]['start']} -> {end} ({split})",
+        )
         axis.axvline(0.0, color="0.6", linewidth=0.8)
         axis.axvline(1.0, color="0.6", linewidth=0.8)
         axis.set_xlabel("alpha: (1 - alpha) w_start + alpha w_end")
@@ -280,6 +269,20 @@ def plot_results(output_dir):
         paths["interpolation_plot"] = _save(
             figure, output_dir / "interpolation.png")
     return paths
+
+
+def _plot_loss_lines(axis, rows, key, label):
+    """Plots the loss against alpha, one line per value of `key` and
+    split (probe solid, test dashed), in the order of `rows`; `label(value,
+    rows of the line, split)` names each line."""
+    for value in dict.fromkeys(r[key] for r in rows):
+        for split, style in (("probe", "-"), ("test", "--")):
+            part = [r for r in rows
+                    if r[key] == value and r["split"] == split]
+            if part:
+                axis.plot([r["alpha"] for r in part],
+                          [r["loss"] for r in part], style, linewidth=1,
+                          label=label(value, part, split))
 
 
 def _write(path, rows, fields):

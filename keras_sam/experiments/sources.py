@@ -248,12 +248,18 @@ class _SourceUnavailable(Exception):
     pass
 
 
+def _require(paths, exists, message):
+    """Raises `_SourceUnavailable("<message> <the paths not passing
+    exists>")` unless every path does."""
+    missing = [str(path) for path in paths if not exists(path)]
+    if missing:
+        raise _SourceUnavailable(f"{message} {', '.join(missing)}")
+
+
 def _read_npz(name, data_dir, download):
     folder = pathlib.Path(data_dir)
     paths = [folder / "train.npz", folder / "test.npz"]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise _SourceUnavailable(f"missing {', '.join(missing)}")
+    _require(paths, pathlib.Path.is_file, "missing")
     train, test = (load_jpeg_npz(path) for path in paths)
     return train, test, f"JPEG npz copy in {folder} (Pillow-decoded)"
 
@@ -261,9 +267,7 @@ def _read_npz(name, data_dir, download):
 def _read_folder(name, data_dir, download):
     root = pathlib.Path(data_dir)
     splits = [root / "train", root / "test"]
-    missing = [str(path) for path in splits if not path.is_dir()]
-    if missing:
-        raise _SourceUnavailable(f"missing folders {', '.join(missing)}")
+    _require(splits, pathlib.Path.is_dir, "missing folders")
     class_names = sorted(
         path.name for path in splits[0].iterdir() if path.is_dir()
     )

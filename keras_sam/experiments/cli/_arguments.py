@@ -1,13 +1,14 @@
 """Arguments and helpers shared by the `keras-sam` subcommands (private).
 
 The parser class (`Parser`: a usage error is one line), the argument
-types (`positive_int`, `float_list`, ...), the option groups that several
+types (`positive_int`, `float_list`, ...), `add_options` (a subcommand's
+typed options from a table), the option groups that several
 subcommands declare (`--backend`; the data; the recipe), `run_config`,
 which turns the options of `sweep` and `reproduce` into the `RunConfig`
 handed down to the experiment, and the checks made before anything is
-imported or written (`check_run`, `check_writable`, `missing_backend`,
-`missing_packages`). Nothing here imports Keras: the `keras-sam` command
-answers usage errors before importing it.
+imported or written (`augment_error`, `check_run`, `check_writable`,
+`missing_backend`, `missing_packages`). Nothing here imports Keras: the
+`keras-sam` command answers usage errors before importing it.
 """
 
 import argparse
@@ -280,6 +281,15 @@ def add_verbose_argument(parser):
     )
 
 
+def add_options(parser, options):
+    """Declares `options`, each `(flag, type, help)` (default `None`) or
+    `(flag, type, help, default)`, in this order."""
+    for flag, kind, help, *default in options:
+        parser.add_argument(
+            flag, type=kind, default=default[0] if default else None, help=help
+        )
+
+
 def add_training_parser(subparsers, common, name, model_help, **kwargs):
     """A sweep or reproduce subparser with the data options and `--model`."""
     parser = subparsers.add_parser(name, parents=[common], **kwargs)
@@ -326,6 +336,18 @@ def run_config(args, model, **settings):
         command=command_line(args.argv),
         **settings,
     )
+
+
+def augment_error(augment):
+    """The error of `--augment` that `data_pipeline.check_augment` finds,
+    else `None`."""
+    from keras_sam.experiments import data_pipeline
+
+    try:
+        data_pipeline.check_augment(augment)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def check_run(args, config, output_dir, needs_validation):
@@ -507,31 +529,26 @@ def _list(text, kind):
     return values
 
 
-def float_list(text):
-    values = _list(text, float)
-    if any(not v >= 0 or v == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected finite numbers >= 0, got {text!r}"
-        )
-    return values
+def _checked_list(kind, ok, expected):
+    """The argument type of comma-separated `kind` values that all pass
+    `ok`, else the argparse error `expected ..., got ...`."""
+
+    def parse(text):
+        values = _list(text, kind)
+        if not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(
+                f"expected {expected}, got {text!r}"
+            )
+        return values
+
+    return parse
 
 
-def int_list(text):
-    values = _list(text, int)
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected integers >= 0, got {text!r}"
-        )
-    return values
-
-
-def positive_int_list(text):
-    values = _list(text, int)
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected integers >= 1, got {text!r}"
-        )
-    return values
+float_list = _checked_list(
+    float, lambda v: v >= 0 and v != float("inf"), "finite numbers >= 0"
+)
+int_list = _checked_list(int, lambda v: v >= 0, "integers >= 0")
+positive_int_list = _checked_list(int, lambda v: v >= 1, "integers >= 1")
 
 
 def fraction(text):

@@ -34,53 +34,30 @@ def add_command(subparsers, common):
         f"--quick: {QUICK_OUTPUT_DIR}, so a quick run never overwrites the "
         "full demo's results)",
     )
-    parser.add_argument(
-        "--noise",
-        type=_arguments.fraction,
-        default=None,
-        help="share of the training labels moved to a wrong class, in "
-        "[0, 1); 0 trains clean labels (the comparison of earlier "
-        "versions: width 16, flips, rho 0.05) (default: 0.4)",
-    )
-    parser.add_argument(
-        "--train-size",
-        type=_train_size,
-        default=None,
-        help="the first N of the sample's 5,000 training images (default: "
-        "2000; --noise 0: 5000; --quick: 512)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_arguments.positive_int,
-        default=None,
-        help="default: 20 (--noise 0: 10; --quick: 1)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_arguments.positive_int,
-        default=128,
-        help="default: %(default)s",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=_arguments.non_negative_float,
-        default=0.05,
-        help="peak of the cosine schedule, SGD with Nesterov momentum 0.9 "
-        "(--noise 0: plain momentum) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rho",
-        type=_arguments.non_negative_float,
-        default=None,
-        help="SAM radius, also used to probe sharpness (default: 0.1; "
-        "--noise 0: 0.05)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=_arguments.integer,
-        default=0,
-        help="seed of the initial weights and data order (default: 0)",
-    )
+    _arguments.add_options(
+        parser,
+        (
+            ("--noise", _arguments.fraction,
+             "share of the training labels moved to a wrong class, in "
+             "[0, 1); 0 trains clean labels (the comparison of earlier "
+             "versions: width 16, flips, rho 0.05) (default: 0.4)"),
+            ("--train-size", _train_size,
+             "the first N of the sample's 5,000 training images (default: "
+             "2000; --noise 0: 5000; --quick: 512)"),
+            ("--epochs", _arguments.positive_int,
+             "default: 20 (--noise 0: 10; --quick: 1)"),
+            ("--batch-size", _arguments.positive_int,
+             "default: %(default)s", 128),
+            ("--learning-rate", _arguments.non_negative_float,
+             "peak of the cosine schedule, SGD with Nesterov momentum 0.9 "
+             "(--noise 0: plain momentum) (default: %(default)s)", 0.05),
+            ("--rho", _arguments.non_negative_float,
+             "SAM radius, also used to probe sharpness (default: 0.1; "
+             "--noise 0: 0.05)"),
+            ("--seed", _arguments.integer,
+             "seed of the initial weights and data order (default: 0)", 0),
+        ),
+    )  # fmt: skip
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -34,63 +34,32 @@ def add_command(subparsers, common):
             "backed up every epoch: the same command resumes."
         ),
     )
-    parser.add_argument(
-        "--epochs",
-        type=_arguments.positive_int,
-        default=None,
-        help="SAM's epochs (default: 200; imagenet2012: 100; --quick: 1)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=_arguments.positive_int,
-        default=None,
-        help="number of seeds of the final runs (default: 5; --quick: 2)",
-    )
-    parser.add_argument(
-        "--rho",
-        type=_arguments.non_negative_float,
-        default=None,
-        help="SAM radius; skips choosing it on the held-out split "
-        "(imagenet2012: default 0.05, the paper's)",
-    )
-    parser.add_argument(
-        "--rho-grid",
-        type=_arguments.float_list,
-        default=None,
-        help="candidates for rho (default: 0.01,0.02,0.05,0.1,0.2,0.5)",
-    )
-    parser.add_argument(
-        "--select-seeds",
-        type=_arguments.positive_int,
-        default=1,
-        help="seeds per rho candidate (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--select-epochs",
-        type=_arguments.positive_int,
-        default=None,
-        help="epochs of the rho-selection runs (default: --epochs)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_arguments.positive_int,
-        default=None,
-        help="default: 256 (imagenet2012: 4096; --quick: 128)",
-    )
-    parser.add_argument(
-        "--sgd-epoch-multiplier",
-        type=_arguments.positive_int,
-        default=None,
-        help="the SGD baseline trains this many times the epochs "
-        "(default: 2; imagenet2012: 1)",
-    )
-    parser.add_argument(
-        "--label-smoothing",
-        type=_arguments.fraction,
-        default=None,
-        help="label smoothing of the cross-entropy (default: 0; "
-        "imagenet2012: 0.1)",
-    )
+    _arguments.add_options(
+        parser,
+        (
+            ("--epochs", _arguments.positive_int,
+             "SAM's epochs (default: 200; imagenet2012: 100; --quick: 1)"),
+            ("--seeds", _arguments.positive_int,
+             "number of seeds of the final runs (default: 5; --quick: 2)"),
+            ("--rho", _arguments.non_negative_float,
+             "SAM radius; skips choosing it on the held-out split "
+             "(imagenet2012: default 0.05, the paper's)"),
+            ("--rho-grid", _arguments.float_list,
+             "candidates for rho (default: 0.01,0.02,0.05,0.1,0.2,0.5)"),
+            ("--select-seeds", _arguments.positive_int,
+             "seeds per rho candidate (default: %(default)s)", 1),
+            ("--select-epochs", _arguments.positive_int,
+             "epochs of the rho-selection runs (default: --epochs)"),
+            ("--batch-size", _arguments.positive_int,
+             "default: 256 (imagenet2012: 4096; --quick: 128)"),
+            ("--sgd-epoch-multiplier", _arguments.positive_int,
+             "the SGD baseline trains this many times the epochs "
+             "(default: 2; imagenet2012: 1)"),
+            ("--label-smoothing", _arguments.fraction,
+             "label smoothing of the cross-entropy (default: 0; "
+             "imagenet2012: 0.1)"),
+        ),
+    )  # fmt: skip
     parser.add_argument(
         "--distribute",
         choices=("none", "mirrored", "multi-worker", "data-parallel"),
@@ -164,12 +133,9 @@ def _plan(args):
 
 def check(args):
     """The usage error `argparse` cannot see, else `None` (no Keras)."""
-    from keras_sam.experiments import data_pipeline
-
-    try:
-        data_pipeline.check_augment(args.augment)
-    except ValueError as error:
-        return str(error)
+    problem = _arguments.augment_error(args.augment)
+    if problem is not None:
+        return problem
     config, output_dir = _plan(args)
     return _arguments.check_run(
         args, config, output_dir, needs_validation=config.rho is None

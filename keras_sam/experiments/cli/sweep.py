@@ -29,31 +29,18 @@ def add_command(subparsers, common):
             "a distributed search."
         ),
     )
-    parser.add_argument(
-        "--rho",
-        type=_arguments.float_list,
-        default=None,
-        help="comma-separated values (default: 0 and the paper's grid "
-        "0.01,0.02,0.05,0.1,0.2,0.5)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_arguments.positive_int_list,
-        default=None,
-        help="comma-separated values (default: 256)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_arguments.positive_int,
-        default=None,
-        help="default: 200",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=_arguments.int_list,
-        default=None,
-        help="seeds of every trial, comma-separated (default: 0)",
-    )
+    _arguments.add_options(
+        parser,
+        (
+            ("--rho", _arguments.float_list, "comma-separated values "
+             "(default: 0 and the paper's grid 0.01,0.02,0.05,0.1,0.2,0.5)"),
+            ("--batch-size", _arguments.positive_int_list,
+             "comma-separated values (default: 256)"),
+            ("--epochs", _arguments.positive_int, "default: 200"),
+            ("--seeds", _arguments.int_list,
+             "seeds of every trial, comma-separated (default: 0)"),
+        ),
+    )  # fmt: skip
     parser.add_argument(
         "--tuner",
         choices=TUNERS,
@@ -61,11 +48,9 @@ def add_command(subparsers, common):
         help="search algorithm (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-trials",
-        type=_arguments.positive_int,
-        default=None,
+        "--max-trials", type=_arguments.positive_int, default=None,
         help="trial budget (required for random and bayesian)",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--no-test",
         dest="evaluate_test",
@@ -104,12 +89,9 @@ def _packages(args):
 
 def check(args):
     """The usage error `argparse` cannot see, else `None` (no Keras)."""
-    from keras_sam.experiments import data_pipeline
-
-    try:
-        data_pipeline.check_augment(args.augment)
-    except ValueError as error:
-        return str(error)
+    problem = _arguments.augment_error(args.augment)
+    if problem is not None:
+        return problem
     if args.tuner != "grid" and args.max_trials is None:
         return f"argument --max-trials: --tuner {args.tuner} needs it"
     config, output_dir = _plan(args)
