@@ -9,6 +9,8 @@ from keras_sam.rules import (  # noqa: F401
     ASAM,
     ESAM,
     GSAM,
+    MESA,
+    SAF,
     SAM,
     FriendlySAM,
     LateSAM,

@@ -293,6 +293,7 @@ def test_lora_backbone_perturbing_lora_layers_only(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_perturbing_normalization_layers_only():
     task = gpt2()
     perturbed = ["norm/" in v.path for v in task.trainable_variables]
@@ -309,6 +310,7 @@ def normalization_layers(layer):
     return type(layer).__name__.endswith("Normalization")
 
 
+@pytest.mark.slow
 def test_gemma_rms_norm_is_its_own_class_and_survives_saving():
     task = gemma()
     norm_class = next(
