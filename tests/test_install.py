@@ -31,7 +31,8 @@ MODULES = {
 }
 # Imported only by the backend they serve (setup.cfg's cpu, gpu, jax and
 # torch extras).
-BACKENDS = {"tensorflow", "jax", "torch"}
+# The backends and what comes with them (jaxlib with jax: `[jax]`).
+BACKENDS = {"tensorflow", "jax", "jaxlib", "torch"}
 
 
 def _requirements(text):

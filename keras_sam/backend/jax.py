@@ -127,7 +127,7 @@ class SAMTrainer(SAMTrainerBase):
                 or type(self.rule).observe is not rules.Rule.observe):
             return False
         decision = self._decision(
-            _HostStep(self.optimizer.iterations.value),
+            _HostStep(ops.convert_to_tensor(self.optimizer.iterations)),
             [v.value for v in self.rule_state.variables],
         )
         return not isinstance(decision, bool)
@@ -136,9 +136,9 @@ class SAMTrainer(SAMTrainerBase):
         """The rule's decision for the step that `state` starts, on the
         host."""
         _, non_trainable, optimizer_values, _ = state
-        iterations = optimizer_values[
-            _index_of(self.optimizer.variables, self.optimizer.iterations)
-        ]
+        # As the step reads it (with gradient accumulation, `iterations`
+        # is computed from the optimizer's counter, not a variable).
+        iterations = self._iterations(optimizer_values)
         rule_state = [
             non_trainable[_index_of(self.non_trainable_variables, v)]
             for v in self.rule_state.variables
