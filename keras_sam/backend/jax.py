@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
-from keras_sam import rules
+from keras_sam import rules, stateless
 from keras_sam.backend import jax_sharding
 from keras_sam.backend.trainer import SAMTrainerBase, without_sam_logs
 
@@ -168,8 +168,8 @@ class SAMTrainer(SAMTrainerBase):
         trainable, non_trainable, optimizer_values, metrics = state
         x, y, sample_weight = self._unpack(data)
         step = self._step(
-            self._iterations(optimizer_values), trainable,
-            optimizer_values=optimizer_values,
+            self._iterations(optimizer_values), stateless.variable_lists(self),
+            trainable, optimizer_values=optimizer_values,
         )
 
         def steps_1_to_3(step, non_trainable, metrics, batch):

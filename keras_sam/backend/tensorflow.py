@@ -254,7 +254,7 @@ class SAMTrainer(_keras_compat.LocalBatchSymbolicBuild, SAMTrainerBase):
         global_gradients = self.perturbation == "global" and replicas > 1
         variables = stateless.variable_lists(self)
         step = self._step(
-            self.optimizer.iterations,
+            self.optimizer.iterations, variables,
             [v.value for v in variables.trainable],
             replica_factor=1.0 if global_gradients else replicas,
         )

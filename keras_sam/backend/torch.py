@@ -192,7 +192,8 @@ class SAMTrainer(SAMTrainerBase):
         x, y, sample_weight = self._unpack(data)
         variables = stateless.variable_lists(self)
         step = self._step(
-            self.optimizer.iterations, [v.value for v in variables.trainable]
+            self.optimizer.iterations, variables,
+            [v.value for v in variables.trainable],
         )
         splits = self._splits(
             self._perturbation_splits(), step,

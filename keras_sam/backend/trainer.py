@@ -53,6 +53,8 @@ class Step(NamedTuple):
     `1 / num_replicas` factor)."""
     variables: stateless.ModelVariables
     """The model's variables."""
+    rule_state_indices: list
+    """Positions of the rule's state in `variables.non_trainable`."""
     weights: list
     """The trainable values `w`."""
     optimizer_values: object = None
@@ -133,10 +135,12 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
             )
         return x, y, sample_weight
 
-    def _step(self, iterations, weights, replica_factor=1.0,
+    def _step(self, iterations, variables, weights, replica_factor=1.0,
               optimizer_values=None):
         """The `Step` of the optimizer's step `iterations` at the
-        trainable values `weights`; `replica_factor` is the factor by
+        trainable values `weights` of the model's `variables` (listed
+        once per step: on torch listing walks the layer tree);
+        `replica_factor` is the factor by
         which the ascent's gradients are below the true gradient besides
         the loss scale (`num_replicas` under `tf.distribute`)."""
         loss_scale = ops.cast(
@@ -152,7 +156,10 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
             rho=rho,
             loss_scale=loss_scale,
             gradient_scale=replica_factor / loss_scale,
-            variables=stateless.variable_lists(self),
+            variables=variables,
+            rule_state_indices=rule_state.state_indices(
+                self, variables.non_trainable
+            ),
             weights=weights,
             optimizer_values=optimizer_values,
         )
@@ -161,11 +168,7 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
         """`BatchSplits` of `batch` from the given state values (the
         rule's state runs on from chunk to chunk where it
         `carries_state`)."""
-        carried = ()
-        if self.rule.carries_state:
-            carried = rule_state.state_indices(
-                self, step.variables.non_trainable
-            )
+        carried = step.rule_state_indices if self.rule.carries_state else ()
         return BatchSplits(
             num_splits, step.variables.non_trainable, non_trainable,
             metrics, batch, carried=carried,
@@ -336,12 +339,11 @@ class SAMTrainerBase(_keras_compat.FitTargetsCheck):
 
     def _rule_state(self, non_trainable, step):
         """The rule's state among the non-trainable values."""
-        indices = rule_state.state_indices(self, step.variables.non_trainable)
-        return [non_trainable[i] for i in indices]
+        return [non_trainable[i] for i in step.rule_state_indices]
 
     def _with_rule_state(self, non_trainable, state, step):
         """`non_trainable` with the rule's entries set to `state`."""
-        indices = rule_state.state_indices(self, step.variables.non_trainable)
+        indices = step.rule_state_indices
         if not indices:
             return non_trainable
         values = list(non_trainable)
