@@ -148,6 +148,41 @@ def test_filter_normalized_direction_matches_each_filter_norm():
     assert_unchanged(model, before)
 
 
+def test_filter_normalized_direction_of_attention_per_output_unit():
+    # MultiHeadAttention's projections are EinsumDense kernels: query,
+    # key and value are (dim, heads, head_dim), one output unit per
+    # (head, unit) pair; the output projection is (heads, head_dim, dim).
+    # Their biases are 2-D (heads, head_dim) and still get no direction.
+    inputs = keras.Input((5, 6))
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    direction = landscape.filter_normalized_direction(model, seed=0)
+    seen = set()
+    for variable, d in zip(model.trainable_variables, direction):
+        w = ops.convert_to_numpy(variable).astype(np.float64)
+        name = variable.path.rsplit("/", 2)[-2:]
+        if name[-1] == "bias":
+            np.testing.assert_array_equal(d, 0.0)
+            seen.add("bias" + str(w.ndim))
+            continue
+        if name[0] in ("query", "key", "value"):
+            assert w.shape == (6, 2, 3)
+            for head in range(2):
+                for unit in range(3):
+                    assert np.linalg.norm(d[:, head, unit]) == pytest.approx(
+                        np.linalg.norm(w[:, head, unit]), rel=1e-10
+                    )
+            seen.add(name[0])
+        else:  # attention_output (2, 3, 6) and the Dense (6, 2)
+            for unit in range(w.shape[-1]):
+                assert np.linalg.norm(d[..., unit]) == pytest.approx(
+                    np.linalg.norm(w[..., unit]), rel=1e-10
+                )
+            seen.add(name[0])
+    assert {"query", "key", "value", "attention_output", "bias1",
+            "bias2"} <= seen
+
+
 @multi_backend
 def test_loss_surfaces_match_closed_form():
     x, y = least_squares_data(n=8, seed=2)

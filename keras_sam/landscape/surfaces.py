@@ -222,14 +222,21 @@ def filter_normalized_direction(model, seed=None):
     slice of a kernel: the slice at one index of the output axis, the
     last axis for `Dense`, `Conv1D`/`Conv2D`/`Conv3D`, `DepthwiseConv2D`
     and `SeparableConv2D` kernels and axis `-2` for `Conv*Transpose`
-    kernels (Keras stores them `(..., filters, in_channels)`).
+    kernels (Keras stores them `(..., filters, in_channels)`). An
+    `EinsumDense` kernel (the query, key, value and output projections of
+    `MultiHeadAttention`) may hold its output units on several axes, the
+    kernel axes whose letters appear in the output of its equation: a
+    query kernel `(hidden, heads, head_dim)` has one filter per
+    `(head, unit)` pair, its slice over `hidden`.
 
-    Variables with fewer than two dimensions (biases, the scale and
-    offset of BatchNormalization and LayerNormalization) get a zero
-    direction, as in Li et al.'s plots (their code's `ignore="biasbn"`):
-    they are few, and a normalization's scale would otherwise be changed
-    by a relative step of size 1. Non-trainable variables (BatchNorm's
-    moving statistics) are not part of the direction at all.
+    Biases (a layer's `bias`, whatever its shape: `MultiHeadAttention`'s
+    are `(heads, head_dim)`) and the other variables with fewer than two
+    dimensions (the scale and offset of BatchNormalization and
+    LayerNormalization) get a zero direction, as in Li et al.'s plots
+    (their code's `ignore="biasbn"`): they are few, and a normalization's
+    scale would otherwise be changed by a relative step of size 1.
+    Non-trainable variables (BatchNorm's moving statistics) are not part
+    of the direction at all.
 
     Args:
         model: A built `keras.Model` (or `SAMModel`).
@@ -257,32 +264,51 @@ def filter_normalized_direction(model, seed=None):
 
 
 def _filter_normalized(model, rng):
-    output_axes = _output_axes(model)
+    output_axes, biases = _layer_roles(model)
     direction = []
     for variable in model.trainable_variables:
         weights = np.asarray(to_numpy(variable), np.float64)
-        if weights.ndim < 2:
+        if weights.ndim < 2 or id(variable) in biases:
             direction.append(np.zeros_like(weights))
             continue
-        axis = output_axes.get(id(variable), -1) % weights.ndim
+        axes = output_axes.get(id(variable), (-1,))
+        axes = tuple(sorted(a % weights.ndim for a in axes))
         random = rng.standard_normal(weights.shape)
-        direction.append(_normalize_filters(random, weights, axis))
+        direction.append(_normalize_filters(random, weights, axes))
     return direction
 
 
-def _output_axes(model):
-    """`{id(kernel): axis}` for kernels whose output axis is not last."""
-    axes = {}
+def _layer_roles(model):
+    """`({id(kernel): output axes}, {id(bias)})` for the kernels whose
+    output units are not (only) on the last axis and for every bias."""
+    axes, biases = {}, set()
     for layer in _keras_compat.all_layers(model):
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, keras.Variable):
+            biases.add(id(bias))
+        kernel = getattr(layer, "kernel", None)
+        if not isinstance(kernel, keras.Variable):
+            continue
+        if isinstance(layer, keras.layers.EinsumDense):
+            axes[id(kernel)] = _einsum_output_axes(layer.equation)
         for layer_type, axis in _OUTPUT_AXIS.items():
-            if isinstance(layer, layer_type) and hasattr(layer, "kernel"):
-                axes[id(layer.kernel)] = axis
-    return axes
+            if isinstance(layer, layer_type):
+                axes[id(kernel)] = (axis,)
+    return axes, biases
 
 
-def _normalize_filters(direction, weights, axis):
-    """`direction` with each slice along `axis` scaled to `weights`'s."""
-    others = tuple(a for a in range(weights.ndim) if a != axis)
+def _einsum_output_axes(equation):
+    """The kernel axes of an `EinsumDense` equation `"x,k->o"` whose
+    letters appear in the output `o` (its output units)."""
+    operands, output = equation.replace(" ", "").split("->")
+    kernel = operands.split(",")[1]
+    return tuple(i for i, letter in enumerate(kernel) if letter in output)
+
+
+def _normalize_filters(direction, weights, axes):
+    """`direction` with each slice at one index of the `axes` (the output
+    units) scaled to the norm of `weights`'s slice there."""
+    others = tuple(a for a in range(weights.ndim) if a not in axes)
     direction_norms = np.sqrt(np.sum(direction**2, others, keepdims=True))
     weight_norms = np.sqrt(np.sum(weights**2, others, keepdims=True))
     safe = np.where(direction_norms > 0, direction_norms, 1.0)
