@@ -152,18 +152,22 @@ def no_decay(network):
     ]
 
 
-def adamw(settings, network, steps_per_epoch):
-    """AdamW with linear warm-up from 0 and cosine decay to 0."""
+def learning_rate_schedule(settings, steps_per_epoch):
+    """Linear warm-up from 0 to the peak, then cosine decay to 0."""
     total = settings["epochs"] * steps_per_epoch
     warmup = settings["warmup_epochs"] * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=total - warmup,
         warmup_target=settings["learning_rate"],
         warmup_steps=warmup,
     )
+
+
+def adamw(settings, network, steps_per_epoch):
+    """AdamW on the schedule, without decay on `no_decay(network)`."""
     optimizer = keras.optimizers.AdamW(
-        schedule,
+        learning_rate_schedule(settings, steps_per_epoch),
         weight_decay=settings["weight_decay"],
         beta_1=settings["beta_1"],
         beta_2=settings["beta_2"],

@@ -6,16 +6,22 @@ import csv
 import importlib.util
 import pathlib
 import subprocess
+import sys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_script(relative_path):
     """Runs `REPO_ROOT / relative_path` as a module named after the file
-    (its `__main__` block does not run) and returns the module."""
+    (its `__main__` block does not run) and returns the module.
+
+    The module is registered under that name, as running the script
+    registers it: a script that imports a sibling (`import evidence` in
+    `benchmarks/vit_vs_resnet.py`) finds it once the sibling is loaded."""
     path = REPO_ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
 
