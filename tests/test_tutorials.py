@@ -40,6 +40,7 @@ OUTPUTS = {
         "minima.csv", "density.csv", "interpolation.csv", "surfaces.csv",
         "flat_vs_sharp.png",
     ],
+    "07_vit_vs_resnet": ["runs.csv", "lines.csv", "vit_vs_resnet.png"],
 }
 
 pytestmark = pytest.mark.skipif(

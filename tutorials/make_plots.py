@@ -530,6 +530,66 @@ def plot_flat_vs_sharp(output_dir):
     _save(figure, output_dir / "flat_vs_sharp.png")
 
 
+# 07 ------------------------------------------------------------------------
+
+_ARCHITECTURES = {"vit": ("ViT", "tab:purple"), "resnet": ("ResNet",
+                                                           "tab:green")}
+
+
+def plot_vit_vs_resnet(output_dir):
+    """`runs.csv`, `lines.csv`: test error and top eigenvalue of each
+    network with AdamW and SAM (a line per seed), and the training loss
+    along a filter-normalized direction through each minimum."""
+    output_dir = pathlib.Path(output_dir)
+    runs = read_csv(output_dir / "runs.csv")
+    lines = read_csv(output_dir / "lines.csv")
+    seeds = sorted({r["seed"] for r in runs})
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    for key, axis, title in (
+        ("test_error", axes[0], "test error (%)"),
+        ("top_eigenvalue", axes[1], "top Hessian eigenvalue (train probe)"),
+    ):
+        for offset, (architecture, (name, color)) in enumerate(
+                _ARCHITECTURES.items()):
+            x = np.array([0, 1]) + 2.5 * offset
+            for seed in seeds:
+                values = [
+                    r[key] for arm in ("adamw", "sam") for r in runs
+                    if r["architecture"] == architecture
+                    and r["arm"] == arm and r["seed"] == seed
+                ]
+                if len(values) == 2:
+                    axis.plot(x, values, "o-", color=color, alpha=0.8,
+                              label=name if seed == seeds[0] else None)
+        axis.set_xticks([0, 1, 2.5, 3.5])
+        axis.set_xticklabels(["ViT\nAdamW", "ViT\nSAM", "ResNet\nAdamW",
+                              "ResNet\nSAM"])
+        axis.set_title(title)
+        axis.legend(fontsize=8, title="one line per seed",
+                    title_fontsize=8)
+    axes[1].set_yscale("log")
+    axis = axes[2]
+    for architecture, (name, color) in _ARCHITECTURES.items():
+        for arm, style in (("adamw", "-"), ("sam", "--")):
+            for seed in seeds:
+                rows = [r for r in lines if r["architecture"] == architecture
+                        and r["arm"] == arm and r["seed"] == seed]
+                axis.plot(_column(rows, "alpha"), _column(rows, "loss"),
+                          style, color=color, linewidth=1,
+                          label=f"{name} {'SAM' if arm == 'sam' else 'AdamW'}"
+                          if seed == seeds[0] else None)
+    axis.set_yscale("log")
+    axis.set_xlabel("alpha: w + alpha d, d filter-normalized")
+    axis.set_ylabel("training loss")
+    axis.set_title("loss along a random direction")
+    axis.legend(fontsize=8)
+    figure.suptitle(
+        f"ViT against ResNet, AdamW and SAM, {len(seeds)} seed(s)",
+        fontsize=10,
+    )
+    _save(figure, output_dir / "vit_vs_resnet.png")
+
+
 PLOTTERS = {
     "01_quickstart": plot_quickstart,
     "02_gd_stability": plot_gd_stability,
@@ -537,6 +597,7 @@ PLOTTERS = {
     "04_sam_flatness": plot_sam_flatness,
     "05_full_batch_vs_sgd": plot_full_batch,
     "06_flat_vs_sharp_minima": plot_flat_vs_sharp,
+    "07_vit_vs_resnet": plot_vit_vs_resnet,
 }
 
 

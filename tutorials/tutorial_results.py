@@ -298,6 +298,71 @@ def headline_flat_vs_sharp(folder):
     )
 
 
+def _interval_text(values, digits=2):
+    from keras_sam.experiments.reproduce import (
+        format_interval,
+        mean_and_interval,
+    )
+
+    mean, half = mean_and_interval(values)
+    return format_interval(mean, half, digits)
+
+
+def headline_vit_vs_resnet(folder):
+    """Test error of each network and arm; SAM's paired gain per network
+    and the difference of the gains (95% t intervals over the seeds);
+    the ratios of the top eigenvalue (geometric means over the seeds)."""
+    rows = read_csv(pathlib.Path(folder) / "runs.csv")
+    table = {(r["architecture"], r["arm"], int(r["seed"])): r for r in rows}
+    seeds = sorted({int(r["seed"]) for r in rows})
+    names = {"vit": "ViT", "resnet": "ResNet"}
+
+    def column(architecture, arm, key):
+        return np.array([table[architecture, arm, s][key] for s in seeds])
+
+    lines, gains = [], {}
+    for architecture, name in names.items():
+        adamw = column(architecture, "adamw", "test_error")
+        sam = column(architecture, "sam", "test_error")
+        gains[architecture] = adamw - sam
+        lines.append(
+            f"{name}: test error {adamw.mean():.2f}% with AdamW, "
+            f"{sam.mean():.2f}% with SAM; SAM's gain "
+            f"{_interval_text(gains[architecture])} points "
+            f"(per seed {np.round(gains[architecture], 2).tolist()})"
+        )
+    lines.append(
+        "gain(ViT) - gain(ResNet): "
+        f"{_interval_text(gains['vit'] - gains['resnet'])} points "
+        f"({len(seeds)} seeds, 95% t interval)"
+    )
+    for key, label in (("top_eigenvalue", "top eigenvalue"),
+                       ("trace", "trace")):
+        vit = column("vit", "adamw", key)
+        resnet = column("resnet", "adamw", key)
+        parts = []
+        for architecture, name in names.items():
+            base = column(architecture, "adamw", key)
+            sam = column(architecture, "sam", key)
+            parts.append(f"SAM / AdamW {_ratio_text(sam, base)} ({name})")
+        lines.append(
+            f"{label}: ViT / ResNet with AdamW {_ratio_text(vit, resnet)} "
+            "(geometric means over the seeds where both are positive); "
+            + ", ".join(parts)
+        )
+    return lines
+
+
+def _ratio_text(numerator, denominator):
+    """The geometric mean of `numerator / denominator` over the entries
+    where both are positive (a trace estimate can be negative)."""
+    keep = (numerator > 0) & (denominator > 0)
+    if not keep.any():
+        return "n/a"
+    ratio = 10 ** np.mean(np.log10(numerator[keep] / denominator[keep]))
+    return f"{ratio:.2f}x"
+
+
 HEADLINES = {
     "01_quickstart": headline_quickstart,
     "02_gd_stability": headline_gd_stability,
@@ -305,6 +370,7 @@ HEADLINES = {
     "04_sam_flatness": headline_sam_flatness,
     "05_full_batch_vs_sgd": headline_full_batch,
     "06_flat_vs_sharp_minima": headline_flat_vs_sharp,
+    "07_vit_vs_resnet": headline_vit_vs_resnet,
 }
 README_BEGIN = "<!-- BEGIN make_plots.py section (generated, do not edit) -->"
 README_END = "<!-- END make_plots.py section -->"
