@@ -18,7 +18,8 @@ so it is left out (and said so in the CSV).
     python benchmarks/cheaper_sam_frontier.py
 
 Reads `saved_results/benchmarks/variant_cost_tensorflow.csv` (the
-backend the evidence ran on); writes `saved_results/evidence/
+backend the evidence ran on) and, for SAF and MESA (round 6), the
+`_saf_mesa` run beside it; writes `saved_results/evidence/
 error_vs_cost.csv` and `error_vs_cost.png`.
 """
 
@@ -34,7 +35,7 @@ from keras_sam.experiments.reproduce import mean_and_interval
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ROUND_DIRS = ("evidence_round2", "evidence_variants", "evidence_cheaper",
-              "evidence_cheaper_round5")
+              "evidence_cheaper_round5", "evidence_trajectory_round6")
 # evidence arm -> variant_cost arm that times the same rule.
 COST_ARMS = {
     "sgd": "plain",
@@ -46,6 +47,8 @@ COST_ARMS = {
     "randomized_sam": "RandomizedSAM(p=0.5)",
     "esam": "ESAM(0.5, 0.5)",
     "momentum_sam": "MomentumSAM",
+    "saf": "SAF",
+    "mesa": "MESA",
 }
 LATE_BEFORE_START = "LateSAM, before start"
 NOT_COSTED = {"aesam": "ascent fraction over the run not recorded"}
@@ -59,6 +62,17 @@ def median_ratios(cost_rows):
     for row in cost_rows:
         ratios.setdefault(row["arm"], []).append(float(row["ratio_to_plain"]))
     return {arm: statistics.median(values) for arm, values in ratios.items()}
+
+
+def cost_table(cost_csvs):
+    """Median ratios from several variant_cost CSVs: each arm's from the
+    first file that times it (a later, partial run adds the arms the
+    first lacks; it does not mix its rounds with the first's)."""
+    ratios = {}
+    for path in cost_csvs:
+        for arm, ratio in median_ratios(read_csv(path)).items():
+            ratios.setdefault(arm, ratio)
+    return ratios
 
 
 def late_sam_fraction(settings):
@@ -90,13 +104,18 @@ def arm_cost(arm, ratios, settings):
     return ratios[name], f"measured: '{name}'"
 
 
-def frontier(evidence_root, cost_csv):
-    """One row per (label setting, arm) over every round."""
-    ratios = median_ratios(read_csv(cost_csv))
+def frontier(evidence_root, cost_csvs):
+    """One row per (label setting, arm) over every round that has runs."""
+    if isinstance(cost_csvs, (str, pathlib.Path)):
+        cost_csvs = [cost_csvs]
+    ratios = cost_table(cost_csvs)
     rows = []
     seen = set()
     for folder in ROUND_DIRS:
         path = pathlib.Path(evidence_root) / folder
+        if not (path / "runs.csv").exists():
+            print(f"{folder}: no runs yet, left out")
+            continue
         settings = json.loads((path / "settings.json").read_text())
         runs = read_csv(path / "runs.csv")
         for setting in settings["settings"]:
@@ -161,9 +180,12 @@ def write(rows, output_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evidence-root", default=str(ROOT / "saved_results"))
-    parser.add_argument("--cost-csv", default=str(
-        ROOT / "saved_results" / "benchmarks" /
-        "variant_cost_tensorflow.csv"))
+    benchmarks = ROOT / "saved_results" / "benchmarks"
+    parser.add_argument("--cost-csv", nargs="+", default=[
+        str(benchmarks / "variant_cost_tensorflow.csv"),
+        str(benchmarks / "variant_cost_tensorflow_saf_mesa.csv"),
+    ], help="variant_cost CSVs; an arm's cost comes from the first that "
+        "times it")
     parser.add_argument("--output-dir", default=str(
         ROOT / "saved_results" / "evidence"))
     args = parser.parse_args(argv)

@@ -755,8 +755,11 @@ def write_summary(root=None):
         "their runs: [round 1](PROTOCOL.md), [round 2](PROTOCOL_2.md), "
         "[round 3, SAM variants](PROTOCOL_3.md), "
         "[round 4, cheaper SAM](PROTOCOL_4.md), "
-        "[round 5, more cheaper SAM](PROTOCOL_5.md). "
-        "Every run made under them is below.",
+        "[round 5, more cheaper SAM](PROTOCOL_5.md), "
+        "[round 6, SAF and MESA](PROTOCOL_6.md). "
+        "Every run made under them is below. Round 7 (a ViT against a "
+        "ResNet, [PROTOCOL_7.md](PROTOCOL_7.md)) has its own runner and "
+        "table: [evidence_vit_round7](../evidence_vit_round7/README.md).",
         "",
         "- hardware: 2-core CPU machines, one per session (the CPU "
         "model is not recorded per run, so wall times compare within a "
@@ -766,7 +769,7 @@ def write_summary(root=None):
         f"{environment['keras']}",
         "- commands: `python benchmarks/evidence.py` (round 1), "
         "`python benchmarks/evidence.py --round 2` (`--round 3`, "
-        "`--round 4`, `--round 5`)",
+        "`--round 4`, `--round 5`, `--round 6`)",
         f"- generated: {_run_records.now()}",
         "",
     ]

@@ -12,7 +12,8 @@ frontier = load_script("benchmarks/cheaper_sam_frontier.py")
 
 T_975_DF2 = 4.302652729749464  # Student t quantile, 2 degrees of freedom
 ERRORS = {"sgd": [30.0, 32.0, 34.0], "sam": [29.0, 30.0, 31.5],
-          "late_sam": [31.0, 31.0, 32.5], "aesam": [30.0, 31.0, 33.0]}
+          "late_sam": [31.0, 31.0, 32.5], "aesam": [30.0, 31.0, 33.0],
+          "saf": [30.5, 31.5, 33.0]}
 
 
 def write_csv(path, rows):
@@ -26,7 +27,8 @@ def make_tree(root, start_step=90):
     arms_of = {"evidence_round2": ("sgd", "sam"),
                "evidence_variants": (),
                "evidence_cheaper": ("late_sam",),
-               "evidence_cheaper_round5": ("aesam",)}
+               "evidence_cheaper_round5": ("aesam",),
+               "evidence_trajectory_round6": ("saf",)}
     for folder, arms in arms_of.items():
         path = root / folder
         path.mkdir(parents=True)
@@ -49,12 +51,19 @@ def make_tree(root, start_step=90):
              for arm, ratio in [("plain", 1.0), ("SAM", sam),
                                 ("LateSAM, before start", before)]]
     write_csv(root / "cost.csv", costs)
-    return root / "cost.csv"
+    # A later, partial run: SAF, and a SAM cost that must not replace the
+    # first file's.
+    write_csv(root / "cost_saf.csv", [
+        {"round": k, "arm": arm, "ratio_to_plain": ratio}
+        for k, saf in enumerate([1.10, 1.05, 1.30])
+        for arm, ratio in [("plain", 1.0), ("SAM", 3.0), ("SAF", saf)]
+    ])
+    return [root / "cost.csv", root / "cost_saf.csv"]
 
 
 def test_means_intervals_and_costs_match_closed_forms(tmp_path):
-    cost_csv = make_tree(tmp_path)
-    rows = {r["arm"]: r for r in frontier.frontier(tmp_path, cost_csv)}
+    cost_csvs = make_tree(tmp_path)
+    rows = {r["arm"]: r for r in frontier.frontier(tmp_path, cost_csvs)}
     for arm, errors in ERRORS.items():
         errors = np.array(errors)
         half = T_975_DF2 * errors.std(ddof=1) / np.sqrt(3)
@@ -66,6 +75,7 @@ def test_means_intervals_and_costs_match_closed_forms(tmp_path):
     assert rows["late_sam"]["cost_ratio"] == pytest.approx(
         0.75 * 1.0 + 0.25 * 2.0)
     assert rows["aesam"]["cost_ratio"] is None
+    assert rows["saf"]["cost_ratio"] == pytest.approx(1.10)  # median
     frontier.write(list(rows.values()), tmp_path / "out")
     written = list(csv.DictReader(open(tmp_path / "out" /
                                        "error_vs_cost.csv")))
@@ -74,9 +84,9 @@ def test_means_intervals_and_costs_match_closed_forms(tmp_path):
 
 
 def test_a_start_step_past_the_run_is_refused(tmp_path):
-    cost_csv = make_tree(tmp_path, start_step=500)
+    cost_csvs = make_tree(tmp_path, start_step=500)
     with pytest.raises(ValueError, match="start_step=500"):
-        frontier.frontier(tmp_path, cost_csv)
+        frontier.frontier(tmp_path, cost_csvs)
 
 
 def test_an_arm_without_a_cost_is_named():
