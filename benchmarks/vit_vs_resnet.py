@@ -19,7 +19,7 @@ resumes at its last finished epoch and finished runs are never repeated
 (the bookkeeping of `benchmarks/evidence.py`). `--report` only rewrites
 `table.md`, `README.md` and the figure from the CSVs.
 
-    python benchmarks/vit_vs_resnet.py            # the round (~45 min)
+    python benchmarks/vit_vs_resnet.py            # the round (~40 min)
     python benchmarks/vit_vs_resnet.py --report   # table and figure
 
 References:
@@ -61,7 +61,7 @@ PROTOCOL_7 = {
         "resnet": {"depth": 14},
     },
     "arms": ["adamw", "sam"],
-    "epochs": 20,
+    "epochs": 15,
     "batch_size": 128,
     "learning_rate": 1e-3,
     "warmup_epochs": 2,
@@ -74,7 +74,7 @@ PROTOCOL_7 = {
     "lanczos_iterations": 15,
     "trace_samples": 10,
     "measure_seed": 0,
-    "line_size": 1000,
+    "line_size": 500,
     "line_points": 21,
     "line_extent": 1.0,
 }

@@ -8,7 +8,7 @@ CIFAR-10 subset with AdamW and with SAM: test error, the top Hessian
 eigenvalue and trace, and a filter-normalized loss line through each
 minimum, three seeds.
 Time: the full mode reads the committed CSVs of the pre-registered
-evidence round 7 (about 45 minutes of training on 2 free CPU cores, made
+evidence round 7 (about 40 minutes of training on 2 free CPU cores, made
 by `python benchmarks/vit_vs_resnet.py`) and draws them in seconds;
 `--quick` trains the same four arms at tiny sizes (about a minute).
 """
@@ -32,7 +32,7 @@ experiment and its result:
 - **ResNet:** `keras_sam.models.resnet(depth=14)`: 173k parameters, the
   CIFAR ResNet closest in size.
 - Both trained on 5,000 CIFAR-10 images with clean labels and **no
-  augmentation** (the regime of the paper's title), 20 epochs, with
+  augmentation** (the regime of the paper's title), 15 epochs, with
   **AdamW** (warm-up, cosine decay, decoupled weight decay 0.05, as ViTs
   are trained) and with **SAM** (`rho = 0.05`) around the same AdamW;
   both arms of a seed start from the same weights and see the same
@@ -94,7 +94,7 @@ else:  # the protocol's sizes (what benchmarks/vit_vs_resnet.py trains)
     VIT = {"patch_size": 4, "num_layers": 4, "num_heads": 4,
            "hidden_dim": 64, "mlp_dim": 128}
     RESNET_DEPTH, SEEDS, TRAIN_SIZE, TEST_SIZE, EPOCHS = 14, [0, 1, 2], 5000, \
-        10000, 20
+        10000, 15
     PROBE_SIZE, LANCZOS_STEPS, TRACE_SAMPLES, LINE_POINTS = 256, 15, 10, 21
     WARMUP_EPOCHS = 2
 BATCH_SIZE, PEAK_LEARNING_RATE = 128, 1e-3
@@ -212,7 +212,7 @@ def measure(model, network, architecture, arm, seed, data):
 Quick mode trains the four arms of one seed on the shipped CIFAR-10
 sample at tiny sizes. The full mode takes the committed runs of evidence
 round 7 (the same code, at the protocol's sizes, in
-`benchmarks/vit_vs_resnet.py`; its line was taken on 1,000 training
+`benchmarks/vit_vs_resnet.py`; its line was taken on 500 training
 images).
 """
 
@@ -274,7 +274,7 @@ Read it against the paper in three steps:
 3. Are the ViT's AdamW minima sharper than the ResNet's, and does SAM
    flatten them (eigenvalue, trace, and the width of the loss line)?
 
-Caveats. This is 5,000 images, 20 epochs and networks of 150k
+Caveats. This is 5,000 images, 15 epochs and networks of 150k
 parameters, not ImageNet and ViT-B/16; three seeds give wide intervals,
 so "no difference shown" is not "no difference". The Hessians of two
 architectures are of different parameterizations: their eigenvalues
