@@ -554,8 +554,20 @@ def paired_differences(rows, setting, arm, baseline):
     return seeds, [by[(arm, s)] - by[(baseline, s)] for s in seeds]
 
 
+def gain_fractions(rows, setting, arm):
+    """Per-seed fraction of SAM's gain an arm keeps, `(sgd - arm) / (sgd -
+    sam)` in test error, for seeds that have all three (PROTOCOL_6.md)."""
+    by = {(r["arm"], int(r["seed"])): float(r["test_error"])
+          for r in rows if r["setting"] == setting}
+    seeds = sorted(s for a, s in by
+                   if a == arm and ("sgd", s) in by and ("sam", s) in by)
+    return seeds, [(by[("sgd", s)] - by[(arm, s)])
+                   / (by[("sgd", s)] - by[("sam", s)]) for s in seeds]
+
+
 def summarize(rows, settings):
-    """Mean and 95% t interval of every arm and of the paired differences."""
+    """Mean and 95% t interval of every arm, of the paired differences
+    and of each variant arm's fraction of SAM's gain."""
     from keras_sam.experiments.reproduce import mean_and_interval
 
     arms = ["sgd", "sam"]
@@ -594,6 +606,15 @@ def summarize(rows, settings):
                 "n": len(diffs), "mean": mean, "half_width": half,
                 "verdict": verdict,
             })
+        for arm in settings.get("variant_arms", {}):
+            _, fractions = gain_fractions(rows, setting, arm)
+            mean, half = mean_and_interval(fractions)
+            summary.append({
+                "setting": setting,
+                "quantity": f"{arm}: fraction of SAM's gain kept",
+                "n": len(fractions), "mean": mean, "half_width": half,
+                "verdict": "",
+            })
     return summary
 
 
@@ -602,7 +623,7 @@ def table_lines(rows, settings):
 
     summary = summarize(rows, settings)
     lines = [
-        "| setting | quantity (test error, %) | n "
+        "| setting | quantity (test error %, or a fraction) | n "
         "| mean ± 95% t half-width | verdict |",
         "|---|---|---|---|---|",
     ]

@@ -76,6 +76,25 @@ def test_paired_interval_matches_scipy(evidence):
     )
 
 
+def test_fraction_of_sams_gain_matches_its_definition(evidence):
+    errors = {"sgd": [60.0, 58.0, 61.0], "sam": [48.0, 49.0, 50.0],
+              "saf": [57.0, 55.0, 60.0]}
+    rows = [{"setting": "noise40", "arm": arm, "seed": seed,
+             "test_error": error}
+            for arm, values in errors.items()
+            for seed, error in enumerate(values)]
+    settings = {"settings": {"noise40": 0.4}, "epochs": 1,
+                "sgd_epoch_multiplier": None,
+                "variant_arms": {"saf": {"SAF": {}}}}
+    (row,) = [s for s in evidence.summarize(rows, settings)
+              if s["quantity"] == "saf: fraction of SAM's gain kept"]
+    f = np.array([3 / 12, 3 / 9, 1 / 11])
+    low, high = stats.t.interval(0.95, df=2, loc=f.mean(), scale=stats.sem(f))
+    assert row["n"] == 3
+    assert row["mean"] == pytest.approx(f.mean())
+    assert row["half_width"] == pytest.approx((high - low) / 2)
+
+
 def _jpeg_npz(path, images, labels):
     blobs = []
     for image in images:
