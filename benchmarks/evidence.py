@@ -353,7 +353,7 @@ def _callbacks(batches, curve_path, backup_dir):
 def train_one(data, settings, setting, arm, seed, epochs, output_dir,
               commit, verbose):
     """Trains one arm, measures it and returns its `runs.csv` row."""
-    from keras_sam import hessian, models
+    from keras_sam import models
     from keras_sam.sam_model import SAMModel
 
     name = run_name(setting, arm, seed)
@@ -387,19 +387,8 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    curve_path = output_dir / "curves" / f"{name}.csv"
-    backup_dir = output_dir / "backup" / name
-    resumed = backup_dir.exists()
-    model.fit(
-        batches,
-        epochs=epochs,
-        callbacks=_callbacks(batches, curve_path, backup_dir),
-        verbose=verbose,
-    )
-    curve = _dedupe_epochs(
-        _run_records.read_csv(curve_path, missing_ok=True)
-    )
-    _write_csv(curve_path, CURVE_FIELDS, curve)
+    resumed, curve = fit_logged(model, batches, epochs, output_dir, name,
+                                verbose)
     test_loss, test_accuracy = model.evaluate(
         data["x_test"], data["y_test"], batch_size=1000, verbose=0
     )
@@ -409,17 +398,8 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
         float(np.mean(predicted[is_noisy] == noisy_labels[is_noisy]))
         if is_noisy.any() else ""
     )
-    probe = slice(0, settings["probe_size"])
-    probe_data = (data["x_train"][probe], noisy_labels[probe])
-    top = hessian.top_eigenvalues(
-        model, probe_data, k=1,
-        num_iterations=settings["lanczos_iterations"],
-        seed=settings["measure_seed"],
-    )
-    trace = hessian.hessian_trace(
-        model, probe_data, num_samples=settings["trace_samples"],
-        seed=settings["measure_seed"],
-    )
+    top, trace = end_sharpness(model, data["x_train"], noisy_labels,
+                               settings)
     row = {
         "setting": setting,
         "noise_fraction": settings["settings"][setting],
@@ -437,7 +417,7 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
             np.mean(predicted != data["y_true"])
         ),
         "noisy_labels_fitted": fitted_noisy,
-        "top_eigenvalue": float(top[0]),
+        "top_eigenvalue": top,
         "trace": trace["trace"],
         "trace_stderr": trace["trace_stderr"],
         "wall_seconds": sum(float(r["epoch_seconds"]) for r in curve),
@@ -446,6 +426,43 @@ def train_one(data, settings, setting, arm, seed, epochs, output_dir,
         "commit": commit,
     }
     return row
+
+
+def fit_logged(model, batches, epochs, output_dir, name, verbose):
+    """`fit` with the per-epoch log `curves/<name>.csv` and a backup that
+    a killed run resumes from; returns `(resumed, the epochs' rows)`."""
+    curve_path = output_dir / "curves" / f"{name}.csv"
+    backup_dir = output_dir / "backup" / name
+    resumed = backup_dir.exists()
+    model.fit(
+        batches,
+        epochs=epochs,
+        callbacks=_callbacks(batches, curve_path, backup_dir),
+        verbose=verbose,
+    )
+    curve = _dedupe_epochs(
+        _run_records.read_csv(curve_path, missing_ok=True)
+    )
+    _write_csv(curve_path, CURVE_FIELDS, curve)
+    return resumed, curve
+
+
+def end_sharpness(model, x, labels, settings):
+    """The top Hessian eigenvalue and the trace (a dict with its standard
+    error) on the first `probe_size` training samples."""
+    from keras_sam import hessian
+
+    probe_data = (x[:settings["probe_size"]], labels[:settings["probe_size"]])
+    top = hessian.top_eigenvalues(
+        model, probe_data, k=1,
+        num_iterations=settings["lanczos_iterations"],
+        seed=settings["measure_seed"],
+    )
+    trace = hessian.hessian_trace(
+        model, probe_data, num_samples=settings["trace_samples"],
+        seed=settings["measure_seed"],
+    )
+    return float(top[0]), trace
 
 
 # CSV helpers --------------------------------------------------------------
@@ -842,46 +859,59 @@ def write_summary(root=None):
     return lines
 
 
+def add_run_arguments(parser, output_dir_help):
+    """The options every evidence runner takes (this one and
+    `vit_vs_resnet.py`): where to write and read, and the test hooks."""
+    parser.add_argument("--output-dir", default=None, help=output_dir_help)
+    parser.add_argument("--data-dir", default=str(
+        ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--report", action="store_true",
+                        help="only regenerate the table and figures")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="stop after this many new runs")
+    parser.add_argument("--override", default=None,
+                        help="JSON object of settings to change (tests only; "
+                        "such runs are not runs of the protocol)")
+
+
+def run_or_report(args, protocol, run, report, program):
+    """Runs `run(output_dir, data_dir, settings, max_runs)` (or only
+    `report(output_dir)` with `--report`); a `ValueError` is the one-line
+    usage error of `program`, exit status 2."""
+    settings = dict(protocol)
+    if args.override:
+        settings.update(json.loads(args.override))
+    if args.report:
+        for line in report(args.output_dir):
+            print(line)
+        return 0
+    try:
+        run(args.output_dir, args.data_dir, settings, args.max_runs)
+    except ValueError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="SAM vs SGD, clean and noisy labels (PROTOCOL.md)."
     )
     parser.add_argument("--round", type=int, choices=sorted(PROTOCOLS),
                         default=1, help="the protocol round (default 1)")
-    parser.add_argument("--output-dir", default=None,
-                        help="default: saved_results/evidence[_round2]")
-    parser.add_argument("--data-dir", default=str(
-        ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--report", action="store_true",
-                        help="only regenerate the table and figures")
     parser.add_argument("--summary", action="store_true",
                         help="only write saved_results/evidence/README.md")
-    parser.add_argument("--max-runs", type=int, default=None,
-                        help="stop after this many new runs")
-    parser.add_argument("--override", default=None,
-                        help="JSON object of settings to change (tests only; "
-                        "such runs are not runs of the protocol)")
+    add_run_arguments(parser, "default: saved_results/evidence[_roundN]")
     args = parser.parse_args(argv)
-    settings = dict(PROTOCOLS[args.round])
     if args.output_dir is None:
         args.output_dir = str(
             ROOT / "saved_results" / OUTPUT_DIRS[args.round]
         )
-    if args.override:
-        settings.update(json.loads(args.override))
     if args.summary:
         write_summary()
         return 0
-    if args.report:
-        for line in write_report(args.output_dir):
-            print(line)
-        return 0
-    try:
-        run_grid(args.output_dir, args.data_dir, settings, args.max_runs)
-    except ValueError as error:
-        print(f"evidence.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_or_report(args, PROTOCOLS[args.round], run_grid,
+                         write_report, "evidence.py")
 
 
 if __name__ == "__main__":

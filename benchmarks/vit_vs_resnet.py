@@ -179,7 +179,7 @@ def adamw(settings, network, steps_per_epoch):
 def train_one(data, settings, architecture, arm, seed, output_dir, commit,
               verbose):
     """Trains one run, measures it and returns its `runs.csv` row."""
-    from keras_sam import hessian, landscape
+    from keras_sam import landscape
     from keras_sam.sam_model import SAMModel
 
     name = run_name(architecture, arm, seed)
@@ -198,36 +198,16 @@ def train_one(data, settings, architecture, arm, seed, output_dir, commit,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    curve_path = output_dir / "curves" / f"{name}.csv"
-    backup_dir = output_dir / "backup" / name
-    resumed = backup_dir.exists()
-    model.fit(
-        batches,
-        epochs=settings["epochs"],
-        callbacks=evidence._callbacks(batches, curve_path, backup_dir),
-        verbose=verbose,
-    )
-    curve = evidence._dedupe_epochs(
-        _run_records.read_csv(curve_path, missing_ok=True)
-    )
-    evidence._write_csv(curve_path, evidence.CURVE_FIELDS, curve)
+    resumed, curve = evidence.fit_logged(
+        model, batches, settings["epochs"], output_dir, name, verbose)
     test_loss, test_accuracy = model.evaluate(
         data["x_test"], data["y_test"], batch_size=1000, verbose=0
     )
     train_loss, train_accuracy = model.evaluate(
         data["x_train"], labels, batch_size=1000, verbose=0
     )
-    probe = slice(0, settings["probe_size"])
-    probe_data = (data["x_train"][probe], labels[probe])
-    top = hessian.top_eigenvalues(
-        model, probe_data, k=1,
-        num_iterations=settings["lanczos_iterations"],
-        seed=settings["measure_seed"],
-    )
-    trace = hessian.hessian_trace(
-        model, probe_data, num_samples=settings["trace_samples"],
-        seed=settings["measure_seed"],
-    )
+    top, trace = evidence.end_sharpness(model, data["x_train"], labels,
+                                        settings)
     line_rows = slice(0, settings["line_size"])
     line = landscape.loss_surface_1d(
         model, (data["x_train"][line_rows], labels[line_rows]),
@@ -252,7 +232,7 @@ def train_one(data, settings, architecture, arm, seed, output_dir, commit,
         "test_loss": float(test_loss),
         "train_loss": float(train_loss),
         "train_error": 100.0 * (1.0 - float(train_accuracy)),
-        "top_eigenvalue": float(top[0]),
+        "top_eigenvalue": top,
         "trace": trace["trace"],
         "trace_stderr": trace["trace_stderr"],
         "wall_seconds": sum(float(r["epoch_seconds"]) for r in curve),
@@ -450,30 +430,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="ViT against ResNet, AdamW and SAM (PROTOCOL_7.md)."
     )
-    parser.add_argument("--output-dir", default=str(OUTPUT_DIR))
-    parser.add_argument("--data-dir", default=str(
-        ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--report", action="store_true",
-                        help="only rewrite the table and README")
-    parser.add_argument("--max-runs", type=int, default=None,
-                        help="stop after this many new runs")
-    parser.add_argument("--override", default=None,
-                        help="JSON object of settings to change (tests only; "
-                        "such runs are not runs of the protocol)")
+    evidence.add_run_arguments(
+        parser, "default: saved_results/evidence_vit_round7")
     args = parser.parse_args(argv)
-    settings = dict(PROTOCOL_7)
-    if args.override:
-        settings.update(json.loads(args.override))
-    if args.report:
-        for line in write_report(args.output_dir):
-            print(line)
-        return 0
-    try:
-        run_round(args.output_dir, args.data_dir, settings, args.max_runs)
-    except ValueError as error:
-        print(f"vit_vs_resnet.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    args.output_dir = args.output_dir or str(OUTPUT_DIR)
+    return evidence.run_or_report(args, PROTOCOL_7, run_round, write_report,
+                                  "vit_vs_resnet.py")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,28 @@ def plot_demo_history(folder, rows, **kwargs):
     finally:
         plt.close = original
     return figures[0]
+
+
+def fake_cifar_dir(folder, sizes=(("train", 40), ("test", 20)), seed=0):
+    """`folder / "cifar"` holding `train.npz` and `test.npz` in the
+    CIFAR-10 JPEG copy's format (random 32x32 images, labels cycling
+    through 0-9), for the evidence runners' tests; returns the folder."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    data_dir = folder / "cifar"
+    data_dir.mkdir()
+    for name, count in sizes:
+        blobs = []
+        for _ in range(count):
+            buffer = io.BytesIO()
+            image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+            blobs.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+        offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])])
+        np.savez(data_dir / f"{name}.npz", data=np.concatenate(blobs),
+                 offsets=offsets, y=(np.arange(count) % 10).astype(np.uint8))
+    return data_dir

@@ -2,14 +2,12 @@
 the paired statistics (against SciPy), and a killed grid resuming without
 repeating a run."""
 
-import io
 import pathlib
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import stats
-from scripts import load_script
+from scripts import fake_cifar_dir, load_script
 
 from keras_sam.experiments import _run_records
 
@@ -95,24 +93,8 @@ def test_fraction_of_sams_gain_matches_its_definition(evidence):
     assert row["half_width"] == pytest.approx((high - low) / 2)
 
 
-def _jpeg_npz(path, images, labels):
-    blobs = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-        blobs.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])])
-    np.savez(path, data=np.concatenate(blobs), offsets=offsets,
-             y=np.asarray(labels, dtype=np.uint8))
-
-
 def test_killed_grid_resumes_without_repeating(evidence, tmp_path):
-    rng = np.random.default_rng(0)
-    data_dir = tmp_path / "cifar"
-    data_dir.mkdir()
-    for name, count in (("train", 40), ("test", 20)):
-        images = rng.integers(0, 255, size=(count, 32, 32, 3), dtype=np.uint8)
-        _jpeg_npz(data_dir / f"{name}.npz", images, np.arange(count) % 10)
+    data_dir = fake_cifar_dir(tmp_path)
     settings = dict(
         evidence.PROTOCOL, train_size=20, epochs=1, seeds=[0],
         sgd_epoch_multiplier=None, settings={"noise40": 0.4},

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from scripts import load_script
+from scripts import fake_cifar_dir, load_script
 
 from keras_sam.experiments import _run_records
 
@@ -116,30 +116,9 @@ def test_adamw_warms_up_decays_and_skips_the_protocols_variables(round7):
     assert network.count_params() < 10_000  # the override's small ViT
 
 
-def _cifar_like(tmp_path):
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    data_dir = tmp_path / "cifar"
-    data_dir.mkdir()
-    for name, count in (("train", 40), ("test", 20)):
-        blobs = []
-        for _ in range(count):
-            buffer = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
-                buffer, format="JPEG")
-            blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
-        offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])])
-        np.savez(data_dir / f"{name}.npz", data=np.concatenate(blobs),
-                 offsets=offsets, y=(np.arange(count) % 10).astype(np.uint8))
-    return data_dir
-
-
 @pytest.mark.slow
 def test_killed_round_resumes_without_repeating(round7, tmp_path):
-    data_dir = _cifar_like(tmp_path)
+    data_dir = fake_cifar_dir(tmp_path)
     settings = dict(
         round7.PROTOCOL_7, train_size=20, epochs=1, warmup_epochs=0,
         seeds=[0], probe_size=8, lanczos_iterations=2, trace_samples=1,
