@@ -52,6 +52,8 @@ COST_ARMS = {
 }
 LATE_BEFORE_START = "LateSAM, before start"
 NOT_COSTED = {"aesam": "ascent fraction over the run not recorded"}
+# Issue 28's target, decided on label noise (PROTOCOL_6.md).
+TARGET_SETTING, TARGET_FRACTION, TARGET_COST = "noise40", 0.8, 1.25
 FIELDS = ("setting", "arm", "n", "test_error", "test_error_half_width",
           "cost_ratio", "cost_source")
 
@@ -145,18 +147,33 @@ def plot(rows, path):
     figure, axes = plt.subplots(1, len(settings),
                                 figsize=(5.5 * len(settings), 4.2),
                                 squeeze=False)
-    markers = "osD^v<>PX*hp"
+    markers = "osD^v<>PX*hpd"
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    colors = {arm: plt.cm.tab20(i % 20) for i, arm in enumerate(arms)}
     for axis, setting in zip(axes[0], settings):
         points = [r for r in rows
                   if r["setting"] == setting and r["cost_ratio"] is not None]
-        for index, r in enumerate(points):
+        for r in points:
+            index = arms.index(r["arm"])
             axis.errorbar(r["cost_ratio"], r["test_error"],
                           yerr=r["test_error_half_width"] or 0,
                           fmt=markers[index % len(markers)], capsize=3,
-                          label=r["arm"])
+                          color=colors[r["arm"]], label=r["arm"])
             if r["arm"] in ("sgd", "sam"):
                 axis.axhline(r["test_error"], linestyle=":", linewidth=0.8,
-                             color=axis.lines[-1].get_color())
+                             color=colors[r["arm"]])
+        errors = {r["arm"]: r["test_error"] for r in points}
+        if setting == TARGET_SETTING and {"sgd", "sam"} <= set(errors):
+            # Issue 28's target: 80% of SAM's gain at <= 1.25x a plain step.
+            ceiling = errors["sgd"] - TARGET_FRACTION * (
+                errors["sgd"] - errors["sam"])
+            low = min(r["test_error"] - (r["test_error_half_width"] or 0)
+                      for r in points)
+            axis.fill_between(
+                [min(r["cost_ratio"] for r in points) - 0.05, TARGET_COST],
+                low - 1, ceiling, color="tab:green", alpha=0.12,
+                label=f">= {TARGET_FRACTION:.0%} of SAM's gain at <= "
+                f"{TARGET_COST}x")
         axis.legend(fontsize=7, ncol=2)
         axis.set(title=f"{setting}: test error against cost per step",
                  xlabel="time per step / plain step (measured side by side)",
