@@ -274,6 +274,29 @@ Read it against the paper in three steps:
 3. Are the ViT's AdamW minima sharper than the ResNet's, and does SAM
    flatten them (eigenvalue, trace, and the width of the loss line)?
 
+In the committed run (round 7, 3 seeds, 95% t intervals of the paired
+differences), the paper's picture did not hold at this scale:
+
+1. SAM **raised** the ViT's test error, from 55.5% to 58.9% (gain
+   -3.40 ± 2.13 points, worse on every seed), and lowered the ResNet's,
+   from 49.1% to 46.4% (+2.69 ± 1.75, better on every seed).
+2. So SAM's gain was larger for the ResNet: gain(ViT) - gain(ResNet) =
+   -6.09 ± 2.07 points, the opposite of the question's hypothesis.
+3. The ViT's AdamW minima were not sharper: their top eigenvalue was
+   0.61x the ResNet's (flatter, by the protocol's rule), their trace no
+   different. SAM did flatten both, and the ViT by about the order of
+   magnitude Chen et al. report (top eigenvalue 0.11x, trace 0.03x; the
+   ResNet's 0.38x and 0.40x); its loss line is the flattest of the four.
+
+The likely reason is in the training error: in 15 epochs the ViT did not
+fit its 5,000 images (training error 33-37% with AdamW, 50.6-52.7% with
+SAM), while the ResNet did (12-16%, 21-24% with SAM). The paper's ViTs
+were trained to convergence and overfit; here SAM's cost in fitting
+speed dominated for the network that had not yet fit. A longer schedule
+is the experiment this one does not settle. One ResNet line dips far
+below its centre on the probe in inference mode (to 0.003 near alpha
+0.7); it is as measured, not investigated.
+
 Caveats. This is 5,000 images, 15 epochs and networks of 150k
 parameters, not ImageNet and ViT-B/16; three seeds give wide intervals,
 so "no difference shown" is not "no difference". The Hessians of two
