@@ -19,7 +19,7 @@ so it is left out (and said so in the CSV).
 
 Reads `saved_results/benchmarks/variant_cost_tensorflow.csv` (the
 backend the evidence ran on) and, for SAF and MESA (round 6), the
-`_saf_mesa` run beside it; writes `saved_results/evidence/
+`_saf_mesa_quiet` run beside it; writes `saved_results/evidence/
 error_vs_cost.csv` and `error_vs_cost.png`.
 """
 
@@ -200,7 +200,7 @@ def main(argv=None):
     benchmarks = ROOT / "saved_results" / "benchmarks"
     parser.add_argument("--cost-csv", nargs="+", default=[
         str(benchmarks / "variant_cost_tensorflow.csv"),
-        str(benchmarks / "variant_cost_tensorflow_saf_mesa.csv"),
+        str(benchmarks / "variant_cost_tensorflow_saf_mesa_quiet.csv"),
     ], help="variant_cost CSVs; an arm's cost comes from the first that "
         "times it")
     parser.add_argument("--output-dir", default=str(
